@@ -1,0 +1,20 @@
+"""mmgmm-spark: multimodal Gaussian mixture models on Spark for unsupervised anomaly detection."""
+
+from mmgmm_spark.core.batch import DataValidationError
+from mmgmm_spark.core.em import ConvergenceWarning
+from mmgmm_spark.core.modality import Modality
+from mmgmm_spark.core.params import DegenerateComponentError, DegenerateComponentWarning
+from mmgmm_spark.model import MultimodalGaussianMixture, NotFittedError
+from mmgmm_spark.model_io import ModelFormatError
+
+__all__ = [
+    "ConvergenceWarning",
+    "DataValidationError",
+    "DegenerateComponentError",
+    "DegenerateComponentWarning",
+    "Modality",
+    "ModelFormatError",
+    "MultimodalGaussianMixture",
+    "NotFittedError",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,136 @@
+"""Initial parameters: responsibilities from a seeding method, then one M-step.
+
+Seeding runs on the rows that observe every modality, in a space where each feature is
+standardised and each modality block is scaled by 1/sqrt(d_m) (so a wide embedding does not
+drown a narrow one). Every row, complete or not, is then assigned to its nearest centre over
+the blocks it observes, and the M-step turns those hard assignments into parameters.
+On Spark the same function runs on a bounded driver-side sample.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.cluster import KMeans, kmeans_plusplus
+
+from mmgmm_spark.core.batch import Batch, DataValidationError
+from mmgmm_spark.core.modality import Modality
+from mmgmm_spark.core.params import (
+    GaussianBlock,
+    MixtureParams,
+    covariances_from_precisions,
+)
+from mmgmm_spark.core.stats import accumulate_stats
+
+INIT_METHODS = ("kmeans", "k-means++", "random", "random_from_data")
+
+
+def pooled_params(batch: Batch, modalities: tuple[Modality, ...], n_components: int,
+                  reg_covar: float) -> MixtureParams:
+    """Every component equal to the whole data's mean and covariance (per modality)."""
+    k = n_components
+    blocks = {}
+    for m in modalities:
+        values = batch.blocks[m.name].values
+        mean = values.mean(axis=0)
+        cov = np.atleast_2d(np.cov(values, rowvar=False, bias=True)) + reg_covar * np.eye(m.dim)
+        covariances = {"full": np.broadcast_to(cov, (k, m.dim, m.dim)).copy(), "tied": cov,
+                       "diag": np.tile(np.diag(cov), (k, 1)),
+                       "spherical": np.full(k, np.diag(cov).mean())}[m.covariance_type]
+        blocks[m.name] = GaussianBlock.from_covariances(
+            m.covariance_type, np.tile(mean, (k, 1)), covariances, m.name, reg_covar)
+    return MixtureParams(np.full(k, 1.0 / k), blocks)
+
+
+def _scaled_blocks(batch: Batch, modalities: tuple[Modality, ...]) -> dict[str, np.ndarray]:
+    """Per modality, the observed values standardised and scaled by 1/sqrt(d_m)."""
+    out = {}
+    for m in modalities:
+        values = batch.blocks[m.name].values
+        std = values.std(axis=0)
+        std[std == 0] = 1.0
+        out[m.name] = (values - values.mean(axis=0)) / (std * np.sqrt(m.dim))
+    return out
+
+
+def _centres(scaled: dict[str, np.ndarray], batch: Batch, modalities: tuple[Modality, ...],
+             n_components: int, method: str, rng: np.random.RandomState) -> np.ndarray:
+    """(K, sum d_m) seeds in the scaled space, from rows that observe every modality."""
+    complete = batch.complete_rows()
+    if np.count_nonzero(complete) < n_components:
+        raise DataValidationError(
+            f"init_params='{method}' needs at least n_components={n_components} rows that "
+            f"observe every modality; only {np.count_nonzero(complete)} do. Use "
+            "init_params='random' or fewer components."
+        )
+    rows = []
+    for m in modalities:
+        position = np.cumsum(batch.blocks[m.name].observed) - 1
+        rows.append(scaled[m.name][position[complete]])
+    x = np.hstack(rows)
+    seed = rng.randint(np.iinfo(np.int32).max)
+    if method == "kmeans":
+        return KMeans(n_components, n_init=1, random_state=seed).fit(x).cluster_centers_
+    if method == "k-means++":
+        return kmeans_plusplus(x, n_components, random_state=seed)[0]
+    return x[rng.choice(len(x), size=n_components, replace=False)]
+
+
+def _nearest_centre(scaled: dict[str, np.ndarray], centres: np.ndarray, batch: Batch,
+                    modalities: tuple[Modality, ...]) -> np.ndarray:
+    """(n, K) one-hot responsibilities: nearest centre over the blocks a row observes."""
+    distance = np.zeros((batch.n_rows, len(centres)))
+    start = 0
+    for m in modalities:
+        c = centres[:, start: start + m.dim]
+        start += m.dim
+        x = scaled[m.name]
+        squared = (x ** 2).sum(1)[:, None] - 2 * x @ c.T + (c ** 2).sum(1)[None]
+        distance[batch.blocks[m.name].observed] += squared
+    resp = np.zeros_like(distance)
+    resp[np.arange(batch.n_rows), distance.argmin(axis=1)] = 1.0
+    return resp
+
+
+def initial_params(batch: Batch, modalities: tuple[Modality, ...], n_components: int,
+                   method: str, rng: np.random.RandomState, reg_covar: float,
+                   weights_init: np.ndarray | None = None, means_init: dict | None = None,
+                   precisions_init: dict | None = None) -> MixtureParams:
+    """Initial mixture parameters; given ``*_init`` values replace the estimated ones."""
+    if batch.n_rows < n_components:
+        raise DataValidationError(
+            f"n_components={n_components} is larger than the number of rows ({batch.n_rows}). "
+            "Use fewer components or more data."
+        )
+    if method not in INIT_METHODS:
+        raise ValueError(f"init_params must be one of {INIT_METHODS}, got {method!r}.")
+    pooled = pooled_params(batch, modalities, n_components, reg_covar)
+    if method == "random":
+        resp = rng.uniform(size=(batch.n_rows, n_components))
+        resp /= resp.sum(axis=1, keepdims=True)
+    else:
+        scaled = _scaled_blocks(batch, modalities)
+        centres = _centres(scaled, batch, modalities, n_components, method, rng)
+        resp = _nearest_centre(scaled, centres, batch, modalities)
+    params = accumulate_stats(batch, pooled, modalities, resp).to_params(
+        pooled, reg_covar, modalities)
+    return override_params(params, modalities, weights_init, means_init, precisions_init)
+
+
+def override_params(params: MixtureParams, modalities: tuple[Modality, ...],
+                    weights: np.ndarray | None, means: dict | None,
+                    precisions: dict | None) -> MixtureParams:
+    """``params`` with any user-given weights, means (K, d) or precisions replacing its own."""
+    blocks = {}
+    for m in modalities:
+        block = params.blocks[m.name]
+        new_means = np.asarray(means[m.name], float) if means and m.name in means else block.means
+        if precisions and m.name in precisions:
+            cov, chol = covariances_from_precisions(
+                m.covariance_type, np.asarray(precisions[m.name], float), m.name)
+            block = GaussianBlock(m.covariance_type, new_means, cov, chol)
+        else:
+            block = GaussianBlock(m.covariance_type, new_means, block.covariances,
+                                  block.precisions_cholesky)
+        blocks[m.name] = block
+    new_weights = params.weights if weights is None else np.asarray(weights, float)
+    return MixtureParams(new_weights, blocks)

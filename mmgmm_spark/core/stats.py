@@ -1,0 +1,229 @@
+"""EM sufficient statistics: accumulate over rows, merge associatively, turn into parameters.
+
+Moments are accumulated around a per-modality centre c (:func:`densities.shift`, the weighted
+mean of the component means of the E-step's parameters), not around zero: on raw data with
+large offsets (1e3 and more) raw second moments would lose most of their digits to
+cancellation. Every partial result of one EM iteration is computed against the same
+parameters, so the centre is common and ``merge`` is a plain sum.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+
+from mmgmm_spark.core.batch import Batch
+from mmgmm_spark.core.densities import (
+    centred_blocks,
+    normalise_log_prob,
+    shift,
+    weighted_log_prob,
+)
+from mmgmm_spark.core.modality import Modality
+from mmgmm_spark.core.params import (
+    DegenerateComponentWarning,
+    GaussianBlock,
+    MixtureParams,
+)
+
+EPS10 = 10 * np.finfo(np.float64).eps
+"""Added to every component mass, as scikit-learn does, so that no division is by zero."""
+
+EMPTY_MASS = 1e-10
+"""A block whose responsibility mass is below this (in rows) has no data: it keeps its parameters."""
+
+CHUNK_ELEMENTS = 1 << 18
+"""Rows are processed in chunks of about this many (row, component, feature) cells."""
+
+
+@dataclass(frozen=True)
+class BlockStats:
+    """One modality's statistics over the rows that observe it.
+
+    Attributes:
+        mass: (K,) sum of responsibilities.
+        first: (K, d) sum of r_ik (x_i - c).
+        second: sum of r_ik (x_i - c)(x_i - c)^T: (K, d, d) for full blocks, (d, d) summed
+            over components for tied blocks, (K, d) its diagonal for diag/spherical blocks.
+    """
+
+    mass: np.ndarray
+    first: np.ndarray
+    second: np.ndarray
+
+    def merge(self, other: BlockStats) -> BlockStats:
+        return BlockStats(self.mass + other.mass, self.first + other.first,
+                          self.second + other.second)
+
+
+@dataclass(frozen=True)
+class SufficientStats:
+    """Everything the M-step needs, for a set of rows, relative to one set of parameters.
+
+    Attributes:
+        n_rows: number of rows summarised.
+        log_likelihood: sum over rows of log p(x_i) under the parameters of the E-step.
+        mass: (K,) sum of responsibilities over all rows.
+        blocks: per modality name, a :class:`BlockStats`.
+    """
+
+    n_rows: int
+    log_likelihood: float
+    mass: np.ndarray
+    blocks: dict[str, BlockStats]
+
+    @classmethod
+    def zero(cls, modalities: tuple[Modality, ...], n_components: int) -> SufficientStats:
+        """The neutral element of :meth:`merge`."""
+        k = n_components
+        blocks = {m.name: BlockStats(np.zeros(k), np.zeros((k, m.dim)),
+                                     np.zeros(_second_shape(m.covariance_type, k, m.dim)))
+                  for m in modalities}
+        return cls(0, 0.0, np.zeros(k), blocks)
+
+    def merge(self, other: SufficientStats) -> SufficientStats:
+        """Statistics of the union of both row sets (associative and commutative)."""
+        return SufficientStats(
+            self.n_rows + other.n_rows,
+            self.log_likelihood + other.log_likelihood,
+            self.mass + other.mass,
+            {name: block.merge(other.blocks[name]) for name, block in self.blocks.items()},
+        )
+
+    def to_vector(self) -> np.ndarray:
+        """All statistics as one flat float64 vector (for a DataFrame-only reduction)."""
+        parts = [np.array([self.n_rows, self.log_likelihood]), self.mass]
+        for block in self.blocks.values():
+            parts += [block.mass, block.first.ravel(), block.second.ravel()]
+        return np.concatenate(parts)
+
+    @classmethod
+    def from_vector(cls, vector: np.ndarray, modalities: tuple[Modality, ...],
+                    n_components: int) -> SufficientStats:
+        """Inverse of :meth:`to_vector`."""
+        k = n_components
+        n_rows, log_likelihood = int(round(vector[0])), float(vector[1])
+        mass, offset = vector[2: 2 + k], 2 + k
+        blocks = {}
+        for m in modalities:
+            shapes = [(k,), (k, m.dim), _second_shape(m.covariance_type, k, m.dim)]
+            arrays = []
+            for shape in shapes:
+                size = int(np.prod(shape))
+                arrays.append(vector[offset: offset + size].reshape(shape))
+                offset += size
+            blocks[m.name] = BlockStats(*arrays)
+        return cls(n_rows, log_likelihood, mass, blocks)
+
+    def mean_log_likelihood(self) -> float:
+        return self.log_likelihood / self.n_rows
+
+    def to_params(self, previous: MixtureParams, reg_covar: float,
+                  modalities: tuple[Modality, ...]) -> MixtureParams:
+        """The M-step: maximum-likelihood parameters given these statistics.
+
+        ``previous`` must be the parameters the statistics were accumulated against (they
+        define the centre of the moments). A block that no row observed keeps its previous parameters.
+        """
+        mass = self.mass + EPS10
+        weights = mass / mass.sum()
+        blocks = {m.name: _block_params(m, self.blocks[m.name], previous.blocks[m.name],
+                                        previous.weights, reg_covar)
+                  for m in modalities}
+        return MixtureParams(weights, blocks)
+
+
+def _second_shape(covariance_type: str, n_components: int, dim: int) -> tuple[int, ...]:
+    return {"full": (n_components, dim, dim), "tied": (dim, dim)}.get(
+        covariance_type, (n_components, dim))
+
+
+def _block_params(modality: Modality, stats: BlockStats, previous: GaussianBlock,
+                  previous_weights: np.ndarray, reg_covar: float) -> GaussianBlock:
+    mass = stats.mass + EPS10
+    offset = stats.first / mass[:, None]                     # new mean - centre, (K, d)
+    means = shift(previous, previous_weights) + offset
+    kind = modality.covariance_type
+    if kind == "full":
+        cov = stats.second / mass[:, None, None] - offset[:, :, None] * offset[:, None, :]
+    elif kind == "tied":
+        cov = (stats.second - (mass[:, None] * offset).T @ offset) / mass.sum()
+    else:
+        cov = stats.second / mass[:, None] - offset ** 2
+    if kind in ("full", "tied"):
+        cov[..., np.arange(modality.dim), np.arange(modality.dim)] += reg_covar
+    else:
+        cov += reg_covar
+        if kind == "spherical":
+            cov = cov.mean(axis=1)
+    empty = stats.mass < EMPTY_MASS
+    if empty.any():
+        warnings.warn(
+            f"Modality '{modality.name}': component(s) {np.flatnonzero(empty).tolist()} hold no "
+            "rows observing it; their parameters for this modality are kept from the previous "
+            "step. Reduce n_components if this persists.",
+            DegenerateComponentWarning, stacklevel=3,
+        )
+        means[empty] = previous.means[empty]
+        if kind != "tied":
+            cov[empty] = previous.covariances[empty]
+        elif empty.all():
+            cov = previous.covariances
+    return GaussianBlock.from_covariances(kind, means, cov, modality.name, reg_covar)
+
+
+def _chunk_rows(n_components: int, modalities: tuple[Modality, ...]) -> int:
+    width = n_components * sum(m.dim for m in modalities)
+    return max(256, CHUNK_ELEMENTS // max(width, 1))
+
+
+def _block_stats(resp: np.ndarray, x: np.ndarray, covariance_type: str) -> BlockStats:
+    """Statistics of one modality from responsibilities (n, K) and centred rows ``x`` (n, d)."""
+    n, k = resp.shape
+    if covariance_type == "full":
+        weighted = np.einsum("nk,nd->nkd", resp, x).reshape(n, k * x.shape[1])
+        second = (weighted.T @ x).reshape(k, x.shape[1], x.shape[1])
+    elif covariance_type == "tied":
+        second = x.T @ x
+    else:
+        second = resp.T @ (x * x)
+    return BlockStats(resp.sum(axis=0), resp.T @ x, second)
+
+
+def _stats_of_chunk(batch: Batch, params: MixtureParams, modalities: tuple[Modality, ...],
+                    resp: np.ndarray | None) -> SufficientStats:
+    centred = centred_blocks(batch, params, modalities)
+    log_likelihood = 0.0
+    if resp is None:
+        log_norm, log_resp = normalise_log_prob(
+            weighted_log_prob(batch, params, modalities, centred))
+        resp = np.exp(log_resp, out=log_resp)
+        log_likelihood = float(log_norm.sum())
+    blocks = {}
+    for m in modalities:
+        block = batch.blocks[m.name]
+        block_resp = resp if block.all_observed else resp[block.observed]
+        blocks[m.name] = _block_stats(block_resp, centred[m.name][1], m.covariance_type)
+    return SufficientStats(batch.n_rows, log_likelihood, resp.sum(axis=0), blocks)
+
+
+def accumulate_stats(batch: Batch, params: MixtureParams, modalities: tuple[Modality, ...],
+                     resp: np.ndarray | None = None) -> SufficientStats:
+    """E-step plus statistics for all rows of ``batch`` against ``params``.
+
+    Args:
+        batch: validated rows.
+        params: current parameters (their means are the shift of the moments).
+        modalities: the model's modalities, in order.
+        resp: optional fixed responsibilities (n, K) (initialisation); when given, the
+            log-likelihood is not computed and is reported as 0.
+    """
+    total = SufficientStats.zero(modalities, params.n_components)
+    start = 0
+    for chunk in batch.chunks(_chunk_rows(params.n_components, modalities)):
+        chunk_resp = None if resp is None else resp[start: start + chunk.n_rows]
+        total = total.merge(_stats_of_chunk(chunk, params, modalities, chunk_resp))
+        start += chunk.n_rows
+    return total
