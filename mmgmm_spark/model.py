@@ -126,7 +126,7 @@ class MultimodalGaussianMixture:
             from mmgmm_spark.spark.fit import fit_dataframe
 
             return fit_dataframe(self, data, on_iteration=on_iteration, **spark_options)
-        batch = self._batch(data)
+        batch = batch_from_arrays(data, self.modalities)
         rng = self._random_state()
         result = self.fit_em(
             lambda _: self.initial_params(batch, rng),
@@ -182,6 +182,11 @@ class MultimodalGaussianMixture:
         return {name: b.precisions_cholesky for name, b in self.params.blocks.items()}
 
     @property
+    def precisions_(self) -> dict[str, np.ndarray]:
+        """Precision matrices (inverse covariances) in each covariance type's shape."""
+        return {name: b.precisions() for name, b in self.params.blocks.items()}
+
+    @property
     def n_iter_(self) -> int:
         return len(self.lower_bounds_)
 
@@ -191,6 +196,7 @@ class MultimodalGaussianMixture:
 
     # ----------------------------------------------------------------------- inference
     def _batch(self, data: ArrayData) -> Batch:
+        """Rows to score: a modality may be missing from every row (it is marginalised)."""
         return batch_from_arrays(data, self.modalities)
 
     def _log_prob(self, data: ArrayData) -> tuple[np.ndarray, np.ndarray]:

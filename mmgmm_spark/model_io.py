@@ -38,7 +38,8 @@ def _array_keys(index: int) -> dict[str, str]:
     return {field: f"m{index}_{field}" for field in ("means", "covariances", "precisions_cholesky")}
 
 
-def save_model(model: MultimodalGaussianMixture, path: str, extra: dict[str, Any] | None = None) -> None:
+def save_model(model: MultimodalGaussianMixture, path: str,
+               extra: dict[str, Any] | None = None) -> None:
     """Write ``model`` (fitted) to directory ``path``; ``extra`` is JSON metadata kept with it."""
     params = model.params
     os.makedirs(path, exist_ok=True)
@@ -104,20 +105,16 @@ def _read_params(path: str, modalities: tuple[Modality, ...], k: int) -> Mixture
         cov = _checked_array(arrays, keys["covariances"], cov_shape, path)
         chol = _checked_array(arrays, keys["precisions_cholesky"], cov_shape, path)
         expected = precisions_cholesky_from_covariances(m.covariance_type, cov, m.name)
-        if not np.allclose(_precision(chol, m.covariance_type), _precision(expected, m.covariance_type),
+        block = GaussianBlock(m.covariance_type, means, cov, chol)
+        if not np.allclose(block.precisions(), GaussianBlock(m.covariance_type, means, cov,
+                                                             expected).precisions(),
                            rtol=1e-6, atol=0):
             raise ModelFormatError(
                 f"{path}/{ARRAYS}: modality '{m.name}' precisions do not match its covariances; "
                 "the artefact was modified or corrupted."
             )
-        blocks[m.name] = GaussianBlock(m.covariance_type, means, cov, chol)
+        blocks[m.name] = block
     return MixtureParams(weights, blocks)
-
-
-def _precision(chol: np.ndarray, covariance_type: str) -> np.ndarray:
-    if covariance_type in ("full", "tied"):
-        return chol @ np.swapaxes(chol, -1, -2)
-    return chol ** 2
 
 
 def load_model(path: str) -> MultimodalGaussianMixture:

@@ -75,6 +75,15 @@ class Batch:
         rows = np.sort(np.asarray(rows, dtype=np.int64))
         return Batch(len(rows), {name: b.take(rows) for name, b in self.blocks.items()})
 
+    @staticmethod
+    def concat(batches: list[Batch]) -> Batch:
+        """The rows of all batches, in order (all must have the same modalities)."""
+        names = list(batches[0].blocks)
+        blocks = {name: Block(np.concatenate([b.blocks[name].observed for b in batches]),
+                              np.concatenate([b.blocks[name].values for b in batches]))
+                  for name in names}
+        return Batch(sum(b.n_rows for b in batches), blocks)
+
     def complete_rows(self) -> np.ndarray:
         """(n,) bool, True where the row observes every modality."""
         return np.logical_and.reduce([b.observed for b in self.blocks.values()])
@@ -103,9 +112,10 @@ def check_block(modality: Modality, observed: np.ndarray, values: np.ndarray,
             f"{modality.dim}. Fix the features or declare Modality('{modality.name}', "
             f"dim={width if values.ndim == 2 else '...'})."
         )
-    if not np.issubdtype(values.dtype, np.number) or np.issubdtype(values.dtype, np.complexfloating):
+    dtype = values.dtype
+    if not np.issubdtype(dtype, np.number) or np.issubdtype(dtype, np.complexfloating):
         raise DataValidationError(
-            f"{source}: modality '{modality.name}' must hold real numbers, got dtype {values.dtype}."
+            f"{source}: modality '{modality.name}' must hold real numbers, got dtype {dtype}."
         )
     values = np.ascontiguousarray(values, dtype=np.float64)
     nan = np.isnan(values)
@@ -138,14 +148,9 @@ def check_batch(n_rows: int, blocks: dict[str, Block], source: str = "data") -> 
         np.logical_or.reduce([b.observed for b in blocks.values()])))
     if nothing:
         raise DataValidationError(
-            f"{source}: {nothing} row(s) observe no modality at all (every block NaN/null). "
+            f"{source}: {nothing} row(s) observe no modality at all (every block of "
+            f"{list(blocks)} NaN/null). "
             "Drop them before fitting or scoring: they carry no information."
-        )
-    unobserved = [name for name, b in blocks.items() if b.values.shape[0] == 0]
-    if unobserved:
-        raise DataValidationError(
-            f"{source}: modality(ies) {unobserved} are missing from every row. Check the "
-            "input table or remove the modality from the model."
         )
     return Batch(n_rows, blocks)
 

@@ -17,7 +17,7 @@ LOG_2PI = np.log(2.0 * np.pi)
 
 
 def shift(gaussian: GaussianBlock, weights: np.ndarray) -> np.ndarray:
-    """(d,) the centre c of a modality: sum_k pi_k mu_k, a deterministic function of the parameters."""
+    """(d,) the centre c of a modality: sum_k pi_k mu_k (a function of the parameters only)."""
     return weights @ gaussian.means
 
 

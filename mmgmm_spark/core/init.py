@@ -103,6 +103,16 @@ def initial_params(batch: Batch, modalities: tuple[Modality, ...], n_components:
         )
     if method not in INIT_METHODS:
         raise ValueError(f"init_params must be one of {INIT_METHODS}, got {method!r}.")
+    unobserved = [m.name for m in modalities if batch.blocks[m.name].values.shape[0] == 0]
+    if unobserved:
+        raise DataValidationError(
+            f"Modality(ies) {unobserved} are missing from all {batch.n_rows} rows used for "
+            "initialisation. Check the input tables, remove the modality from the model, or "
+            "(on Spark) raise init_sample_rows."
+        )
+    if weights_init is not None and all(m.name in (means_init or {})
+                                        and m.name in (precisions_init or {}) for m in modalities):
+        return override_params(None, modalities, weights_init, means_init, precisions_init)
     pooled = pooled_params(batch, modalities, n_components, reg_covar)
     if method == "random":
         resp = rng.uniform(size=(batch.n_rows, n_components))
@@ -116,21 +126,22 @@ def initial_params(batch: Batch, modalities: tuple[Modality, ...], n_components:
     return override_params(params, modalities, weights_init, means_init, precisions_init)
 
 
-def override_params(params: MixtureParams, modalities: tuple[Modality, ...],
+def override_params(params: MixtureParams | None, modalities: tuple[Modality, ...],
                     weights: np.ndarray | None, means: dict | None,
                     precisions: dict | None) -> MixtureParams:
-    """``params`` with any user-given weights, means (K, d) or precisions replacing its own."""
+    """``params`` with any user-given weights, means (K, d) or precisions replacing its own.
+
+    ``params`` may be None when weights, means and precisions of every modality are given.
+    """
     blocks = {}
     for m in modalities:
-        block = params.blocks[m.name]
+        block = params.blocks[m.name] if params is not None else None
         new_means = np.asarray(means[m.name], float) if means and m.name in means else block.means
         if precisions and m.name in precisions:
             cov, chol = covariances_from_precisions(
                 m.covariance_type, np.asarray(precisions[m.name], float), m.name)
-            block = GaussianBlock(m.covariance_type, new_means, cov, chol)
         else:
-            block = GaussianBlock(m.covariance_type, new_means, block.covariances,
-                                  block.precisions_cholesky)
-        blocks[m.name] = block
+            cov, chol = block.covariances, block.precisions_cholesky
+        blocks[m.name] = GaussianBlock(m.covariance_type, new_means, cov, chol)
     new_weights = params.weights if weights is None else np.asarray(weights, float)
     return MixtureParams(new_weights, blocks)

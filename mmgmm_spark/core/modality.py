@@ -27,7 +27,8 @@ class Modality:
         if not self.name or not isinstance(self.name, str):
             raise ValueError(f"Modality name must be a non-empty string, got {self.name!r}.")
         if not isinstance(self.dim, int) or self.dim < 1:
-            raise ValueError(f"Modality {self.name!r}: dim must be a positive integer, got {self.dim!r}.")
+            raise ValueError(
+                f"Modality {self.name!r}: dim must be a positive integer, got {self.dim!r}.")
         if self.covariance_type not in COVARIANCE_TYPES:
             raise ValueError(
                 f"Modality {self.name!r}: covariance_type must be one of {COVARIANCE_TYPES}, "
@@ -47,7 +48,7 @@ class Modality:
 
 
 def check_modalities(modalities: list[Modality]) -> tuple[Modality, ...]:
-    """Return the modalities as a tuple after checking there is at least one and names are unique."""
+    """The modalities as a tuple, after checking there is one at least and names are unique."""
     modalities = tuple(modalities)
     if not modalities:
         raise ValueError("At least one Modality is required.")

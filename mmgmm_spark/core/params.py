@@ -39,7 +39,8 @@ def covariance_shape(covariance_type: str, n_components: int, dim: int) -> tuple
             "diag": (n_components, dim), "spherical": (n_components,)}[covariance_type]
 
 
-def _singular(modality: str, component: int | str, reg_covar: float | None) -> DegenerateComponentError:
+def _singular(modality: str, component: int | str,
+              reg_covar: float | None) -> DegenerateComponentError:
     hint = f"increase reg_covar (now {reg_covar:g}), " if reg_covar is not None else ""
     return DegenerateComponentError(
         f"Component {component} of modality '{modality}' has a covariance that is not positive "
@@ -125,6 +126,13 @@ class GaussianBlock:
         if self.covariance_type == "diag":
             return np.log(c).sum(axis=1)
         return self.dim * np.log(c)
+
+    def precisions(self) -> np.ndarray:
+        """Inverse covariances, in the covariance type's shape (C @ C.T, or C**2)."""
+        c = self.precisions_cholesky
+        if self.covariance_type in ("full", "tied"):
+            return c @ np.swapaxes(c, -1, -2)
+        return c ** 2
 
     def full_covariances(self, n_components: int) -> np.ndarray:
         """(K, d, d) dense covariance of every component, whatever the type."""

@@ -32,7 +32,7 @@ EPS10 = 10 * np.finfo(np.float64).eps
 """Added to every component mass, as scikit-learn does, so that no division is by zero."""
 
 EMPTY_MASS = 1e-10
-"""A block whose responsibility mass is below this (in rows) has no data: it keeps its parameters."""
+"""A block with less responsibility mass than this (in rows) has no data: keeps its parameters."""
 
 CHUNK_ELEMENTS = 1 << 18
 """Rows are processed in chunks of about this many (row, component, feature) cells."""
@@ -125,7 +125,8 @@ class SufficientStats:
         """The M-step: maximum-likelihood parameters given these statistics.
 
         ``previous`` must be the parameters the statistics were accumulated against (they
-        define the centre of the moments). A block that no row observed keeps its previous parameters.
+        define the centre of the moments). A block that no row observed keeps its previous
+        parameters.
         """
         mass = self.mass + EPS10
         weights = mass / mass.sum()

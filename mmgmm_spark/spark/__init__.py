@@ -1,0 +1,1 @@
+"""Spark layer: the session builder, Arrow <-> numpy conversion, distributed fit and scoring."""

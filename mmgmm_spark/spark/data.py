@@ -1,0 +1,214 @@
+"""Modality DataFrames: schema normalisation, the outer join on id, and the cached fit data.
+
+:class:`CachedBlocks` converts and validates the rows once (Arrow -> numpy blocks, packed as
+binary payloads) and keeps them cached for every EM pass. With the RDD API the payloads are
+decoded once into an RDD of numpy batches (fastest); under Spark Connect, where there is no
+RDD API, the payload DataFrame itself is cached and each pass decodes it in ``mapInArrow``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Callable, Iterator, Mapping
+from functools import reduce
+
+import numpy as np
+import pyarrow as pa
+from pyspark import StorageLevel
+from pyspark.sql import Column, DataFrame
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from mmgmm_spark.core.batch import Batch, DataValidationError
+from mmgmm_spark.core.modality import Modality
+from mmgmm_spark.spark.arrow import PAYLOAD_SCHEMA, decode_batch, encode_batch, payload_mapper
+from mmgmm_spark.spark.session import has_rdd_api
+
+NUMERIC_ELEMENTS = (T.DoubleType, T.FloatType, T.IntegerType, T.LongType, T.ShortType)
+
+
+def _features_column(df: DataFrame, column: str, source: str) -> Column:
+    """``column`` as array<double>, from array<float|double|int> or a Spark ML vector."""
+    if column not in df.columns:
+        raise DataValidationError(
+            f"{source}: no column '{column}' (columns: {df.columns}). Name the features "
+            "column of each modality after the modality, or map it in the config."
+        )
+    data_type = df.schema[column].dataType
+    if isinstance(data_type, T.ArrayType) and isinstance(data_type.elementType, NUMERIC_ELEMENTS):
+        return F.col(column).cast("array<double>")
+    if type(data_type).__name__ == "VectorUDT":
+        from pyspark.ml.functions import vector_to_array
+
+        # vector_to_array rejects nulls, and a null is a missing modality here
+        return F.when(F.col(column).isNotNull(), vector_to_array(F.col(column), dtype="float64"))
+    raise DataValidationError(
+        f"{source}: column '{column}' has type {data_type.simpleString()}; features must be "
+        "array<double>, array<float> or a Spark ML vector."
+    )
+
+
+def modality_frame(df: DataFrame, modalities: tuple[Modality, ...],
+                   source: str = "DataFrame") -> DataFrame:
+    """One array<double> column per modality (named after it), all other columns dropped."""
+    return df.select(*[_features_column(df, m.name, source).alias(m.name) for m in modalities])
+
+
+def join_modalities(frames: Mapping[str, DataFrame], id_column: str,
+                    features_columns: Mapping[str, str] | None = None) -> DataFrame:
+    """Full outer join of per-modality tables on ``id_column``.
+
+    Args:
+        frames: {modality name: DataFrame with ``id_column`` and a features column}.
+        id_column: the entity id (string or long).
+        features_columns: {modality name: features column}; default: a column named after
+            the modality, else a column named ``features``.
+
+    Returns:
+        DataFrame(id_column, <modality>...): one row per id, null where a modality is absent.
+    """
+    features_columns = dict(features_columns or {})
+    parts = []
+    for name, df in frames.items():
+        if id_column not in df.columns:
+            raise DataValidationError(
+                f"modality '{name}': no id column '{id_column}' (columns: {df.columns}).")
+        column = features_columns.get(name) or (name if name in df.columns else "features")
+        parts.append(df.select(F.col(id_column),
+                               _features_column(df, column, f"modality '{name}'").alias(name)))
+    return reduce(lambda left, right: left.join(right, on=id_column, how="full_outer"), parts)
+
+
+_PYTHON_ERROR = re.compile(r"DataValidationError: (.+)")
+
+
+@contextlib.contextmanager
+def translated_errors() -> Iterator[None]:
+    """Re-raise a DataValidationError raised inside Spark tasks as itself, not a Java trace."""
+    try:
+        yield
+    except DataValidationError:
+        raise
+    except Exception as error:  # Spark wraps task failures in Py4J / PythonException types
+        match = _PYTHON_ERROR.search(str(error))
+        if match is None:
+            raise
+        raise DataValidationError(match.group(1).strip()) from None
+
+
+def block_index(partition: int, offset: int) -> int:
+    """A stable number for the ``offset``-th cached batch of a partition (both code paths)."""
+    return partition * 1_000_003 + offset
+
+
+def invalid_row_counts(frame: DataFrame, modalities: tuple[Modality, ...]) -> dict[str, int]:
+    """Exact counts of invalid rows over the whole DataFrame, in one aggregation.
+
+    ``frame`` is a :func:`modality_frame`. Keys: "<problem> in '<modality>'" and
+    "rows observing no modality"; only non-zero counts are returned.
+    """
+    def count(condition: Column) -> Column:
+        return F.sum(F.when(condition, 1).otherwise(0))
+
+    checks = {}
+    observed = []
+    for m in modalities:
+        c = F.col(m.name)
+        all_nan = F.forall(c, lambda x: F.isnan(x))
+        checks[f"feature arrays whose length is not {m.dim} in '{m.name}'"] = (
+            c.isNotNull() & (F.size(c) != m.dim))
+        checks[f"rows partly NaN in '{m.name}'"] = (
+            c.isNotNull() & F.exists(c, lambda x: F.isnan(x) | x.isNull()) & ~all_nan)
+        checks[f"rows with infinite values in '{m.name}'"] = c.isNotNull() & F.exists(
+            c, lambda x: (x == float("inf")) | (x == float("-inf")))
+        observed.append(c.isNotNull() & ~all_nan)
+    checks["rows observing no modality"] = ~reduce(lambda a, b: a | b, observed)
+    row = frame.agg(*[count(cond).alias(str(i)) for i, cond in enumerate(checks.values())]).first()
+    return {name: int(row[i]) for i, name in enumerate(checks) if row[i]}
+
+
+def _sampler(fraction: float, seed: int) -> Callable[[int, Batch], Batch]:
+    def sample(index: int, batch: Batch) -> Batch:
+        if fraction >= 1.0:
+            return batch
+        keep = np.random.default_rng([seed, index]).random(batch.n_rows) < fraction
+        return batch.take(np.flatnonzero(keep))
+
+    return sample
+
+
+class CachedBlocks:
+    """Validated numpy batches of a DataFrame, cached (MEMORY_AND_DISK) for repeated passes."""
+
+    def __init__(self, df: DataFrame, modalities: tuple[Modality, ...], source: str,
+                 rows_per_block: int = 65_536, use_rdd: bool | None = None) -> None:
+        self.modalities = modalities
+        self.use_rdd = has_rdd_api(df.sparkSession) if use_rdd is None else use_rdd
+        payload = modality_frame(df, modalities, source).mapInArrow(
+            payload_mapper(modalities, source, rows_per_block), PAYLOAD_SCHEMA)
+        self.rdd = self.payload = None
+        if self.use_rdd:
+            self.rdd = payload.rdd.map(lambda row: decode_batch(row.payload, modalities))
+            self.rdd.persist(StorageLevel.MEMORY_AND_DISK)
+            count = lambda: self.rdd.map(lambda b: b.n_rows).sum()  # noqa: E731
+        else:
+            self.payload = payload.persist(StorageLevel.MEMORY_AND_DISK)
+            count = lambda: self.payload.agg(F.sum("n_rows")).first()[0] or 0  # noqa: E731
+        try:
+            with translated_errors():
+                self.n_rows = int(count())      # validates every row and fills the cache
+            if self.n_rows == 0:
+                raise DataValidationError(f"{source}: no rows. Check the input tables or filter.")
+        except DataValidationError as error:
+            self.unpersist()
+            counts = invalid_row_counts(modality_frame(df, modalities, source), modalities)
+            if not counts:
+                raise
+            found = "; ".join(f"{n} {problem}" for problem, n in counts.items())
+            raise DataValidationError(
+                f"{source}: {found}. First problem seen: {error}") from None
+        except Exception:
+            self.unpersist()
+            raise
+
+    def map_batches(self, function: Callable[[int, Batch], Batch]) -> list[Batch]:
+        """Apply ``function(block_index, batch)`` to every cached batch; collect the results.
+
+        Only for results bounded in size (samples, scores of a few rows), never for all rows.
+        """
+        modalities = self.modalities
+        if self.rdd is not None:
+
+            def apply_partition(partition: int, batches: Iterator[Batch]) -> Iterator[Batch]:
+                for offset, batch in enumerate(batches):
+                    yield function(block_index(partition, offset), batch)
+
+            with translated_errors():
+                return self.rdd.mapPartitionsWithIndex(apply_partition).collect()
+
+        def apply(record_batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+            from pyspark import TaskContext
+
+            partition = TaskContext.get().partitionId()
+            payloads = (p for rb in record_batches for p in rb.column("payload").to_pylist())
+            for offset, payload in enumerate(payloads):
+                result = function(block_index(partition, offset), decode_batch(payload, modalities))
+                yield pa.RecordBatch.from_pydict(
+                    {"n_rows": [result.n_rows], "payload": [encode_batch(result, modalities)]})
+
+        with translated_errors():
+            rows = self.payload.mapInArrow(apply, PAYLOAD_SCHEMA).collect()
+        return [decode_batch(row.payload, modalities) for row in rows if row.n_rows]
+
+    def sample(self, max_rows: int, seed: int) -> Batch:
+        """About ``max_rows`` rows drawn uniformly (all rows, in order, when there are fewer)."""
+        fraction = min(1.0, max_rows / self.n_rows)
+        parts = [b for b in self.map_batches(_sampler(fraction, seed)) if b.n_rows]
+        return Batch.concat(parts)
+
+    def unpersist(self) -> None:
+        if self.rdd is not None:
+            self.rdd.unpersist()
+        if self.payload is not None:
+            self.payload.unpersist()

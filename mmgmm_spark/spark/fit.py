@@ -1,0 +1,117 @@
+"""The distributed EM fit: the core's EM loop over Spark statistics passes.
+
+Each pass broadcasts the parameters, runs the E-step and the sufficient statistics as map
+tasks over the cached numpy batches, and reduces them with ``treeAggregate``; the M-step runs
+on the driver (in :func:`mmgmm_spark.core.em.run_em`). Without the RDD API (Spark Connect)
+each partition returns its statistics as one flat vector and the driver merges them: the
+driver holds one vector per partition, never per row.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pyarrow as pa
+
+from mmgmm_spark.core.em import IterationCallback
+from mmgmm_spark.core.params import MixtureParams
+from mmgmm_spark.core.stats import SufficientStats, accumulate_stats
+from mmgmm_spark.spark.arrow import decode_batch
+from mmgmm_spark.spark.data import CachedBlocks, translated_errors
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame
+
+    from mmgmm_spark.model import MultimodalGaussianMixture
+
+log = logging.getLogger(__name__)
+
+JOB_GROUP = "mmgmm-spark-em"
+"""Spark job group of every EM pass (visible in the Spark UI and the status tracker)."""
+
+
+class SparkStatsPass:
+    """``params -> SufficientStats`` over all cached rows; each call is one named Spark job."""
+
+    def __init__(self, data: CachedBlocks, n_components: int, tree_depth: int = 2) -> None:
+        self.data = data
+        self.n_components = n_components
+        self.tree_depth = tree_depth
+        self.passes = 0
+
+    def __call__(self, params: MixtureParams) -> SufficientStats:
+        self.passes += 1
+        with translated_errors():
+            if self.data.rdd is not None:
+                return self._rdd_pass(params)
+            return self._dataframe_pass(params)
+
+    def _rdd_pass(self, params: MixtureParams) -> SufficientStats:
+        context = self.data.rdd.context
+        context.setJobGroup(JOB_GROUP, f"mmgmm-spark EM pass {self.passes}")
+        modalities = self.data.modalities
+        zero = SufficientStats.zero(modalities, self.n_components)
+        broadcast = context.broadcast(params)
+        try:
+            return self.data.rdd.map(
+                lambda batch: accumulate_stats(batch, broadcast.value, modalities)
+            ).treeAggregate(zero, SufficientStats.merge, SufficientStats.merge,
+                            depth=self.tree_depth)
+        finally:
+            broadcast.destroy()
+            context.setLocalProperty("spark.jobGroup.id", None)
+            context.setJobDescription(None)
+
+    def _dataframe_pass(self, params: MixtureParams) -> SufficientStats:
+        modalities = self.data.modalities
+        k = self.n_components
+
+        def partition_stats(record_batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+            total = SufficientStats.zero(modalities, k)
+            for record_batch in record_batches:
+                for payload in record_batch.column("payload").to_pylist():
+                    total = total.merge(
+                        accumulate_stats(decode_batch(payload, modalities), params, modalities))
+            yield pa.RecordBatch.from_pydict({"stats": [total.to_vector().tolist()]})
+
+        rows = self.data.payload.mapInArrow(partition_stats, "stats array<double>").collect()
+        total = SufficientStats.zero(modalities, k)
+        for row in rows:
+            total = total.merge(SufficientStats.from_vector(np.asarray(row.stats), modalities, k))
+        return total
+
+
+def fit_dataframe(model: MultimodalGaussianMixture, df: DataFrame, *,
+                  on_iteration: IterationCallback | None = None, tree_depth: int = 2,
+                  rows_per_block: int = 65_536, init_sample_rows: int = 100_000,
+                  use_rdd: bool | None = None, source: str = "DataFrame",
+                  ) -> MultimodalGaussianMixture:
+    """Fit ``model`` on a Spark DataFrame with one array/vector column per modality.
+
+    Args:
+        model: the estimator, carrying modalities and hyperparameters.
+        df: a column named after each modality (null = modality missing); others are ignored.
+        on_iteration: called after each EM iteration.
+        tree_depth: depth of ``treeAggregate``.
+        rows_per_block: rows per cached numpy batch.
+        init_sample_rows: rows sampled to the driver for initialisation (bounded).
+        use_rdd: force the RDD (True) or the DataFrame-only (False) path; default: RDD
+            where the session has the RDD API.
+        source: what the data is called in error messages.
+    """
+    data = CachedBlocks(df, model.modalities, source, rows_per_block, use_rdd)
+    try:
+        rng = model._random_state()
+        seed = model.random_state if isinstance(model.random_state, int) else 0
+        sample = data.sample(init_sample_rows, seed=seed)
+        log.info("Fitting K=%d on %d rows (%s path, init sample %d rows)", model.n_components,
+                 data.n_rows, "RDD" if data.rdd is not None else "DataFrame-only", sample.n_rows)
+        stats_pass = SparkStatsPass(data, model.n_components, tree_depth)
+        result = model.fit_em(lambda _: model.initial_params(sample, rng), stats_pass,
+                              on_iteration)
+        return model.set_result(result, data.n_rows)
+    finally:
+        data.unpersist()
