@@ -84,6 +84,23 @@ class SparkStatsPass:
         return total
 
 
+def fit_cached(model: MultimodalGaussianMixture, data: CachedBlocks, *,
+               on_iteration: IterationCallback | None = None, tree_depth: int = 2,
+               init_sample_rows: int = 100_000) -> MultimodalGaussianMixture:
+    """Fit ``model`` by EM over already cached blocks (the caller unpersists them).
+
+    Initialisation runs on a bounded driver-side sample of ``init_sample_rows`` rows.
+    """
+    rng = model._random_state()
+    seed = model.random_state if isinstance(model.random_state, int) else 0
+    sample = data.sample(init_sample_rows, seed=seed)
+    log.info("Fitting K=%d on %d rows (%s path, init sample %d rows)", model.n_components,
+             data.n_rows, "RDD" if data.rdd is not None else "DataFrame-only", sample.n_rows)
+    stats_pass = SparkStatsPass(data, model.n_components, tree_depth)
+    result = model.fit_em(lambda _: model.initial_params(sample, rng), stats_pass, on_iteration)
+    return model.set_result(result, data.n_rows)
+
+
 def fit_dataframe(model: MultimodalGaussianMixture, df: DataFrame, *,
                   on_iteration: IterationCallback | None = None, tree_depth: int = 2,
                   rows_per_block: int = 65_536, init_sample_rows: int = 100_000,
@@ -104,14 +121,7 @@ def fit_dataframe(model: MultimodalGaussianMixture, df: DataFrame, *,
     """
     data = CachedBlocks(df, model.modalities, source, rows_per_block, use_rdd)
     try:
-        rng = model._random_state()
-        seed = model.random_state if isinstance(model.random_state, int) else 0
-        sample = data.sample(init_sample_rows, seed=seed)
-        log.info("Fitting K=%d on %d rows (%s path, init sample %d rows)", model.n_components,
-                 data.n_rows, "RDD" if data.rdd is not None else "DataFrame-only", sample.n_rows)
-        stats_pass = SparkStatsPass(data, model.n_components, tree_depth)
-        result = model.fit_em(lambda _: model.initial_params(sample, rng), stats_pass,
-                              on_iteration)
-        return model.set_result(result, data.n_rows)
+        return fit_cached(model, data, on_iteration=on_iteration, tree_depth=tree_depth,
+                          init_sample_rows=init_sample_rows)
     finally:
         data.unpersist()

@@ -1,0 +1,97 @@
+"""The anomaly detector: a fitted mixture plus the anomaly threshold, scored row by row.
+
+This is what is saved, logged to MLflow, registered and loaded for scoring. The anomaly
+score of a row is its negative log-likelihood; the threshold is the (1 - contamination)
+quantile of the training scores, stored with the model so scoring needs no second pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from mmgmm_spark.core.batch import Batch
+from mmgmm_spark.core.densities import (
+    modality_log_likelihoods,
+    normalise_log_prob,
+    weighted_log_prob,
+)
+from mmgmm_spark.model import MultimodalGaussianMixture
+from mmgmm_spark.model_io import load_model, save_model
+
+SCORE_COLUMNS = ("log_likelihood", "anomaly_score", "is_anomaly", "cluster")
+
+
+def modality_column(name: str) -> str:
+    """Output column of a modality's marginal log-likelihood."""
+    return f"{name}_log_likelihood"
+
+
+class AnomalyDetector:
+    """A fitted :class:`MultimodalGaussianMixture` with its anomaly threshold.
+
+    Args:
+        model: a fitted mixture.
+        contamination: expected fraction of anomalies in the training data, in (0, 0.5).
+        threshold: anomaly-score threshold; set by :meth:`set_threshold` from training scores.
+    """
+
+    def __init__(self, model: MultimodalGaussianMixture, contamination: float = 0.01,
+                 threshold: float | None = None) -> None:
+        if not 0.0 < contamination < 0.5:
+            raise ValueError(f"contamination must be in (0, 0.5), got {contamination!r}.")
+        self.model = model
+        self.contamination = contamination
+        self.threshold = threshold
+
+    @property
+    def modalities(self):
+        return self.model.modalities
+
+    def output_columns(self) -> list[str]:
+        """Names of the columns :meth:`score_batch` returns, in order."""
+        return [*SCORE_COLUMNS, *(modality_column(m.name) for m in self.modalities)]
+
+    def set_threshold(self, training_scores: np.ndarray) -> float:
+        """Threshold = (1 - contamination) quantile of the training anomaly scores (n,)."""
+        self.threshold = float(np.quantile(training_scores, 1.0 - self.contamination))
+        return self.threshold
+
+    def score_batch(self, batch: Batch) -> dict[str, np.ndarray]:
+        """Per row: log-likelihood, anomaly score, flag, most probable component, and the
+        marginal log-likelihood of each modality (NaN where missing); each (n,)."""
+        params, modalities = self.model.params, self.modalities
+        log_likelihood, log_resp = normalise_log_prob(weighted_log_prob(batch, params, modalities))
+        anomaly_score = -log_likelihood
+        threshold = np.inf if self.threshold is None else self.threshold
+        columns = {"log_likelihood": log_likelihood, "anomaly_score": anomaly_score,
+                   "is_anomaly": anomaly_score > threshold,
+                   "cluster": log_resp.argmax(axis=1).astype(np.int32)}
+        for name, values in modality_log_likelihoods(batch, params, modalities).items():
+            columns[modality_column(name)] = values
+        return columns
+
+    def score(self, data: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """:meth:`score_batch` on a dict of (n, d_m) arrays (NaN rows = missing)."""
+        return self.score_batch(self.model._batch(data))
+
+    @classmethod
+    def fit(cls, model: MultimodalGaussianMixture, data: Mapping[str, np.ndarray],
+            contamination: float = 0.01) -> AnomalyDetector:
+        """Fit ``model`` on in-memory data and set the threshold from its training scores."""
+        model.fit(data)
+        detector = cls(model, contamination)
+        detector.set_threshold(-model.score_samples(data))
+        return detector
+
+    def save(self, path: str) -> None:
+        """Arrays + JSON (see :mod:`mmgmm_spark.model_io`), threshold included."""
+        save_model(self.model, path, extra={"anomaly": {"contamination": self.contamination,
+                                                        "threshold": self.threshold}})
+
+    @classmethod
+    def load(cls, path: str) -> AnomalyDetector:
+        model = load_model(path)
+        anomaly = model.extra_.get("anomaly", {})
+        return cls(model, float(anomaly.get("contamination", 0.01)), anomaly.get("threshold"))
