@@ -1,0 +1,44 @@
+"""Per-modality Delta tables: one interface, two engines.
+
+* ``delta-spark``: Spark's own Delta (``format("delta")``), chosen by ``engine="auto"`` when
+  the session has the Delta extension (or runs on Databricks); tables by path or catalog name.
+* ``delta-rs`` (embedded default): Spark reads/writes the Parquet files, ``deltalake`` reads
+  the snapshot and commits the log (one commit per write). Local paths / ``file://`` URIs.
+
+A modality table holds an id column (string or long) and a features column (array<double>,
+array<float> or a Spark ML vector); other columns are ignored by :func:`read_modality`.
+"""
+
+from mmgmm_spark.storage.api import (
+    read_modality,
+    read_table,
+    write_modality_table,
+    write_table,
+)
+from mmgmm_spark.storage.tables import (
+    StorageError,
+    TableRead,
+    TableRef,
+    TableWrite,
+    check_ids,
+    choose_engine,
+    features_as_double_array,
+    has_delta_spark,
+    resolve_table,
+)
+
+__all__ = [
+    "StorageError",
+    "TableRead",
+    "TableRef",
+    "TableWrite",
+    "check_ids",
+    "choose_engine",
+    "features_as_double_array",
+    "has_delta_spark",
+    "read_modality",
+    "read_table",
+    "resolve_table",
+    "write_modality_table",
+    "write_table",
+]

@@ -1,0 +1,340 @@
+"""Embedded engine: Spark moves the data (Parquet), delta-rs owns the Delta log.
+
+Read: delta-rs resolves the snapshot (optionally at a pinned version) to its list of live data
+files and Spark reads exactly those Parquet files, with the table's schema.
+
+Write (one Delta commit per call, nothing visible before it):
+
+1. Spark writes Parquet into a fresh directory ``<table>/write-<uuid>/`` (a normal,
+   non-hidden data directory: after the commit the files stay there, referenced by paths
+   relative to the table root such as ``write-<uuid>/part-00000-....snappy.parquet``).
+2. For every file: size and mtime from the filesystem, ``numRecords`` from the Parquet footer.
+3. One delta-rs commit (``create_table_with_add_actions`` for a new table, else
+   ``DeltaTable.create_write_transaction``) references the files, based on the snapshot read
+   at step 0, so a conflicting concurrent commit fails instead of being overwritten.
+4. On any failure before the commit succeeds the write directories are deleted; the log is
+   untouched, so the table stays at its previous version. (A killed driver can leave an
+   unreferenced ``write-*`` directory; Delta VACUUM removes such files.)
+
+Modes:
+* ``append``: the data's schema must equal the table's (names and types; checked here, since
+  delta-rs validates nothing for files it did not write).
+* ``overwrite``: every live file is removed in the same commit; the schema may change.
+* ``overwrite`` + ``replace_where={"run_id": "r1"}`` (idempotent re-runs): all new rows must
+  match the predicate; the live files holding matching rows are found with one Spark query,
+  their non-matching rows are copied into the write directory, and the commit removes those
+  files and adds the new ones (copy-on-write, like Delta's ``replaceWhere``). Works on
+  unpartitioned tables of any layout, so no partitioning scheme is imposed on output tables.
+
+Only local paths (and ``file://`` URIs) are supported here; partitioned tables can be read (the
+partition columns are not returned) but not written; tables needing reader/writer features this
+file-level access would ignore (deletion vectors, column mapping, constraints...) are refused.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from urllib.parse import unquote, urlparse
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from deltalake import DeltaTable
+from deltalake import Schema as DeltaSchema
+from deltalake.exceptions import DeltaError
+from deltalake.transaction import (
+    AddAction,
+    CommitProperties,
+    RemoveAction,
+    create_table_with_add_actions,
+)
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F  # noqa: N812
+from pyspark.sql import types as T  # noqa: N812
+from pyspark.sql.pandas.types import from_arrow_schema, to_arrow_schema
+
+from mmgmm_spark.storage.tables import (
+    StorageError,
+    TableRef,
+    TableWrite,
+    replace_predicate,
+    schema_mismatch,
+)
+
+log = logging.getLogger(__name__)
+
+ENGINE = "delta-rs"
+WRITE_ID_KEY = "mmgmm.writeId"
+# Table features that reading/writing whole Parquet files does not have to honour.
+_SAFE_READER_FEATURES = {"timestampNtz", "v2Checkpoint", "vacuumProtocolCheck"}
+_SAFE_WRITER_FEATURES = _SAFE_READER_FEATURES | {"appendOnly"}
+
+
+def _local(ref: TableRef) -> str:
+    if ref.catalog_name is not None:
+        raise StorageError(
+            f"Table {ref.display!r} is a catalog name, which needs Spark's Delta (the "
+            "delta-spark engine); with the embedded delta-rs engine give a path instead "
+            "(e.g. ./tables/image), or configure Delta Lake in the Spark session."
+        )
+    if ref.local_path is None:
+        raise StorageError(
+            f"Table {ref.display!r}: the delta-rs engine here handles local paths and file:// "
+            "URIs only; use the delta-spark engine for remote storage."
+        )
+    return ref.local_path
+
+
+def _is_delta(root: str) -> bool:
+    return os.path.isdir(os.path.join(root, "_delta_log"))
+
+
+def _open(ref: TableRef, version: int | None = None) -> DeltaTable:
+    root = _local(ref)
+    if not _is_delta(root):
+        raise StorageError(
+            f"Delta table {ref.display!r} not found (no _delta_log in {root}); write it first "
+            "(write_table / write_modality_table) or fix the path."
+        )
+    try:
+        latest = DeltaTable(root)
+        if version is None or version == latest.version():
+            return latest
+        if not 0 <= version <= latest.version():
+            raise StorageError(
+                f"Table {ref.display!r} has no version {version}; versions are 0.."
+                f"{latest.version()}."
+            )
+        return DeltaTable(root, version=version)
+    except DeltaError as exc:
+        raise StorageError(f"Cannot open Delta table {ref.display!r}: {exc}") from exc
+
+
+def _check_protocol(dt: DeltaTable, ref: TableRef, writing: bool) -> None:
+    protocol = dt.protocol()
+    reader = set(protocol.reader_features or [])
+    writer = set(protocol.writer_features or [])
+    bad: set[str] = set()
+    if protocol.min_reader_version == 2:
+        bad.add("columnMapping")
+    bad |= reader - _SAFE_READER_FEATURES
+    if writing:
+        if protocol.min_writer_version > 2 and protocol.min_writer_version != 7:
+            bad.add(f"writer version {protocol.min_writer_version}")
+        bad |= writer - _SAFE_WRITER_FEATURES
+        if dt.metadata().partition_columns:
+            bad.add(f"partitioning by {dt.metadata().partition_columns}")
+    if bad:
+        action = "written" if writing else "read"
+        raise StorageError(
+            f"Table {ref.display!r} uses {sorted(bad)}, which the embedded delta-rs engine "
+            f"cannot honour when it is {action}; use the delta-spark engine for this table."
+        )
+
+
+def _spark_schema(dt: DeltaTable) -> T.StructType:
+    """The table's data-file columns (partition columns excluded) as a Spark schema."""
+    partitions = set(dt.metadata().partition_columns)
+    schema = from_arrow_schema(pa.schema(dt.schema().to_arrow()))
+    return T.StructType([f for f in schema.fields if f.name not in partitions])
+
+
+def read(spark: SparkSession, ref: TableRef, version: int | None) -> tuple[DataFrame, int]:
+    """The snapshot's live Parquet files read by Spark, and the version they belong to."""
+    dt = _open(ref, version)
+    _check_protocol(dt, ref, writing=False)
+    return _read_files(spark, dt, [f.local for f in _live_files(dt, _local(ref))]), dt.version()
+
+
+@dataclass(frozen=True)
+class _LiveFile:
+    log_path: str  # as in the add action: relative to the table root, URI-encoded
+    size: int
+    local: str  # the file on disk
+
+
+def _live_files(dt: DeltaTable, root: str) -> list[_LiveFile]:
+    """Live data files of the snapshot (``file_uris()`` mis-encodes paths with special chars)."""
+    table = pa.table(dt.get_add_actions(flatten=True)).select(["path", "size_bytes"])
+    return [_LiveFile(r["path"], r["size_bytes"], os.path.join(root, unquote(r["path"])))
+            for r in table.to_pylist()]
+
+
+def _read_files(spark: SparkSession, dt: DeltaTable, files: list[str]) -> DataFrame:
+    """Spark reads local Parquet ``files`` with the table's schema (unencoded file:// paths)."""
+    schema = _spark_schema(dt)
+    if not files:
+        return spark.createDataFrame([], schema)
+    return spark.read.schema(schema).parquet(*["file://" + f for f in files])
+
+
+def _local_file(uri: str) -> str:
+    """Spark's ``_metadata.file_path`` (``file:/a%20b/c``) -> the file on disk (``/a b/c``)."""
+    return os.path.normpath(unquote(urlparse(uri).path))
+
+
+def table_schema(ref: TableRef) -> T.StructType | None:
+    """The current Spark schema of the table, or None if it does not exist."""
+    root = _local(ref)
+    return _spark_schema(_open(ref)) if _is_delta(root) else None
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def _stage(df: DataFrame, root: str, directory: str) -> list[AddAction]:
+    """Write ``df`` as Parquet into ``root/directory``; one AddAction per non-empty file."""
+    target = os.path.join(root, directory)
+    df.write.mode("errorifexists").parquet("file://" + target)
+    actions = []
+    for name in sorted(os.listdir(target)):
+        path = os.path.join(target, name)
+        if name.startswith(("_", ".")) or not name.endswith(".parquet"):
+            if os.path.isfile(path):  # Spark's _SUCCESS marker and .crc checksum files
+                os.remove(path)
+            continue
+        rows = pq.read_metadata(path).num_rows
+        if rows == 0:  # Spark writes header-only files for empty partitions
+            os.remove(path)
+            continue
+        stat = os.stat(path)
+        actions.append(AddAction(
+            path=f"{directory}/{name}", size=stat.st_size, partition_values={},
+            modification_time=int(stat.st_mtime * 1000), data_change=True,
+            stats=json.dumps({"numRecords": rows}),
+        ))
+    if not actions:
+        shutil.rmtree(target)
+    return actions
+
+
+def _arrow_schema(df: DataFrame, ref: TableRef) -> pa.Schema:
+    try:
+        return to_arrow_schema(df.schema)
+    except Exception as exc:
+        raise StorageError(
+            f"Table {ref.display!r}: the data's schema {df.schema.simpleString()} has a type "
+            f"Delta/Arrow cannot store ({exc})."
+        ) from exc
+
+
+def write(spark: SparkSession, df: DataFrame, ref: TableRef, mode: str,
+          replace_where: Mapping[str, str | int] | None) -> TableWrite:
+    """Write ``df`` to a local Delta table in one delta-rs commit (see the module docstring)."""
+    root = _local(ref)
+    exists = _is_delta(root)
+    if not exists and os.path.isdir(root) and os.listdir(root):
+        raise StorageError(
+            f"{ref.display!r} is a non-empty directory but not a Delta table (no _delta_log); "
+            "choose another path or remove the directory."
+        )
+    dt = _open(ref) if exists else None
+    arrow_schema = _arrow_schema(df, ref)
+    if dt is not None:
+        _check_protocol(dt, ref, writing=True)
+        if mode == "append" or replace_where:
+            problem = schema_mismatch(ref.display, _spark_schema(dt), df.schema)
+            if problem:
+                raise StorageError(problem)
+    if replace_where:
+        missing = [c for c in replace_where if c not in df.columns]
+        if missing:
+            raise StorageError(
+                f"replace_where columns {missing} are not columns of the data written to "
+                f"{ref.display!r} (columns: {df.columns})."
+            )
+
+    write_id = uuid.uuid4().hex
+    directories = [f"write-{write_id}"]
+    try:
+        adds = _stage(df, root, directories[0])
+        removes: list[RemoveAction] = []
+        if replace_where:
+            _check_rows_match(spark, root, adds, ref, replace_where)
+            if dt is not None:
+                directories.append(f"write-{write_id}-kept")
+                kept, removes = _rewrite_replaced(spark, dt, root, directories[1], replace_where)
+                adds += kept
+        removed = len(removes)
+        properties = CommitProperties(custom_metadata={WRITE_ID_KEY: write_id})
+        if dt is None:
+            create_table_with_add_actions(root, DeltaSchema.from_arrow(arrow_schema), adds,
+                                          mode="error", commit_properties=properties)
+        elif mode == "overwrite" and not replace_where:
+            removed = len(_live_files(dt, root))  # delta-rs derives the removes itself
+            dt.create_write_transaction(adds, mode="overwrite", schema=arrow_schema,
+                                        commit_properties=properties)
+        else:
+            dt.create_write_transaction([*adds, *removes], mode="append", schema=dt.schema(),
+                                        commit_properties=properties)
+    except BaseException as exc:
+        for directory in directories:
+            shutil.rmtree(os.path.join(root, directory), ignore_errors=True)
+        if dt is None and os.path.isdir(root) and not os.listdir(root):
+            os.rmdir(root)
+        if isinstance(exc, DeltaError):
+            start = f"was at version {dt.version()}" if dt is not None else "did not exist"
+            raise StorageError(
+                f"Commit to table {ref.display!r} failed, nothing was committed and the staged "
+                f"files were deleted (the table {start} when the write started): {exc}"
+            ) from exc
+        raise
+    version = _committed_version(root, write_id)
+    log.info("table %s: %s commit version %d (+%d files, -%d files)", ref.display,
+             "replace" if replace_where else mode, version, len(adds), removed)
+    return TableWrite(table=ref.display, version=version, mode=mode, engine=ENGINE,
+                      files_added=len(adds), files_removed=removed)
+
+
+def _check_rows_match(spark: SparkSession, root: str, adds: list[AddAction], ref: TableRef,
+                      replace_where: Mapping[str, str | int]) -> None:
+    """Every new row must satisfy ``replace_where`` (reads only those columns, from Parquet)."""
+    if not adds:
+        return
+    files = ["file://" + os.path.join(root, a.path) for a in adds]
+    staged = spark.read.parquet(*files).select(*replace_where)
+    bad = staged.where(~replace_predicate(replace_where)).count()
+    if bad:
+        raise StorageError(
+            f"Table {ref.display!r}: {bad} rows of the data do not satisfy replace_where "
+            f"{dict(replace_where)}; a replace may only write rows it replaces."
+        )
+
+
+def _rewrite_replaced(spark: SparkSession, dt: DeltaTable, root: str, directory: str,
+                      replace_where: Mapping[str, str | int]
+                      ) -> tuple[list[AddAction], list[RemoveAction]]:
+    """Files of the snapshot holding matching rows -> removes; their other rows -> new files."""
+    live_files = _live_files(dt, root)
+    if not live_files:
+        return [], []
+    predicate = replace_predicate(replace_where)
+    live = _read_files(spark, dt, [f.local for f in live_files])
+    files_with_hits = live.where(predicate).agg(F.collect_set("_metadata.file_path")).first()[0]
+    hit_files = {_local_file(uri) for uri in files_with_hits}
+    hits = [f for f in live_files if os.path.normpath(f.local) in hit_files]
+    if len(hits) != len(hit_files):
+        raise StorageError(
+            f"Internal error: could not map the files holding replaced rows to the Delta log "
+            f"of {dt.table_uri} ({len(hit_files)} files, {len(hits)} matched)."
+        )
+    now = int(time.time() * 1000)
+    removes = [RemoveAction(path=f.log_path, data_change=True, deletion_timestamp=now,
+                            size=f.size, partition_values={}) for f in hits]
+    kept = _read_files(spark, dt, [f.local for f in hits]).where(~predicate)
+    return _stage(kept, root, directory), removes
+
+
+def _committed_version(root: str, write_id: str) -> int:
+    """The version whose commitInfo carries ``write_id`` (robust to concurrent commits)."""
+    dt = DeltaTable(root)
+    for entry in dt.history(limit=20):
+        if entry.get(WRITE_ID_KEY) == write_id:
+            return int(entry["version"])
+    return dt.version()

@@ -1,0 +1,318 @@
+"""Table references, engine choice, results and validation shared by both storage engines.
+
+Nothing here touches the Delta log: ``delta_rs.py`` and ``delta_spark.py`` do, behind the same
+two calls (``read(spark, ref, version) -> (df, version)`` and ``write(...) -> TableWrite``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import functions as F  # noqa: N812
+from pyspark.sql import types as T  # noqa: N812
+
+ENGINES = ("auto", "delta-spark", "delta-rs")
+DELTA_EXTENSION = "io.delta.sql.DeltaSparkSessionExtension"
+
+# One to three dot-separated parts (catalog.schema.table); each part a plain SQL identifier.
+_CATALOG_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*){0,2}$")
+_COLUMN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class StorageError(ValueError):
+    """A table cannot be read or written as asked; the message names table, column and fix."""
+
+
+@dataclass(frozen=True)
+class TableRef:
+    """Where a table lives.
+
+    Attributes:
+        display: the table as the caller gave it, for messages and logs.
+        path: location for Spark (``file:///abs/dir`` for local tables, else the URI as given);
+            None for catalog tables.
+        local_path: absolute local directory for local tables, else None.
+        catalog_name: backquoted multi-part identifier (``\\`main\\`.\\`features\\`.\\`image\\```)
+            for catalog tables, else None.
+    """
+
+    display: str
+    path: str | None = None
+    local_path: str | None = None
+    catalog_name: str | None = None
+
+
+@dataclass(frozen=True)
+class TableRead:
+    """A snapshot read: ``df`` is the content of ``table`` at Delta ``version`` (log this)."""
+
+    df: DataFrame
+    table: str
+    version: int
+    engine: str
+
+
+@dataclass(frozen=True)
+class TableWrite:
+    """One committed write: ``version`` is the Delta version the commit created."""
+
+    table: str
+    version: int
+    mode: str
+    engine: str
+    files_added: int = 0
+    files_removed: int = 0
+
+
+def resolve_table(table: str | os.PathLike[str]) -> TableRef:
+    """Classify ``table`` as a path or a catalog name.
+
+    ``pathlib.Path`` objects, strings containing ``/`` or ``\\``, strings starting with ``.`` or
+    ``~`` and URIs (``file:///...``, ``s3://...``) are paths; a relative path without a slash
+    must be written ``./name``. Anything else must be a catalog identifier with 1-3 parts of
+    letters, digits and underscores (``main.features.image``).
+    """
+    if isinstance(table, os.PathLike):
+        table = os.fspath(table)
+    if not isinstance(table, str) or not table.strip():
+        raise StorageError(f"A table must be a path or a catalog name, got {table!r}.")
+    if table.startswith("file:"):
+        local = unquote(urlparse(table).path)
+        if not local:
+            raise StorageError(f"Table {table!r}: the file:// URI has no path.")
+        return _local_ref(table, local)
+    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", table):
+        return TableRef(display=table, path=table)
+    if any(c in table for c in "/\\") or table.startswith((".", "~")):
+        return _local_ref(table, table)
+    if _CATALOG_NAME.match(table):
+        quoted = ".".join(f"`{part}`" for part in table.split("."))
+        return TableRef(display=table, catalog_name=quoted)
+    raise StorageError(
+        f"Table {table!r} is neither a path (use ./{table} for a relative directory) nor a "
+        "catalog name of the form catalog.schema.table (letters, digits, underscores)."
+    )
+
+
+def _local_ref(display: str, local: str) -> TableRef:
+    absolute = str(Path(local).expanduser().resolve())
+    return TableRef(display=display, path="file://" + absolute, local_path=absolute)
+
+
+# ----------------------------------------------------------------------------- engine choice
+
+
+def _conf(spark: SparkSession, key: str) -> str:
+    try:
+        return spark.conf.get(key, "") or ""
+    except Exception:  # Spark Connect servers may refuse some keys; absent is the safe answer
+        return ""
+
+
+def has_delta_spark(spark: SparkSession) -> bool:
+    """True when Spark's own Delta (``format("delta")``) is usable in this session.
+
+    That is: ``spark.sql.extensions`` lists ``io.delta.sql.DeltaSparkSessionExtension`` (clusters
+    started with the Delta package) or we run on Databricks, where Delta is built in. Only
+    configuration is read, so this works under Spark Connect too.
+    """
+    if DELTA_EXTENSION in _conf(spark, "spark.sql.extensions"):
+        return True
+    if os.environ.get("DATABRICKS_RUNTIME_VERSION"):
+        return True
+    return bool(_conf(spark, "spark.databricks.clusterUsageTags.sparkVersion"))
+
+
+def choose_engine(spark: SparkSession, engine: str = "auto") -> str:
+    """Resolve ``engine`` to ``"delta-spark"`` or ``"delta-rs"``.
+
+    ``auto`` picks delta-spark when :func:`has_delta_spark` says so, else delta-rs (embedded,
+    local tables). Forcing ``delta-spark`` in a session without Delta is an error.
+    """
+    if engine not in ENGINES:
+        raise StorageError(f"Unknown storage engine {engine!r}; use one of {ENGINES}.")
+    if engine == "auto":
+        return "delta-spark" if has_delta_spark(spark) else "delta-rs"
+    if engine == "delta-spark" and not has_delta_spark(spark):
+        raise StorageError(
+            "engine='delta-spark' needs Delta Lake in the Spark session: start Spark with the "
+            f"delta-spark package and spark.sql.extensions={DELTA_EXTENSION}, "
+            "spark.sql.catalog.spark_catalog=org.apache.spark.sql.delta.catalog.DeltaCatalog "
+            "(or run on Databricks); otherwise use engine='delta-rs' (or 'auto') with a path."
+        )
+    return engine
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def require_columns(df: DataFrame, table: str, columns: list[str]) -> None:
+    """Raise naming ``table`` and the first missing column of ``columns``."""
+    present = df.columns
+    for column in columns:
+        if column not in present:
+            raise StorageError(
+                f"Table {table!r} has no column {column!r} (columns: {present}); pass the "
+                "right id_col/features_col or rewrite the table with that column."
+            )
+
+
+def check_ids(df: DataFrame, table: str, id_col: str = "id",
+              features_col: str | None = None) -> int:
+    """Validate the rows of a modality table with one Spark aggregation; return the row count.
+
+    Raises :class:`StorageError` when the table is empty, when ``id_col`` has nulls or duplicate
+    values (with the counts, and up to 5 example duplicates, found by a second query only on
+    failure), or when ``features_col`` (if given) has null vectors.
+    """
+    require_columns(df, table, [id_col] + ([features_col] if features_col else []))
+    aggs = [F.count(F.lit(1)).alias("n"), F.count(F.col(id_col)).alias("n_ids"),
+            F.count_distinct(F.col(id_col)).alias("n_distinct")]
+    if features_col:
+        aggs.append(F.count(F.col(features_col)).alias("n_features"))
+    row = df.agg(*aggs).first()
+    n, n_ids, n_distinct = int(row["n"]), int(row["n_ids"]), int(row["n_distinct"])
+    if n == 0:
+        raise StorageError(f"Table {table!r} is empty (0 rows); write the modality data first.")
+    if n_ids < n:
+        raise StorageError(
+            f"Table {table!r}: {n - n_ids} of {n} rows have a null id in column {id_col!r}; "
+            "every row needs an id (drop or fill those rows)."
+        )
+    if n_distinct < n:
+        examples = [r[0] for r in df.groupBy(id_col).count().where(F.col("count") > 1)
+                    .limit(5).collect()]
+        raise StorageError(
+            f"Table {table!r}: {n - n_distinct} duplicate rows in id column {id_col!r} "
+            f"({n} rows, {n_distinct} distinct ids; e.g. {examples}); ids must be unique."
+        )
+    if features_col and int(row["n_features"]) < n:
+        raise StorageError(
+            f"Table {table!r}: {n - int(row['n_features'])} of {n} rows have a null "
+            f"{features_col!r} vector; drop or fill those rows."
+        )
+    return n
+
+
+def _is_vector_udt(data_type: T.DataType) -> bool:
+    return isinstance(data_type, T.UserDefinedType) and type(data_type).__name__ == "VectorUDT"
+
+
+def _is_vector_struct(data_type: T.DataType) -> bool:
+    """The struct Spark ML vectors are stored as (Delta keeps the struct, not the UDT)."""
+    return isinstance(data_type, T.StructType) and [
+        (f.name, f.dataType.simpleString()) for f in data_type.fields
+    ] == [("type", "tinyint"), ("size", "int"), ("indices", "array<int>"),
+          ("values", "array<double>")]
+
+
+def _vector_struct_to_array(col: Column) -> Column:
+    """``type`` 1 = dense (``values``); 0 = sparse (``size``, ``indices``, ``values``)."""
+    lookup = F.map_from_arrays(col["indices"], col["values"])
+    sparse = F.transform(F.sequence(F.lit(0), col["size"] - 1),
+                         lambda i: F.coalesce(F.try_element_at(lookup, i), F.lit(0.0)))
+    sparse = F.when(col["size"] > 0, sparse).otherwise(F.array().cast("array<double>"))
+    return F.when(col.isNull(), F.lit(None)).when(col["type"] == 1, col["values"]) \
+        .otherwise(sparse)
+
+
+def features_as_double_array(df: DataFrame, table: str, features_col: str) -> DataFrame:
+    """Return ``df`` with ``features_col`` as ``array<double>``.
+
+    Accepted: ``array<double>`` (unchanged), ``array<float>`` (cast, exact), a Spark ML
+    ``VectorUDT`` (``vector_to_array``) and the vector struct
+    ``struct<type,size,indices,values>`` that Delta tables written from vectors hold.
+    """
+    require_columns(df, table, [features_col])
+    data_type = df.schema[features_col].dataType
+    col = F.col(features_col)
+    if isinstance(data_type, T.ArrayType) and isinstance(data_type.elementType, T.DoubleType):
+        return df
+    if isinstance(data_type, T.ArrayType) and isinstance(data_type.elementType, T.FloatType):
+        converted = col.cast(T.ArrayType(T.DoubleType()))
+    elif _is_vector_udt(data_type):
+        from pyspark.ml.functions import vector_to_array
+
+        converted = vector_to_array(col, "float64")
+    elif _is_vector_struct(data_type):
+        converted = _vector_struct_to_array(col)
+    else:
+        raise StorageError(
+            f"Table {table!r}: column {features_col!r} has type {data_type.simpleString()}; "
+            "features must be array<double>, array<float> or a Spark ML vector."
+        )
+    return df.withColumn(features_col, converted)
+
+
+def id_column(df: DataFrame, table: str, id_col: str) -> DataFrame:
+    """Check ``id_col`` is a string or integer column; integers are widened to long."""
+    require_columns(df, table, [id_col])
+    data_type = df.schema[id_col].dataType
+    if isinstance(data_type, T.StringType | T.LongType):
+        return df
+    if isinstance(data_type, T.IntegerType | T.ShortType | T.ByteType):
+        return df.withColumn(id_col, F.col(id_col).cast(T.LongType()))
+    raise StorageError(
+        f"Table {table!r}: id column {id_col!r} has type {data_type.simpleString()}; ids must "
+        "be string or long."
+    )
+
+
+# ----------------------------------------------------------------------------- schemas
+
+
+def _plain_type(data_type: T.DataType) -> str:
+    """Type string without nullability, UDTs replaced by their storage type."""
+    if isinstance(data_type, T.UserDefinedType):
+        return _plain_type(data_type.sqlType())
+    return data_type.simpleString()
+
+
+def schema_mismatch(table: str, table_schema: T.StructType, df_schema: T.StructType) -> str | None:
+    """A message describing how ``df_schema`` differs from ``table_schema``, or None.
+
+    Compares column names and types; nullability and column order are ignored (Delta resolves
+    columns by name).
+    """
+    expected = {f.name: _plain_type(f.dataType) for f in table_schema.fields}
+    got = {f.name: _plain_type(f.dataType) for f in df_schema.fields}
+    problems = []
+    missing = [c for c in expected if c not in got]
+    extra = [c for c in got if c not in expected]
+    if missing:
+        problems.append(f"missing columns {missing}")
+    if extra:
+        problems.append(f"unexpected columns {extra}")
+    problems += [f"column {c!r} is {got[c]} but the table has {expected[c]}"
+                 for c in expected if c in got and got[c] != expected[c]]
+    if not problems:
+        return None
+    return (f"Schema of the data does not match table {table!r}: " + "; ".join(problems)
+            + ". Align the columns, or use mode='overwrite' to replace the table and its schema.")
+
+
+def replace_predicate(replace_where: Mapping[str, str | int]) -> Column:
+    """Null-safe conjunction ``col1 <=> v1 AND col2 <=> v2 ...`` (true/false, never null)."""
+    check_replace_where(replace_where)
+    predicate = F.lit(True)
+    for column, value in replace_where.items():
+        predicate = predicate & F.col(column).eqNullSafe(F.lit(value))
+    return predicate
+
+
+def check_replace_where(replace_where: Mapping[str, str | int]) -> None:
+    if not replace_where:
+        raise StorageError("replace_where must name at least one column, e.g. {'run_id': 'r1'}.")
+    for column, value in replace_where.items():
+        if not isinstance(column, str) or not _COLUMN.match(column):
+            raise StorageError(f"replace_where column {column!r} is not a plain column name.")
+        if isinstance(value, bool) or not isinstance(value, str | int):
+            raise StorageError(
+                f"replace_where[{column!r}] must be a string or an integer, got {value!r}."
+            )
