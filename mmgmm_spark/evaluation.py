@@ -1,0 +1,70 @@
+"""Evaluation against labels, where they exist: ranking quality and the threshold's hits.
+
+The anomaly score ranks rows (higher = more anomalous); the flag is ``score > threshold``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+from sklearn.metrics import average_precision_score, precision_score, recall_score, roc_auc_score
+
+
+def evaluate_scores(is_anomaly: np.ndarray, anomaly_score: np.ndarray,
+                    threshold: float) -> dict[str, float]:
+    """AUROC, average precision, and precision/recall/F1 of ``score > threshold``.
+
+    Args:
+        is_anomaly: (n,) true labels, bool or 0/1 (both classes must occur).
+        anomaly_score: (n,) scores, higher = more anomalous.
+        threshold: the detector's threshold.
+
+    Returns:
+        {"auroc", "average_precision", "precision_at_threshold", "recall_at_threshold",
+        "f1_at_threshold", "flagged_fraction", "anomaly_fraction", "n_rows"}.
+    """
+    labels = np.asarray(is_anomaly).astype(bool)
+    scores = np.asarray(anomaly_score, dtype=np.float64)
+    if labels.shape != scores.shape or labels.ndim != 1:
+        raise ValueError(f"labels {labels.shape} and scores {scores.shape} must both be (n,).")
+    if labels.all() or not labels.any():
+        raise ValueError("Evaluation needs both anomalous and normal rows among the labels.")
+    flagged = scores > threshold
+    precision = float(precision_score(labels, flagged, zero_division=0))
+    recall = float(recall_score(labels, flagged, zero_division=0))
+    f1 = 0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall)
+    return {"auroc": float(roc_auc_score(labels, scores)),
+            "average_precision": float(average_precision_score(labels, scores)),
+            "precision_at_threshold": precision, "recall_at_threshold": recall,
+            "f1_at_threshold": f1, "flagged_fraction": float(flagged.mean()),
+            "anomaly_fraction": float(labels.mean()), "n_rows": float(len(labels))}
+
+
+def log_evaluation(metrics: dict[str, float], *, run_id: str | None = None,
+                   prefix: str = "eval_", client: Any = None) -> None:
+    """Log :func:`evaluate_scores` output to ``run_id`` (or the active run) as ``<prefix>name``.
+
+    ``client``: an ``MlflowClient`` (needed with ``run_id`` for a non-default store).
+    """
+    import mlflow
+
+    named = {prefix + key: value for key, value in metrics.items()}
+    if run_id is None:
+        mlflow.log_metrics(named)
+        return
+    from mlflow.entities import Metric
+
+    client = client or mlflow.MlflowClient()
+    now = int(time.time() * 1000)
+    client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in named.items()])
+
+
+def evaluate_detector(detector: Any, data: dict[str, np.ndarray], is_anomaly: np.ndarray,
+                      **log_options: Any) -> dict[str, float]:
+    """Score ``data`` with an :class:`AnomalyDetector`, evaluate, and log to MLflow."""
+    scores = detector.score(data)["anomaly_score"]
+    metrics = evaluate_scores(is_anomaly, scores, detector.threshold)
+    log_evaluation(metrics, **log_options)
+    return metrics

@@ -1,0 +1,347 @@
+"""Training threshold and batch scoring on Spark.
+
+* :func:`training_threshold`: the exact (1 - contamination) quantile of the training anomaly
+  scores (numpy's default linear interpolation) over :class:`CachedBlocks`, without collecting
+  the scores: a summary pass (count, sum, min, max), then histogram passes of ``bins`` counts
+  that narrow the value range holding the wanted order statistic, until at most
+  ``max_collect`` candidate values remain; only those reach the driver.
+* :func:`score_dataframe`: :meth:`AnomalyDetector.score_batch` as ``mapInArrow`` tasks.
+* :func:`score_to_delta`: scores plus model name/version, scoring run id and time, written
+  to a Delta table in one transaction that replaces the rows of the same scoring run.
+"""
+
+from __future__ import annotations
+
+import io
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import numpy as np
+import pyarrow as pa
+from pyspark import StorageLevel
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from mmgmm_spark.core.batch import Batch
+from mmgmm_spark.core.densities import normalise_log_prob, weighted_log_prob
+from mmgmm_spark.core.em import IterationCallback
+from mmgmm_spark.detector import AnomalyDetector
+from mmgmm_spark.model import MultimodalGaussianMixture
+from mmgmm_spark.spark.arrow import batch_from_arrow, decode_batch
+from mmgmm_spark.spark.data import CachedBlocks, _features_column, translated_errors
+from mmgmm_spark.spark.fit import fit_cached
+
+Stats = tuple[np.ndarray, ...]
+RUN_COLUMN = "scoring_run_id"
+
+
+# ------------------------------------------------------------------------ training threshold
+@dataclass(frozen=True)
+class TrainingScores:
+    """What the threshold passes measured over all n training rows.
+
+    Attributes:
+        threshold: (1 - contamination) quantile of the anomaly scores (equal to
+            ``np.quantile(scores, 1 - contamination)``).
+        n_rows: n.
+        mean_log_likelihood: mean log-likelihood of the rows under the fitted parameters.
+        passes: Spark jobs run over the cached blocks.
+    """
+
+    threshold: float
+    n_rows: int
+    mean_log_likelihood: float
+    passes: int
+
+
+def anomaly_scores(model: MultimodalGaussianMixture, batch: Batch) -> np.ndarray:
+    """(n,) negative log-likelihood of the rows of ``batch``."""
+    log_likelihood, _ = normalise_log_prob(weighted_log_prob(batch, model.params, model.modalities))
+    return -log_likelihood
+
+
+def _encode(stats: Stats) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, *stats)
+    return buffer.getvalue()
+
+
+def _decode(payload: bytes) -> Stats:
+    with np.load(io.BytesIO(payload), allow_pickle=False) as arrays:
+        return tuple(arrays[f"arr_{i}"] for i in range(len(arrays.files)))
+
+
+class _ScoreReducer:
+    """Map a function over the anomaly scores of every cached block and merge the results.
+
+    RDD path: the (n_i,) score arrays are computed once and cached. DataFrame-only path: each
+    pass decodes the cached payloads and recomputes the scores (one E-step per pass).
+    """
+
+    def __init__(self, model: MultimodalGaussianMixture, data: CachedBlocks) -> None:
+        self.data = data
+        self.passes = 0
+        self.scores = None
+        if data.rdd is not None:
+            self.scores = data.rdd.map(lambda batch: anomaly_scores(model, batch))
+            self.scores.persist(StorageLevel.MEMORY_AND_DISK)
+        self.model = model
+
+    def reduce(self, function: Callable[[np.ndarray], Stats],
+               merge: Callable[[Stats, Stats], Stats]) -> Stats:
+        self.passes += 1
+        with translated_errors():
+            if self.scores is not None:
+                return self.scores.map(function).treeReduce(merge)
+            return self._dataframe_reduce(function, merge)
+
+    def _dataframe_reduce(self, function: Callable[[np.ndarray], Stats],
+                          merge: Callable[[Stats, Stats], Stats]) -> Stats:
+        model, modalities = self.model, self.data.modalities
+
+        def partition(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+            total = None
+            for record_batch in batches:
+                for payload in record_batch.column("payload").to_pylist():
+                    stats = function(anomaly_scores(model, decode_batch(payload, modalities)))
+                    total = stats if total is None else merge(total, stats)
+            if total is not None:
+                yield pa.RecordBatch.from_pydict({"stats": [_encode(total)]})
+
+        rows = self.data.payload.mapInArrow(partition, "stats binary").collect()
+        results = [_decode(row.stats) for row in rows]
+        total = results[0]
+        for stats in results[1:]:
+            total = merge(total, stats)
+        return total
+
+    def close(self) -> None:
+        if self.scores is not None:
+            self.scores.unpersist()
+
+
+def _summary(scores: np.ndarray) -> Stats:
+    finite = np.isfinite(scores)
+    return (np.array([scores.size, np.count_nonzero(~finite)]), np.array([scores[finite].sum()]),
+            np.array([scores[finite].min(initial=np.inf)]),
+            np.array([scores[finite].max(initial=-np.inf)]))
+
+
+def _merge_summary(a: Stats, b: Stats) -> Stats:
+    return a[0] + b[0], a[1] + b[1], np.minimum(a[2], b[2]), np.maximum(a[3], b[3])
+
+
+def _histogram(lo: float, hi: float, bins: int) -> Callable[[np.ndarray], Stats]:
+    """Per bin of [lo, hi]: count, min and max of the scores in it (bin index is monotone)."""
+
+    def histogram(scores: np.ndarray) -> Stats:
+        inside = scores[(scores >= lo) & (scores <= hi)]
+        index = np.minimum(((inside - lo) / (hi - lo) * bins).astype(np.int64), bins - 1)
+        mins = np.full(bins, np.inf)
+        maxs = np.full(bins, -np.inf)
+        np.minimum.at(mins, index, inside)
+        np.maximum.at(maxs, index, inside)
+        return np.bincount(index, minlength=bins), mins, maxs
+
+    return histogram
+
+
+def _merge_histogram(a: Stats, b: Stats) -> Stats:
+    return a[0] + b[0], np.minimum(a[1], b[1]), np.maximum(a[2], b[2])
+
+
+def _order_statistic(reducer: _ScoreReducer, rank: int, lo: float, hi: float, n: int,
+                     bins: int, max_collect: int) -> float:
+    """The score of 0-based ``rank`` in ascending order, all scores lying in [lo, hi]."""
+    below, count = 0, n
+    while lo < hi and count > max_collect:
+        counts, mins, maxs = reducer.reduce(_histogram(lo, hi, bins), _merge_histogram)
+        ends = below + np.cumsum(counts)
+        b = int(np.searchsorted(ends, rank, side="right"))
+        below, count = int(ends[b] - counts[b]), int(counts[b])
+        lo, hi = float(mins[b]), float(maxs[b])
+    if lo == hi:
+        return lo
+    low, high = lo, hi
+    (values,) = reducer.reduce(lambda s: (s[(s >= low) & (s <= high)],),
+                               lambda a, b: (np.concatenate([a[0], b[0]]),))
+    return float(np.sort(values)[rank - below])
+
+
+def _lerp(a: float, b: float, t: float) -> float:
+    """numpy's linear interpolation between neighbouring order statistics."""
+    if a == b:
+        return a
+    difference = b - a
+    return b - difference * (1 - t) if t >= 0.5 else a + difference * t
+
+
+def training_threshold(model: MultimodalGaussianMixture, data: CachedBlocks,
+                       contamination: float, *, bins: int = 1024,
+                       max_collect: int = 100_000) -> TrainingScores:
+    """Exact (1 - contamination) quantile of the anomaly scores of all cached rows.
+
+    Args:
+        model: the fitted mixture.
+        data: the cached training blocks (not unpersisted here).
+        contamination: in (0, 0.5).
+        bins: counts per histogram pass (each pass divides the candidate range by about this).
+        max_collect: candidate values brought to the driver at most.
+    """
+    if not 0.0 < contamination < 0.5:
+        raise ValueError(f"contamination must be in (0, 0.5), got {contamination!r}.")
+    reducer = _ScoreReducer(model, data)
+    try:
+        (n, bad), (total,), (lo,), (hi,) = reducer.reduce(_summary, _merge_summary)
+        if bad:
+            raise ValueError(f"{bad} training rows have a non-finite anomaly score.")
+        position = (int(n) - 1) * (1.0 - contamination)
+        rank = int(np.floor(position))
+        below = _order_statistic(reducer, rank, lo, hi, int(n), bins, max_collect)
+        above = below if rank + 1 >= n else _order_statistic(
+            reducer, rank + 1, lo, hi, int(n), bins, max_collect)
+        threshold = _lerp(below, above, position - rank)
+        return TrainingScores(threshold, int(n), float(-total / n), reducer.passes)
+    finally:
+        reducer.close()
+
+
+def fit_detector(model: MultimodalGaussianMixture, data: CachedBlocks, contamination: float,
+                 *, on_iteration: IterationCallback | None = None, **fit_options
+                 ) -> tuple[AnomalyDetector, TrainingScores]:
+    """:func:`fit_cached` then :func:`training_threshold` on the same cached blocks."""
+    fit_cached(model, data, on_iteration=on_iteration, **fit_options)
+    scores = training_threshold(model, data, contamination)
+    return AnomalyDetector(model, contamination, scores.threshold), scores
+
+
+def fit_detector_dataframe(model: MultimodalGaussianMixture, df: DataFrame,
+                           contamination: float, *, source: str = "DataFrame",
+                           rows_per_block: int = 65_536, use_rdd: bool | None = None,
+                           on_iteration: IterationCallback | None = None, **fit_options
+                           ) -> tuple[AnomalyDetector, TrainingScores]:
+    """The Spark training path: CachedBlocks -> fit_cached -> threshold -> unpersist."""
+    data = CachedBlocks(df, model.modalities, source, rows_per_block, use_rdd)
+    try:
+        return fit_detector(model, data, contamination, on_iteration=on_iteration,
+                            **fit_options)
+    finally:
+        data.unpersist()
+
+
+# ------------------------------------------------------------------------------- scoring
+def score_schema(detector: AnomalyDetector, id_field: T.StructField,
+                 responsibilities: bool) -> T.StructType:
+    """Output schema of :func:`score_dataframe`."""
+    types = {"is_anomaly": T.BooleanType(), "cluster": T.IntegerType()}
+    fields = [id_field] + [T.StructField(name, types.get(name, T.DoubleType()))
+                           for name in detector.output_columns()]
+    if responsibilities:
+        fields.append(T.StructField("responsibilities", T.ArrayType(T.DoubleType(), False)))
+    return T.StructType(fields)
+
+
+def _responsibility_column(detector: AnomalyDetector, batch: Batch) -> pa.ListArray:
+    model = detector.model
+    _, log_resp = normalise_log_prob(weighted_log_prob(batch, model.params, model.modalities))
+    n, k = log_resp.shape
+    offsets = pa.array(np.arange(0, n * k + 1, k, dtype=np.int32))
+    return pa.ListArray.from_arrays(offsets, pa.array(np.exp(log_resp).ravel()))
+
+
+def score_dataframe(df: DataFrame, detector: AnomalyDetector, *, id_column: str = "id",
+                    responsibilities: bool = False, source: str = "DataFrame") -> DataFrame:
+    """Score every row of ``df`` (``id_column`` + one column per modality, null = missing).
+
+    Returns a DataFrame (lazy) with ``id_column``, the columns of
+    :meth:`AnomalyDetector.output_columns` and, if asked, ``responsibilities`` (K,) per row.
+    """
+    modalities = detector.modalities
+    frame = df.select(F.col(id_column), *[_features_column(df, m.name, source).alias(m.name)
+                                          for m in modalities])
+    schema = score_schema(detector, frame.schema[id_column], responsibilities)
+    arrow_schema = pa.schema([pa.field(f.name, _arrow_type(f.dataType)) for f in schema.fields])
+    names = detector.output_columns()
+
+    def score_partition(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for record_batch in batches:
+            if record_batch.num_rows == 0:
+                continue
+            batch = batch_from_arrow(record_batch, modalities, source)
+            columns = detector.score_batch(batch)
+            arrays = [record_batch.column(id_column)] + [pa.array(columns[n]) for n in names]
+            if responsibilities:
+                arrays.append(_responsibility_column(detector, batch))
+            yield pa.RecordBatch.from_arrays(arrays, schema=arrow_schema)
+
+    return frame.mapInArrow(score_partition, schema)
+
+
+def _arrow_type(data_type: T.DataType) -> pa.DataType:
+    from pyspark.sql.pandas.types import to_arrow_type
+
+    return to_arrow_type(data_type)
+
+
+@dataclass(frozen=True)
+class ScoringResult:
+    """One committed scoring write."""
+
+    table: str
+    version: int
+    scoring_run_id: str
+    model_name: str
+    model_version: str
+    scored_at: datetime
+
+
+def score_to_delta(spark: SparkSession, df: DataFrame, table: str, detector: AnomalyDetector,
+                   *, model_name: str, model_version: str, scoring_run_id: str | None = None,
+                   id_column: str = "id", responsibilities: bool = False,
+                   engine: str = "auto", scored_at: datetime | None = None) -> ScoringResult:
+    """Score ``df`` and write the rows to Delta ``table`` in one transaction.
+
+    Columns: ``id_column``, the score columns, optionally ``responsibilities``, then
+    ``model_name``, ``model_version``, ``scoring_run_id`` and ``scored_at`` (UTC wall-clock time,
+    ``timestamp_ntz``).
+    The write replaces the table's rows of ``scoring_run_id`` (Delta ``replaceWhere``), so
+    re-running a scoring run leaves exactly one copy of its rows; a failure before the commit
+    leaves the table unchanged.
+    """
+    from mmgmm_spark.storage import write_table
+
+    run_id = scoring_run_id or uuid.uuid4().hex
+    when = (scored_at or datetime.now(UTC)).astimezone(UTC)
+    scored = score_dataframe(df, detector, id_column=id_column,
+                             responsibilities=responsibilities).select(
+        "*", F.lit(model_name).alias("model_name"), F.lit(str(model_version)).alias(
+            "model_version"), F.lit(run_id).alias(RUN_COLUMN),
+        F.lit(when.replace(tzinfo=None)).cast("timestamp_ntz").alias("scored_at"))
+    with translated_errors():
+        written = write_table(spark, scored, table, mode="overwrite",
+                              replace_where={RUN_COLUMN: run_id}, engine=engine)
+    return ScoringResult(written.table, written.version, run_id, model_name, str(model_version),
+                         when)
+
+
+def read_and_join(spark: SparkSession, tables: Mapping[str, str], *, id_column: str = "id",
+                  features_column: str = "features", versions: Mapping[str, int] | None = None,
+                  engine: str = "auto") -> tuple[DataFrame, dict[str, int]]:
+    """Read per-modality Delta tables (pinned ``versions`` optional) and full-outer-join them.
+
+    Returns (DataFrame(id, <modality>...), {modality: Delta version read}).
+    """
+    from mmgmm_spark.spark.data import join_modalities
+    from mmgmm_spark.storage import read_modality
+
+    frames, read_versions = {}, {}
+    for name, table in tables.items():
+        read = read_modality(spark, table, id_col=id_column, features_col=features_column,
+                             version=(versions or {}).get(name), engine=engine)
+        frames[name] = read.df
+        read_versions[name] = read.version
+    joined = join_modalities(frames, id_column, {name: features_column for name in frames})
+    return joined, read_versions

@@ -1,0 +1,50 @@
+"""Batch scoring with a registered model, recorded as an MLflow run."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import mlflow
+
+from mmgmm_spark.spark.score import ScoringResult, score_to_delta
+from mmgmm_spark.tracking.config import TrackingConfig, tracking
+from mmgmm_spark.tracking.fit import table_params
+from mmgmm_spark.tracking.pyfunc import load_detector
+from mmgmm_spark.tracking.registry import resolve_registered
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+
+def score_registered(spark: SparkSession, df: DataFrame, table: str, model_uri: str, *,
+                     config: TrackingConfig | None = None, scoring_run_id: str | None = None,
+                     table_versions: Mapping[str, Any] | None = None,
+                     **score_options: Any) -> ScoringResult:
+    """Score ``df`` with the model at ``model_uri`` and write the scores to Delta ``table``.
+
+    ``model_uri`` is ``models:/<name>@<alias>`` or ``models:/<name>/<version>``; the alias is
+    resolved once, so every row is scored by the same version. Without ``scoring_run_id`` a
+    new MLflow run (named ``scoring``) is started and its id tags the rows; passing the id of
+    an earlier scoring run re-runs it, replacing its rows (the run is resumed). The run
+    records model name/version, the input table versions and the output table version.
+
+    ``score_options``: ``id_column``, ``responsibilities``, ``engine`` of
+    :func:`mmgmm_spark.spark.score.score_to_delta`.
+    """
+    config = config or TrackingConfig()
+    with tracking(config) as experiment_id:
+        name, version = resolve_registered(config.client(), model_uri)
+        detector = load_detector(f"models:/{name}/{version}")
+        run_args = {"run_id": scoring_run_id} if scoring_run_id else {
+            "experiment_id": experiment_id, "run_name": "scoring"}
+        with mlflow.start_run(**run_args) as run:
+            params, tags = table_params(table_versions or {})
+            mlflow.log_params({"model_uri": model_uri, "model_name": name,
+                               "model_version": version, "output_table": table, **params})
+            mlflow.set_tags(tags)
+            result = score_to_delta(spark, df, table, detector, model_name=name,
+                                    model_version=version, scoring_run_id=run.info.run_id,
+                                    **score_options)
+            mlflow.log_metric("output_table_version", result.version)
+            return result

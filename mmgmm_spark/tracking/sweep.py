@@ -1,0 +1,132 @@
+"""Model selection by BIC: every candidate a nested run, the winner recorded on the parent."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import matplotlib.pyplot as plt
+import mlflow
+import numpy as np
+
+from mmgmm_spark.core.modality import Modality
+from mmgmm_spark.model import MultimodalGaussianMixture, _is_spark_dataframe
+from mmgmm_spark.tracking import plots
+from mmgmm_spark.tracking.config import TrackingConfig, tracking
+from mmgmm_spark.tracking.fit import FitRun, register_detector, table_params, tracked_fit
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One fitted configuration: K, {modality: covariance type}, its BIC and nested run."""
+
+    n_components: int
+    covariance_types: dict[str, str]
+    bic: float
+    run_id: str
+
+    @property
+    def key(self) -> str:
+        """Metric-name-safe configuration label, e.g. ``image-full_text-diag``."""
+        return "_".join(f"{name}-{cov}" for name, cov in self.covariance_types.items())
+
+    @property
+    def label(self) -> str:
+        return ",".join(f"{name}:{cov}" for name, cov in self.covariance_types.items())
+
+
+@dataclass
+class SweepResult:
+    """The parent run, all candidates, and the winner (lowest BIC) with its registration."""
+
+    run_id: str
+    candidates: list[Candidate]
+    best: Candidate
+    best_fit: FitRun
+
+
+def _with_covariances(modalities: Sequence[Modality],
+                      covariance_types: Mapping[str, str]) -> list[Modality]:
+    return [dataclasses.replace(m, covariance_type=covariance_types.get(m.name,
+                                                                        m.covariance_type))
+            for m in modalities]
+
+
+def select_model(data: Any, modalities: Sequence[Modality], n_components: Sequence[int], *,
+                 covariance_types: Sequence[Mapping[str, str]] | None = None,
+                 contamination: float = 0.01, config: TrackingConfig | None = None,
+                 table_versions: Mapping[str, Any] | None = None,
+                 holdout: Mapping[str, np.ndarray] | None = None, register: bool = True,
+                 run_name: str = "model-selection", model_options: Mapping[str, Any] | None = None,
+                 **spark_options: Any) -> SweepResult:
+    """Fit every (K, covariance configuration) and keep the lowest BIC.
+
+    Args:
+        data: as for :func:`tracked_fit`; a Spark DataFrame is cached once for all candidates.
+        modalities: the modalities (their covariance types are the default configuration).
+        n_components: the K values to try.
+        covariance_types: configurations to try, each {modality name: covariance type}
+            (modalities not named keep theirs); default: the modalities as given.
+        model_options: other :class:`MultimodalGaussianMixture` arguments (tol, max_iter,
+            n_init, random_state...), shared by every candidate.
+        register: log the winner's detector on the parent run, register it and run the
+            champion check (see :func:`tracked_fit`).
+    """
+    config = config or TrackingConfig()
+    configurations = [dict(c) for c in (covariance_types or [{}])]
+    options = dict(model_options or {})
+    cached = None
+    if _is_spark_dataframe(data):
+        from mmgmm_spark.spark.data import CachedBlocks
+
+        cached = CachedBlocks(data, tuple(modalities), spark_options.pop("source", "DataFrame"),
+                              spark_options.pop("rows_per_block", 65_536),
+                              spark_options.pop("use_rdd", None))
+        data = cached
+    try:
+        with tracking(config) as experiment_id, mlflow.start_run(
+                experiment_id=experiment_id, run_name=run_name) as parent:
+            params, tags = table_params(table_versions or {})
+            mlflow.log_params({"sweep.n_components": ",".join(map(str, n_components)),
+                               "sweep.n_configurations": len(configurations), **params})
+            mlflow.set_tags(tags)
+            candidates, fits = [], []
+            for covariances in configurations:
+                mods = _with_covariances(modalities, covariances)
+                resolved = {m.name: m.covariance_type for m in mods}
+                for k in n_components:
+                    model = MultimodalGaussianMixture(mods, k, **options)
+                    fit = tracked_fit(model, data, contamination=contamination, config=config,
+                                      table_versions=table_versions, log_model=False,
+                                      nested=True, run_name=f"K={k} {resolved}", **spark_options)
+                    candidates.append(Candidate(k, resolved, fit.metrics["bic"], fit.run_id))
+                    fits.append(fit)
+            index = int(np.argmin([c.bic for c in candidates]))
+            best, best_fit = candidates[index], fits[index]
+            mlflow.log_params({"best_n_components": best.n_components,
+                               "best_covariance_types": best.label, "best_run_id": best.run_id})
+            mlflow.log_metrics({"best_bic": best.bic, **{
+                f"bic/K{c.n_components}/{c.key}": c.bic
+                for c in candidates}})
+            figure = plots.bic_curve([(c.n_components, c.label, c.bic) for c in candidates],
+                                     (best.n_components, best.label))
+            mlflow.log_figure(figure, "plots/bic_vs_k.png")
+            plt.close(figure)
+            if register:
+                sample = _sample(best_fit, data)
+                best_fit.model_uri, best_fit.model_version, best_fit.decision = (
+                    register_detector(config, best_fit.detector, sample, holdout,
+                                      parent.info.run_id))
+            return SweepResult(parent.info.run_id, candidates, best, best_fit)
+    finally:
+        if cached is not None:
+            cached.unpersist()
+
+
+def _sample(fit: FitRun, data: Any):
+    """A few rows for the input example."""
+    if type(data).__name__ == "CachedBlocks":
+        return data.sample(100, seed=0)
+    return fit.detector.model._batch({name: np.asarray(v)[:100] for name, v in data.items()})
