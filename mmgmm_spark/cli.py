@@ -1,46 +1,199 @@
-"""The ``mmgmm`` command line."""
+"""The ``mmgmm`` command line: demo, ingest, train, score, evaluate, benchmark.
+
+Every subcommand takes ``--config FILE`` and any number of ``--set section.key=value``
+overrides, exits 0 on success, and on bad input exits 2 with one paragraph naming what is
+wrong (no Java stack trace as the only message).
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
 
-import numpy as np
+from mmgmm_spark.config import AppConfig, ConfigError, load_config
 
-from mmgmm_spark.model import MultimodalGaussianMixture
-from mmgmm_spark.synthetic import DEMO_MODALITIES, generate
+DEFAULT_CONFIG = "conf/local.yaml"
+log = logging.getLogger("mmgmm_spark")
 
 
-def demo(args: argparse.Namespace) -> int:
-    """Generate multimodal data, fit the mixture in memory and print it."""
-    data = generate(n_rows=args.rows, seed=args.seed)
-    print(f"Generated {args.rows} entities with modalities "
-          f"{[f'{m.name}({m.dim}, {m.covariance_type})' for m in DEMO_MODALITIES]}")
-    model = MultimodalGaussianMixture(list(DEMO_MODALITIES), n_components=args.components,
-                                      random_state=args.seed, max_iter=200)
-    model.fit(data.features)
-    print(f"Fitted K={model.n_components}: converged={model.converged_} after "
-          f"{model.n_iter_} iterations, mean log-likelihood {model.lower_bound_:.4f}")
-    print("weights:", np.round(model.weights_, 3).tolist())
+def _spark(config: AppConfig):
+    from mmgmm_spark.spark.session import build_spark
+
+    spark = build_spark(config.spark.master, config.spark.app_name, config.spark.conf,
+                        config.spark.remote)
+    if config.spark.remote is None:
+        spark.sparkContext.setLogLevel("ERROR")
+    return spark
+
+
+def _step(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def cmd_demo(args: argparse.Namespace, config: AppConfig) -> int:
+    """Generate data, write Delta tables, train + track, score, evaluate, report."""
+    from mmgmm_spark import pipeline
+    from mmgmm_spark.demo import demo_report, write_demo_tables
+
+    labels_table = str(Path(config.work_dir) / "tables" / "labels")
+    spark = _spark(config)
+    _step(f"Generating {args.rows:,} entities (3 modalities, some missing, injected anomalies) "
+          "and writing the Delta tables")
+    tables = write_demo_tables(spark, config, labels_table, n_rows=args.rows, seed=args.seed)
+    for name, write in tables.modalities.items():
+        _step(f"  {name}: {write.table} (version {write.version})")
+    _step(f"Training K={config.model.n_components} on Spark, tracked in MLflow")
+    fit = pipeline.train(spark, config)
+    _step(f"  run {fit.run_id}: model version {fit.model_version}, "
+          f"{fit.decision.reason if fit.decision else 'not registered'}")
+    _step(f"Scoring every entity with {config.model_uri()}")
+    scored = pipeline.score(spark, config)
+    _step(f"  wrote {scored.table} (version {scored.version})")
+    _step("Evaluating against the injected anomalies")
+    metrics = pipeline.evaluate(spark, config, labels_table)
+    report = demo_report(spark, config, labels_table, metrics)
+    print_demo_report(report, config, scored.table)
     return 0
 
 
+def print_demo_report(report, config: AppConfig, scores_table: str) -> None:
+    m = report.metrics
+    print("\n=== mmgmm-spark demo report ===")
+    print(f"AUROC {m['auroc']:.4f}   average precision {m['average_precision']:.4f}   "
+          f"precision@threshold {m['precision_at_threshold']:.3f}   "
+          f"recall@threshold {m['recall_at_threshold']:.3f}")
+    print("\nAUROC by anomaly kind     joint multimodal model   per-modality detector")
+    for kind, value in report.auroc_by_kind.items():
+        print(f"  {kind:22s}  {value:22.4f}   "
+              f"{report.per_modality_detector_auroc_by_kind[kind]:21.4f}")
+    print("  (cross_modal rows are normal in every modality alone: only the joint model "
+          "sees them)")
+    print("\nTop anomalies (per-modality surprise = z-score of -log p(modality)):")
+    print(report.top_anomalies.to_string(index=False))
+    uri = config.tracking_uri()
+    print(f"\nDelta tables: {Path(config.work_dir, 'tables').resolve()}  (scores: {scores_table})")
+    print(f"MLflow store: {uri}")
+    print(f"Open the MLflow UI:  mlflow ui --backend-store-uri {uri}")
+
+
+def cmd_ingest(args: argparse.Namespace, config: AppConfig) -> int:
+    from mmgmm_spark.ingest import ModalitySource, ingest
+
+    tables = {m.name: m.table for m in config.data.modalities}
+    sources = []
+    for item in args.modality:
+        name, sep, rest = item.partition("=")
+        path, _, columns = rest.partition(":")
+        if not sep or name not in tables:
+            raise ConfigError(f"--modality {item!r}: expected NAME=PATH[:COLUMNS] with NAME one "
+                              f"of the config's modalities {sorted(tables)}.")
+        sources.append(ModalitySource(name, path, tables[name], columns or None))
+    writes = ingest(_spark(config), sources, config.data.id_column, config.storage.engine)
+    for name, write in writes.items():
+        print(f"{name}: wrote {write.table} version {write.version}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace, config: AppConfig) -> int:
+    from mmgmm_spark import pipeline
+
+    fit = pipeline.train(_spark(config), config)
+    print(f"run {fit.run_id}: registered version {fit.model_version}; "
+          f"{fit.decision.reason if fit.decision else 'not registered'}")
+    return 0
+
+
+def cmd_score(args: argparse.Namespace, config: AppConfig) -> int:
+    from mmgmm_spark import pipeline
+
+    result = pipeline.score(_spark(config), config, args.scoring_run_id)
+    print(f"wrote {result.table} version {result.version} (scoring run {result.scoring_run_id}, "
+          f"model {result.model_name} v{result.model_version})")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace, config: AppConfig) -> int:
+    from mmgmm_spark import pipeline
+
+    metrics = pipeline.evaluate(_spark(config), config, args.labels, args.label_column,
+                                args.scoring_run_id)
+    for name, value in metrics.items():
+        print(f"{name}: {value:.6g}")
+    return 0
+
+
+def cmd_benchmark(args: argparse.Namespace) -> int:
+    from mmgmm_spark.benchmark_adbench import main as adbench_main
+
+    return adbench_main(["--data-dir", args.data_dir, "--out", args.out])
+
+
+def _with_config(run: Callable[[argparse.Namespace, AppConfig], int]):
+    def wrapped(args: argparse.Namespace) -> int:
+        return run(args, load_config(args.config, args.set))
+
+    return wrapped
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mmgmm", description=__doc__)
+    parser = argparse.ArgumentParser(prog="mmgmm", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    p = commands.add_parser("demo", help="run the end-to-end demo on generated data")
+
+    def command(name: str, run, help_text: str) -> argparse.ArgumentParser:
+        p = commands.add_parser(name, help=help_text)
+        p.add_argument("--config", default=DEFAULT_CONFIG, help=f"YAML (default {DEFAULT_CONFIG})")
+        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config value, e.g. model.n_components=12")
+        p.set_defaults(run=_with_config(run))
+        return p
+
+    p = command("demo", cmd_demo, "end-to-end demo on generated data")
     p.add_argument("--rows", type=int, default=200_000)
-    p.add_argument("--components", type=int, default=6)
     p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(run=demo)
+    p = command("ingest", cmd_ingest, "Parquet/CSV/.npz files to per-modality Delta tables")
+    p.add_argument("--modality", action="append", required=True, metavar="NAME=PATH[:COLUMNS]",
+                   help="COLUMNS: an array column, or a prefix of numbered columns (image_)")
+    command("train", cmd_train, "fit (or sweep), track in MLflow, register")
+    p = command("score", cmd_score, "score the feature tables into the output Delta table")
+    p.add_argument("--scoring-run-id", default=None, help="re-run (replace) this scoring run")
+    p = command("evaluate", cmd_evaluate, "AUROC/AP/precision of the scores against labels")
+    p.add_argument("--labels", required=True, help="Delta table with the id and a label column")
+    p.add_argument("--label-column", default="is_anomaly")
+    p.add_argument("--scoring-run-id", default=None)
+    bench = commands.add_parser("benchmark", help="accuracy benchmarks")
+    kinds = bench.add_subparsers(dest="kind", required=True)
+    adbench = kinds.add_parser("adbench", help="ADBench-format .npz files")
+    adbench.add_argument("--data-dir", required=True)
+    adbench.add_argument("--out", required=True)
+    adbench.set_defaults(run=cmd_benchmark)
     return parser
 
 
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from mlflow.exceptions import MlflowException
+
+    from mmgmm_spark import DataValidationError, DegenerateComponentError, ModelFormatError
+    from mmgmm_spark.storage import StorageError
+
+    return (ConfigError, DataValidationError, DegenerateComponentError, ModelFormatError,
+            StorageError, MlflowException, FileNotFoundError)
+
+
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    for noisy in ("py4j", "mlflow", "alembic", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     args = build_parser().parse_args(argv)
-    return args.run(args)
+    try:
+        return args.run(args)
+    except _user_errors() as error:
+        print(f"mmgmm {args.command}: error: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -328,20 +328,24 @@ def score_to_delta(spark: SparkSession, df: DataFrame, table: str, detector: Ano
 
 
 def read_and_join(spark: SparkSession, tables: Mapping[str, str], *, id_column: str = "id",
-                  features_column: str = "features", versions: Mapping[str, int] | None = None,
+                  features_column: str | Mapping[str, str] = "features",
+                  versions: Mapping[str, int | None] | None = None,
                   engine: str = "auto") -> tuple[DataFrame, dict[str, int]]:
     """Read per-modality Delta tables (pinned ``versions`` optional) and full-outer-join them.
 
+    ``features_column``: one name for every table, or {modality: column}.
     Returns (DataFrame(id, <modality>...), {modality: Delta version read}).
     """
     from mmgmm_spark.spark.data import join_modalities
     from mmgmm_spark.storage import read_modality
 
+    columns = ({name: features_column for name in tables} if isinstance(features_column, str)
+               else dict(features_column))
     frames, read_versions = {}, {}
     for name, table in tables.items():
-        read = read_modality(spark, table, id_col=id_column, features_col=features_column,
+        read = read_modality(spark, table, id_col=id_column, features_col=columns[name],
                              version=(versions or {}).get(name), engine=engine)
         frames[name] = read.df
         read_versions[name] = read.version
-    joined = join_modalities(frames, id_column, {name: features_column for name in frames})
+    joined = join_modalities(frames, id_column, columns)
     return joined, read_versions

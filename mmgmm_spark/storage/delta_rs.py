@@ -216,7 +216,8 @@ def _stage(df: DataFrame, root: str, directory: str) -> list[AddAction]:
 
 def _arrow_schema(df: DataFrame, ref: TableRef) -> pa.Schema:
     try:
-        return to_arrow_schema(df.schema)
+        # Delta stores timestamps as UTC instants (Spark writes them so in Parquet)
+        return to_arrow_schema(df.schema, timezone="UTC")
     except Exception as exc:
         raise StorageError(
             f"Table {ref.display!r}: the data's schema {df.schema.simpleString()} has a type "

@@ -1,0 +1,187 @@
+"""Typed, validated job configuration loaded from YAML, with command-line overrides.
+
+Every section is a pydantic model that forbids unknown keys, so a typo is an error naming
+the field and the file instead of a silently ignored setting. Relative paths are resolved
+against the current working directory (the repository root for ``make demo``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from mmgmm_spark.core.init import INIT_METHODS
+
+
+class ConfigError(ValueError):
+    """A configuration file or override that cannot be used; the message names the field."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SparkConfig(Section):
+    master: str | None = "local[2]"
+    app_name: str = "mmgmm-spark"
+    remote: str | None = None
+    conf: dict[str, str] = Field(default_factory=dict)
+
+
+class StorageConfig(Section):
+    engine: Literal["auto", "delta-spark", "delta-rs"] = "auto"
+
+
+class TrackingConfig(Section):
+    uri: str | None = None
+    experiment: str = "mmgmm-spark"
+    registered_model: str = "mmgmm-spark"
+    alias: str = "champion"
+
+
+class ModalityConfig(Section):
+    name: str
+    table: str
+    features_column: str = "features"
+    covariance_type: Literal["full", "tied", "diag", "spherical"] = "full"
+    weight: float = Field(1.0, gt=0)
+    dim: int | None = Field(None, ge=1)
+    version: int | None = Field(None, ge=0)
+
+    @field_validator("name")
+    @classmethod
+    def _identifier(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
+            raise ValueError("must be a simple identifier (letters, digits, underscore)")
+        return value
+
+
+class DataConfig(Section):
+    id_column: str = "id"
+    modalities: list[ModalityConfig] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> DataConfig:
+        names = [m.name for m in self.modalities]
+        if len(set(names)) != len(names):
+            raise ValueError(f"modality names must be unique, got {names}")
+        return self
+
+
+class SweepConfig(Section):
+    n_components: list[int] = Field(min_length=1)
+    covariance_types: list[dict[str, Literal["full", "tied", "diag", "spherical"]]] = Field(
+        default_factory=list)
+
+
+class ModelConfig(Section):
+    n_components: int = Field(8, ge=1)
+    sweep: SweepConfig | None = None
+    max_iter: int = Field(100, ge=1)
+    tol: float = Field(1e-3, ge=0)
+    reg_covar: float = Field(1e-6, ge=0)
+    init_params: str = "kmeans"
+    n_init: int = Field(1, ge=1)
+    seed: int = 0
+    init_sample_rows: int = Field(100_000, ge=1)
+    tree_depth: int = Field(2, ge=1)
+
+    @field_validator("init_params")
+    @classmethod
+    def _init_method(cls, value: str) -> str:
+        if value not in INIT_METHODS:
+            raise ValueError(f"must be one of {INIT_METHODS}")
+        return value
+
+
+class ScoringConfig(Section):
+    contamination: float = Field(0.01, gt=0, lt=0.5)
+    model_uri: str | None = None
+    output_table: str = "work/tables/scores"
+    include_responsibilities: bool = False
+
+
+class AppConfig(Section):
+    work_dir: str = "work"
+    spark: SparkConfig = Field(default_factory=SparkConfig)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    data: DataConfig
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    scoring: ScoringConfig = Field(default_factory=ScoringConfig)
+
+    def tracking_uri(self) -> str:
+        """``tracking.uri``, else ``MLFLOW_TRACKING_URI``, else a sqlite file in ``work_dir``."""
+        if self.tracking.uri:
+            return self.tracking.uri
+        if os.environ.get("MLFLOW_TRACKING_URI"):
+            return os.environ["MLFLOW_TRACKING_URI"]
+        return f"sqlite:///{Path(self.work_dir).resolve() / 'mlflow.db'}"
+
+    def model_uri(self) -> str:
+        """``scoring.model_uri``, else the registered model at the configured alias."""
+        return self.scoring.model_uri or (
+            f"models:/{self.tracking.registered_model}@{self.tracking.alias}")
+
+
+
+
+def _set_path(document: dict[str, Any], dotted: str, value: Any, source: str) -> None:
+    keys = dotted.split(".")
+    node: Any = document
+    for key in keys[:-1]:
+        if isinstance(node, list) and key.isdigit() and int(key) < len(node):
+            node = node[int(key)]
+        elif isinstance(node, dict):
+            node = node.setdefault(key, {})
+        else:
+            raise ConfigError(f"{source}: cannot set '{dotted}': '{key}' is not a section.")
+    last = keys[-1]
+    if isinstance(node, list) and last.isdigit() and int(last) < len(node):
+        node[int(last)] = value
+    elif isinstance(node, dict):
+        node[last] = value
+    else:
+        raise ConfigError(f"{source}: cannot set '{dotted}'.")
+
+
+def apply_overrides(document: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``key.path=value`` overrides (values parsed as YAML: 12, 1e-3, true, [4, 8])."""
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. model.n_components=12.")
+        _set_path(document, key.strip(), yaml.safe_load(raw), f"--set {item}")
+    return document
+
+
+def _describe(error: ValidationError, source: str) -> str:
+    lines = []
+    for problem in error.errors():
+        field = ".".join(str(part) for part in problem["loc"])
+        lines.append(f"{field}: {problem['msg']}")
+    return f"{source}: invalid configuration: " + "; ".join(lines)
+
+
+def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> AppConfig:
+    """Read, override and validate a YAML config; errors name the field and the file."""
+    source = str(path)
+    try:
+        with open(path) as f:
+            document = yaml.safe_load(f) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"Config file {source} does not exist.") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{source}: not valid YAML: {e}") from None
+    if not isinstance(document, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of sections.")
+    apply_overrides(document, overrides or [])
+    try:
+        return AppConfig.model_validate(document)
+    except ValidationError as e:
+        raise ConfigError(_describe(e, source)) from None

@@ -1,0 +1,168 @@
+"""The jobs as library functions: train, score and evaluate from an :class:`AppConfig`.
+
+The CLI, ``jobs/*.py`` and the notebooks are thin callers of these functions; each receives
+the ``spark`` session built once by :func:`mmgmm_spark.spark.session.build_spark`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from mmgmm_spark.config import AppConfig
+from mmgmm_spark.core.batch import DataValidationError
+from mmgmm_spark.core.modality import Modality
+from mmgmm_spark.evaluation import evaluate_scores, log_evaluation
+from mmgmm_spark.model import MultimodalGaussianMixture
+from mmgmm_spark.spark.arrow import batch_from_arrow
+from mmgmm_spark.spark.score import ScoringResult, read_and_join
+from mmgmm_spark.storage import read_table
+from mmgmm_spark.tracking import (
+    FitRun,
+    TrackingConfig,
+    load_detector,
+    score_registered,
+    select_model,
+    tracked_fit,
+)
+from mmgmm_spark.tracking import tracking as tracking_context
+
+log = logging.getLogger(__name__)
+
+HOLDOUT_BUCKETS = 20
+"""Rows whose id hashes to bucket 0 of 20 (5%) are held out of training for the champion check."""
+MAX_HOLDOUT_ROWS = 20_000
+MAX_EVALUATION_ROWS = 5_000_000
+
+
+def tracking_config(config: AppConfig) -> TrackingConfig:
+    t = config.tracking
+    return TrackingConfig(work_dir=config.work_dir, tracking_uri=config.tracking_uri(),
+                          experiment=t.experiment, registered_model_name=t.registered_model,
+                          alias=t.alias)
+
+
+@dataclass(frozen=True)
+class Features:
+    """The joined modality rows of one read, and what was read."""
+
+    df: DataFrame
+    modalities: list[Modality]
+    versions: dict[str, int]
+
+
+def _infer_dim(df: DataFrame, name: str, table: str) -> int:
+    row = df.where(F.col(name).isNotNull()).select(F.size(name).alias("d")).first()
+    if row is None:
+        raise DataValidationError(f"Table {table!r} (modality '{name}') has no rows.")
+    return int(row["d"])
+
+
+def read_features(spark: SparkSession, config: AppConfig) -> Features:
+    """Read every modality table (pinned versions from config) and outer-join them on id."""
+    specs = config.data.modalities
+    joined, versions = read_and_join(
+        spark, {m.name: m.table for m in specs}, id_column=config.data.id_column,
+        features_column={m.name: m.features_column for m in specs},
+        versions={m.name: m.version for m in specs}, engine=config.storage.engine)
+    modalities = [Modality(m.name, m.dim or _infer_dim(joined, m.name, m.table),
+                           m.covariance_type, m.weight) for m in specs]
+    return Features(joined, modalities, versions)
+
+
+def _holdout_bucket(config: AppConfig) -> F.Column:
+    return F.pmod(F.xxhash64(F.col(config.data.id_column)), F.lit(HOLDOUT_BUCKETS)) == 0
+
+
+def holdout_arrays(features: Features, config: AppConfig) -> dict[str, np.ndarray]:
+    """At most MAX_HOLDOUT_ROWS held-out rows as {modality: (n, d)} arrays (NaN = missing)."""
+    rows = features.df.where(_holdout_bucket(config)).limit(MAX_HOLDOUT_ROWS)
+    batch = batch_from_arrow(rows.select(*[m.name for m in features.modalities]).toArrow(),
+                             tuple(features.modalities), "hold-out rows")
+    return {m.name: batch.blocks[m.name].dense() for m in features.modalities}
+
+
+def _model_options(config: AppConfig) -> dict:
+    m = config.model
+    return {"tol": m.tol, "reg_covar": m.reg_covar, "max_iter": m.max_iter,
+            "n_init": m.n_init, "init_params": m.init_params, "random_state": m.seed}
+
+
+def train(spark: SparkSession, config: AppConfig) -> FitRun:
+    """Fit (or sweep and select by BIC), track in MLflow, register, move the alias if not worse."""
+    features = read_features(spark, config)
+    training = features.df.where(~_holdout_bucket(config))
+    holdout = holdout_arrays(features, config)
+    spark_options = {"init_sample_rows": config.model.init_sample_rows,
+                     "tree_depth": config.model.tree_depth,
+                     "source": ", ".join(m.table for m in config.data.modalities)}
+    common = {"contamination": config.scoring.contamination, "config": tracking_config(config),
+              "table_versions": features.versions, "holdout": holdout}
+    sweep = config.model.sweep
+    if sweep is not None:
+        result = select_model(training, features.modalities, sweep.n_components,
+                              covariance_types=sweep.covariance_types or None,
+                              model_options=_model_options(config), **common, **spark_options)
+        return result.best_fit
+    model = MultimodalGaussianMixture(features.modalities, config.model.n_components,
+                                      **_model_options(config))
+    return tracked_fit(model, training, **common, **spark_options)
+
+
+def score(spark: SparkSession, config: AppConfig, scoring_run_id: str | None = None
+          ) -> ScoringResult:
+    """Score every entity with the configured model URI and write the Delta output table."""
+    features = read_features(spark, config)
+    return score_registered(
+        spark, features.df, config.scoring.output_table, config.model_uri(),
+        config=tracking_config(config), scoring_run_id=scoring_run_id,
+        table_versions=features.versions, id_column=config.data.id_column,
+        responsibilities=config.scoring.include_responsibilities,
+        engine=config.storage.engine)
+
+
+def scores_with_labels(spark: SparkSession, config: AppConfig, labels_table: str,
+                       label_column: str = "is_anomaly", scoring_run_id: str | None = None
+                       ) -> DataFrame:
+    """The output table's rows (of one scoring run: default the latest) joined to the labels."""
+    scores = read_table(spark, config.scoring.output_table, engine=config.storage.engine).df
+    if scoring_run_id is None:
+        latest = scores.orderBy(F.col("scored_at").desc()).select("scoring_run_id").first()
+        if latest is None:
+            raise DataValidationError(
+                f"Output table {config.scoring.output_table!r} is empty: run `mmgmm score`.")
+        scoring_run_id = latest[0]
+    labels = read_table(spark, labels_table, engine=config.storage.engine).df
+    if label_column not in labels.columns:
+        raise DataValidationError(
+            f"Labels table {labels_table!r} has no column {label_column!r} "
+            f"(columns: {labels.columns}).")
+    id_column = config.data.id_column
+    return (scores.where(F.col("scoring_run_id") == scoring_run_id)
+            .join(labels.select(id_column, F.col(label_column).alias("label"),
+                                *[c for c in labels.columns if c == "kind"]), id_column))
+
+
+def evaluate(spark: SparkSession, config: AppConfig, labels_table: str,
+             label_column: str = "is_anomaly", scoring_run_id: str | None = None
+             ) -> dict[str, float]:
+    """AUROC, average precision, precision/recall at the threshold; logged to the scoring run."""
+    joined = scores_with_labels(spark, config, labels_table, label_column, scoring_run_id)
+    n_rows = joined.count()
+    if n_rows > MAX_EVALUATION_ROWS:
+        raise DataValidationError(
+            f"{n_rows} labelled rows: evaluation collects (score, label) pairs and is limited "
+            f"to {MAX_EVALUATION_ROWS}; evaluate on a sample of the labels table.")
+    table = joined.select("anomaly_score", "label").toArrow()
+    first = joined.select("scoring_run_id", "model_name", "model_version").first()
+    tracking = tracking_config(config)
+    with tracking_context(tracking):
+        detector = load_detector(f"models:/{first['model_name']}/{first['model_version']}")
+    metrics = evaluate_scores(table.column("label").to_numpy(zero_copy_only=False),
+                              table.column("anomaly_score").to_numpy(), detector.threshold)
+    log_evaluation(metrics, run_id=first["scoring_run_id"], client=tracking.client())
+    return metrics
