@@ -3,6 +3,11 @@
 This is what is saved, logged to MLflow, registered and loaded for scoring. The anomaly
 score of a row is its negative log-likelihood; the threshold is the (1 - contamination)
 quantile of the training scores, stored with the model so scoring needs no second pass.
+
+``model`` may also be a :class:`mmgmm_spark.fusion.FusionModel` (per-modality preprocessing
++ ``joint``/``early``/``late`` fusion): the artefact then covers preprocessing, strategy,
+mixture(s) and threshold, and :meth:`AnomalyDetector.score_batch` returns the same columns
+(see :mod:`mmgmm_spark.fusion` for their meaning under ``late``).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from mmgmm_spark.core.densities import (
     normalise_log_prob,
     weighted_log_prob,
 )
+from mmgmm_spark.fusion import FusionModel, is_fusion_artefact
 from mmgmm_spark.model import MultimodalGaussianMixture
 from mmgmm_spark.model_io import load_model, save_model
 
@@ -32,12 +38,13 @@ class AnomalyDetector:
     """A fitted :class:`MultimodalGaussianMixture` with its anomaly threshold.
 
     Args:
-        model: a fitted mixture.
+        model: a fitted mixture, or a fitted :class:`FusionModel`.
         contamination: expected fraction of anomalies in the training data, in (0, 0.5).
         threshold: anomaly-score threshold; set by :meth:`set_threshold` from training scores.
     """
 
-    def __init__(self, model: MultimodalGaussianMixture, contamination: float = 0.01,
+    def __init__(self, model: MultimodalGaussianMixture | FusionModel,
+                 contamination: float = 0.01,
                  threshold: float | None = None) -> None:
         if not 0.0 < contamination < 0.5:
             raise ValueError(f"contamination must be in (0, 0.5), got {contamination!r}.")
@@ -61,6 +68,8 @@ class AnomalyDetector:
     def score_batch(self, batch: Batch) -> dict[str, np.ndarray]:
         """Per row: log-likelihood, anomaly score, flag, most probable component, and the
         marginal log-likelihood of each modality (NaN where missing); each (n,)."""
+        if isinstance(self.model, FusionModel):
+            return self._fusion_columns(batch)
         params, modalities = self.model.params, self.modalities
         log_likelihood, log_resp = normalise_log_prob(weighted_log_prob(batch, params, modalities))
         anomaly_score = -log_likelihood
@@ -72,13 +81,24 @@ class AnomalyDetector:
             columns[modality_column(name)] = values
         return columns
 
+    def _fusion_columns(self, batch: Batch) -> dict[str, np.ndarray]:
+        values = self.model.batch_columns(batch)
+        anomaly_score = -values["log_likelihood"]
+        threshold = np.inf if self.threshold is None else self.threshold
+        columns = {"log_likelihood": values["log_likelihood"], "anomaly_score": anomaly_score,
+                   "is_anomaly": anomaly_score > threshold,
+                   "cluster": values["cluster"].astype(np.int32)}
+        for m in self.modalities:
+            columns[modality_column(m.name)] = values[m.name]
+        return columns
+
     def score(self, data: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """:meth:`score_batch` on a dict of (n, d_m) arrays (NaN rows = missing)."""
         return self.score_batch(self.model._batch(data))
 
     @classmethod
-    def fit(cls, model: MultimodalGaussianMixture, data: Mapping[str, np.ndarray],
-            contamination: float = 0.01) -> AnomalyDetector:
+    def fit(cls, model: MultimodalGaussianMixture | FusionModel,
+            data: Mapping[str, np.ndarray], contamination: float = 0.01) -> AnomalyDetector:
         """Fit ``model`` on in-memory data and set the threshold from its training scores."""
         model.fit(data)
         detector = cls(model, contamination)
@@ -87,11 +107,15 @@ class AnomalyDetector:
 
     def save(self, path: str) -> None:
         """Arrays + JSON (see :mod:`mmgmm_spark.model_io`), threshold included."""
+        if isinstance(self.model, FusionModel):
+            self.model.save(path, extra={"anomaly": {"contamination": self.contamination,
+                                                     "threshold": self.threshold}})
+            return
         save_model(self.model, path, extra={"anomaly": {"contamination": self.contamination,
                                                         "threshold": self.threshold}})
 
     @classmethod
     def load(cls, path: str) -> AnomalyDetector:
-        model = load_model(path)
+        model = FusionModel.load(path) if is_fusion_artefact(path) else load_model(path)
         anomaly = model.extra_.get("anomaly", {})
         return cls(model, float(anomaly.get("contamination", 0.01)), anomaly.get("threshold"))

@@ -1,0 +1,287 @@
+"""Accuracy of the fusion strategies on ADBench-format data (``.npz`` files with X and y).
+
+A file ``<name>.npz`` is a one-modality data set. Files ``<name>_<view>.npz`` in the same
+directory with the same ``<name>`` and equal row counts are the modalities of one data set
+(e.g. ``bottle_resnet18.npz`` + ``bottle_vit.npz``). Protocol (ADBench's unsupervised
+setting): fit on all rows without labels, score the same rows; labels (y = 1: anomaly) are
+used only to compute AUROC and average precision of the anomaly score. Data sets with more
+than ``max_rows`` rows are fitted on a random subsample of ``max_rows`` rows and every row is
+scored (recorded as ``fit_rows``).
+
+For multi-view sets every strategy is reported with, as references, each view alone
+(``single:<view>``, the ``joint`` configuration on that view). On one-modality sets the three
+strategies are the same model (``late`` is a monotone transform of it), so it is fitted once.
+``pyod_gmm`` is PyOD's default GMM detector: scikit-learn ``GaussianMixture(1, "full")`` on
+the raw features, negative ``score_samples``.
+
+Usage: ``python -m mmgmm_spark.benchmark_adbench --data-dir DIR --out results.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+import warnings
+from collections import defaultdict
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mmgmm_spark.core.modality import Modality
+from mmgmm_spark.fusion import STRATEGIES, FusionConfig, FusionModel
+
+log = logging.getLogger(__name__)
+
+DAGMM_AUROC = {"thyroid": 0.798, "cardio": 0.750, "satellite": 0.623, "smtp": 0.713}
+"""Published DAGMM AUROCs (ADBench, unsupervised) used as anchors in the report."""
+DAGMM_MVTEC_MEAN = 0.665
+BASELINE = "pyod_gmm"
+
+
+def discover(data_dir: str | Path) -> dict[str, dict[str, Path]]:
+    """Data sets under ``data_dir`` (recursively): {set name: {view name: file}}.
+
+    A one-modality set has the single view ``"x"``. Set names are ``<subdir>/<name>``.
+    """
+    root = Path(data_dir)
+    out: dict[str, dict[str, Path]] = {}
+    for directory in sorted({p.parent for p in root.rglob("*.npz")}):
+        files = sorted(directory.glob("*.npz"))
+        groups: dict[str, dict[str, Path]] = defaultdict(dict)
+        for f in files:
+            if "_" in f.stem:
+                prefix, view = f.stem.rsplit("_", 1)
+                groups[prefix][view] = f
+        used: set[Path] = set()
+        relative = directory.relative_to(root).as_posix()
+        prefix_path = "" if relative == "." else f"{relative}/"
+        for prefix, views in sorted(groups.items()):
+            if len(views) >= 2 and len({_n_rows(p) for p in views.values()}) == 1:
+                out[prefix_path + prefix] = dict(sorted(views.items()))
+                used.update(views.values())
+        for f in files:
+            if f not in used:
+                out[prefix_path + f.stem] = {"x": f}
+    return out
+
+
+def _n_rows(path: Path) -> int:
+    with np.load(path, allow_pickle=False) as z:
+        return int(z["y"].shape[0])
+
+
+def load_set(views: dict[str, Path]) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """({view: X (n, d_view) float64}, y (n,) int) of one data set; views must share y."""
+    data, labels = {}, None
+    for view, path in views.items():
+        with np.load(path, allow_pickle=False) as z:
+            data[view] = np.asarray(z["X"], dtype=np.float64)
+            y = np.asarray(z["y"]).astype(int).ravel()
+        if labels is not None and not np.array_equal(labels, y):
+            raise ValueError(f"{path}: labels differ from the other views of the set.")
+        labels = y
+    return data, labels
+
+
+def evaluate(y: np.ndarray, score: np.ndarray) -> dict[str, float]:
+    """AUROC and average precision of anomaly ``score`` (n,) against labels y (n,)."""
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    return {"auroc": float(roc_auc_score(y, score)),
+            "average_precision": float(average_precision_score(y, score))}
+
+
+def _fit_score(data: dict[str, np.ndarray], config: FusionConfig,
+               fit_rows: np.ndarray) -> tuple[np.ndarray, FusionModel]:
+    modalities = [Modality(name, x.shape[1]) for name, x in data.items()]
+    model = FusionModel(modalities, config)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.fit({name: x[fit_rows] for name, x in data.items()})
+    return -model.score_samples(data), model
+
+
+def _run_one(data: dict[str, np.ndarray], y: np.ndarray, config: FusionConfig,
+             fit_rows: np.ndarray) -> dict[str, Any]:
+    started = time.perf_counter()
+    score, model = _fit_score(data, config, fit_rows)
+    chosen = model.chosen()
+    ks = {key: c["n_components"] for key, c in chosen.items()}
+    return {**evaluate(y, score), "n_components": next(iter(ks.values())) if len(ks) == 1
+            else ks, "chosen": chosen, "seconds": round(time.perf_counter() - started, 3)}
+
+
+def _baseline(data: dict[str, np.ndarray], y: np.ndarray, fit_rows: np.ndarray,
+              seed: int) -> dict[str, Any]:
+    from sklearn.mixture import GaussianMixture
+
+    started = time.perf_counter()
+    x = np.hstack(list(data.values()))
+    try:
+        gmm = GaussianMixture(1, covariance_type="full", random_state=seed).fit(x[fit_rows])
+        result = evaluate(y, -gmm.score_samples(x))
+    except ValueError as e:                       # singular covariance (d > n)
+        return {"auroc": None, "average_precision": None, "error": str(e)[:120],
+                "n_components": 1, "seconds": round(time.perf_counter() - started, 3)}
+    return {**result, "n_components": 1, "seconds": round(time.perf_counter() - started, 3)}
+
+
+def run_set(data: dict[str, np.ndarray], y: np.ndarray, strategies: tuple[str, ...],
+            config: FusionConfig, max_rows: int = 100_000, seed: int = 0,
+            baseline: bool = True) -> dict[str, Any]:
+    """Results of every strategy (+ single views and baseline) on one data set."""
+    n = len(y)
+    rng = np.random.RandomState(seed)
+    fit_rows = (np.sort(rng.choice(n, max_rows, replace=False)) if n > max_rows
+                else np.arange(n))
+    results: dict[str, Any] = {}
+    if len(data) == 1:
+        first = _run_one(data, y, replace(config, strategy="joint"), fit_rows)
+        for s in strategies:
+            results[s] = first if s == "joint" else {**first, "same_as": "joint"}
+    else:
+        for s in strategies:
+            results[s] = _run_one(data, y, replace(config, strategy=s), fit_rows)
+        for view, x in data.items():
+            results[f"single:{view}"] = _run_one({view: x}, y, replace(config, strategy="joint"),
+                                                 fit_rows)
+    if baseline:
+        results[BASELINE] = _baseline(data, y, fit_rows, seed)
+    return {"n_rows": n, "fit_rows": int(len(fit_rows)), "anomaly_rate": float(y.mean()),
+            "views": {view: int(x.shape[1]) for view, x in data.items()}, "results": results}
+
+
+def run_adbench(data_dir: str | Path, strategies: tuple[str, ...] = STRATEGIES,
+                config: FusionConfig | None = None, *, max_rows: int = 100_000, seed: int = 0,
+                only: list[str] | None = None, baseline: bool = True) -> dict[str, Any]:
+    """Fit and score every data set under ``data_dir``; return the JSON-able results.
+
+    Args:
+        data_dir: directory of ADBench-format ``.npz`` files (searched recursively).
+        strategies: fusion strategies to compare.
+        config: base :class:`FusionConfig` (its ``strategy`` is overridden).
+        max_rows: larger sets are fitted on a random subsample of this many rows.
+        seed: subsampling and EM seed.
+        only: substrings; when given, only data sets whose name contains one are run.
+        baseline: also run PyOD's default GMM (scikit-learn, one full component).
+
+    Returns:
+        {"config": ..., "strategies": [...], "datasets": {name: {"n_rows", "fit_rows",
+        "anomaly_rate", "views", "results": {strategy: {"auroc", "average_precision",
+        "n_components", "chosen", "seconds"}}}}, "summary": {group: {strategy: mean AUROC}}}
+    """
+    bad = [s for s in strategies if s not in STRATEGIES]
+    if bad:
+        raise ValueError(f"Unknown strategies {bad}; choose from {STRATEGIES}.")
+    config = replace(config or FusionConfig(), random_state=seed)
+    datasets = {}
+    for name, views in discover(data_dir).items():
+        if only and not any(o in name for o in only):
+            continue
+        data, y = load_set(views)
+        started = time.perf_counter()
+        datasets[name] = run_set(data, y, tuple(strategies), config, max_rows, seed, baseline)
+        log.info("%s: %s (%.1f s)", name, {k: round(v["auroc"], 3) for k, v in
+                                           datasets[name]["results"].items()
+                                           if v.get("auroc") is not None},
+                 time.perf_counter() - started)
+    return {"config": config.to_dict(), "strategies": list(strategies), "max_rows": max_rows,
+            "seed": seed, "datasets": datasets, "summary": summarise(datasets)}
+
+
+def _group(name: str) -> str:
+    return name.rsplit("/", 1)[0] if "/" in name else "."
+
+
+def summarise(datasets: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """Per group (sub-directory) and column: mean AUROC over its data sets.
+
+    ``single:best`` is the best single view's mean AUROC (views named alike across sets).
+    """
+    columns: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for name, entry in datasets.items():
+        for column, result in entry["results"].items():
+            if result.get("auroc") is not None:
+                columns[_group(name)][column].append(result["auroc"])
+    summary = {}
+    for group, values in columns.items():
+        means = {column: float(np.mean(v)) for column, v in values.items()}
+        singles = [v for k, v in means.items() if k.startswith("single:")]
+        if singles:
+            means["single:best"] = max(singles)
+        summary[group] = means
+    return summary
+
+
+def _anchor(name: str) -> str:
+    short = name.rsplit("/", 1)[-1].split("_", 1)[-1]
+    return f"{DAGMM_AUROC[short]:.3f}" if short in DAGMM_AUROC else ""
+
+
+def markdown(results: dict[str, Any]) -> str:
+    """Tables of AUROC (average precision in brackets) per data set and column, with means."""
+    lines = []
+    by_group: dict[str, list[str]] = defaultdict(list)
+    for name in results["datasets"]:
+        by_group[_group(name)].append(name)
+    for group, names in by_group.items():
+        columns: list[str] = []
+        for name in names:
+            columns += [c for c in results["datasets"][name]["results"] if c not in columns]
+        header = ["data set", "rows", "K (joint)", *columns, "DAGMM"]
+        lines += [f"### {group}", "", "| " + " | ".join(header) + " |",
+                  "|" + "---|" * len(header)]
+        for name in names:
+            entry = results["datasets"][name]
+            cells = [name.rsplit("/", 1)[-1], str(entry["n_rows"]),
+                     str(entry["results"].get("joint", {}).get("n_components", ""))]
+            for column in columns:
+                r = entry["results"].get(column, {})
+                cells.append("" if r.get("auroc") is None else
+                             f"{r['auroc']:.3f} ({r['average_precision']:.2f})")
+            cells.append(_anchor(name))
+            lines.append("| " + " | ".join(cells) + " |")
+        means = results["summary"].get(group, {})
+        anchor = f"{DAGMM_MVTEC_MEAN:.3f}" if "mvtec" in group else ""
+        lines.append("| **mean AUROC** | | | " + " | ".join(
+            f"**{means[c]:.3f}**" if c in means else "" for c in columns) + f" | {anchor} |")
+        if "single:best" in means:
+            lines.append(f"\nBest single view mean AUROC: {means['single:best']:.3f}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mmgmm_spark.benchmark_adbench",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-dir", required=True)
+    parser.add_argument("--out", required=True, help="results JSON path (+ .md next to it)")
+    parser.add_argument("--strategies", default=",".join(STRATEGIES))
+    parser.add_argument("--max-rows", type=int, default=100_000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--only", default="", help="comma-separated name substrings")
+    parser.add_argument("--no-baseline", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    results = run_adbench(args.data_dir, tuple(s for s in args.strategies.split(",") if s),
+                          max_rows=args.max_rows, seed=args.seed,
+                          only=[o for o in args.only.split(",") if o] or None,
+                          baseline=not args.no_baseline)
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(results, f, indent=2)
+    table = markdown(results)
+    with open(os.path.splitext(args.out)[0] + ".md", "w") as f:
+        f.write(table + "\n")
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,506 @@
+"""Fusion strategies for multimodal anomaly detection, with per-modality preprocessing.
+
+Three ways to turn several feature blocks into one anomaly score, from one configuration
+(:class:`FusionConfig`) and one estimator (:class:`FusionModel`):
+
+``joint``
+    The block-diagonal multimodal mixture (:class:`MultimodalGaussianMixture`): components
+    are products of per-modality Gaussians; a row missing a modality marginalises it out.
+``early``
+    All (preprocessed) modalities concatenated into one block with one covariance (full by
+    default), the scikit-learn approach. Fitted on the rows that observe every modality; a
+    row missing a modality is scored by the exact Gaussian marginal over its observed
+    coordinates.
+``late``
+    One mixture per modality. Each modality's log-likelihood is standardised by its training
+    mean and standard deviation; the fused value is the mean over the modalities the row
+    observes.
+
+Every modality is first standardised and, when wide, projected by PCA
+(:mod:`mmgmm_spark.preprocessing`); the discarded directions stay in the density as
+isotropic noise, so ``log_likelihood`` of ``joint`` and ``early`` is a log-density of the
+standardised rows. The number of components K, the covariance type and (optionally) the
+projection size q are chosen by BIC over a small grid: labels are never used.
+
+Output columns of :meth:`FusionModel.columns` per strategy:
+
+============================ ================================ ================================
+column                       joint / early                    late
+============================ ================================ ================================
+log_likelihood               log p(row), standardised units   mean over observed modalities of
+                             (PCA residual included)          (ll_m - mean_m) / std_m (unitless)
+cluster                      most probable component          most probable component of the
+                                                              first observed modality's mixture
+<modality>_log_likelihood    marginal log-density of the      that modality's own mixture
+                             modality's block (NaN: missing)  log-density (NaN: missing)
+============================ ================================ ================================
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import warnings
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from mmgmm_spark.core.batch import Batch, batch_from_arrays
+from mmgmm_spark.core.densities import log_gaussian_density, logsumexp_rows
+from mmgmm_spark.core.modality import COVARIANCE_TYPES, Modality, check_modalities
+from mmgmm_spark.core.params import DegenerateComponentError, GaussianBlock
+from mmgmm_spark.model import MultimodalGaussianMixture, NotFittedError
+from mmgmm_spark.model_io import load_model, save_model
+from mmgmm_spark.preprocessing import ModalityPreprocessor
+
+log = logging.getLogger(__name__)
+
+STRATEGIES = ("joint", "early", "late")
+EARLY = "early"
+"""Name of the single concatenated modality of the ``early`` strategy's mixture."""
+JOINT = "joint"
+FORMAT = "mmgmm-spark-fusion/1"
+FUSION_JSON = "fusion.json"
+PREPROCESSING = "preprocessing.npz"
+
+ArrayData = Mapping[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class FusionConfig:
+    """Everything that defines a fused detector except the data.
+
+    Attributes:
+        strategy: "joint", "early" or "late".
+        n_components: grid of K; the lowest-BIC admissible fit is kept.
+        covariance_types: grid of covariance types (each of "full", "tied", "diag",
+            "spherical"), searched with K.
+        projection: per-modality q: "auto" (see
+            :func:`mmgmm_spark.preprocessing.auto_n_components`), an int, or None (none).
+        projection_grid: optional q values searched by BIC instead of ``projection``
+            (the same q for every modality, capped at its width).
+        standardise: standardise every feature before anything else.
+        whiten: scale projected coordinates to unit variance.
+        residual: keep the PCA reconstruction error in the density (isotropic noise).
+        variance: explained-variance target of the "auto" projection.
+        rows_per_dim: the "auto" projection keeps at most n / rows_per_dim components.
+        min_weight: candidates with a component weight below this are not admissible
+            (K = 1 always is): a tiny component tends to model a cluster of anomalies.
+        reg_covar, max_iter, tol, n_init, init_params, random_state: EM settings.
+    """
+
+    strategy: str = "joint"
+    n_components: tuple[int, ...] = (1, 2, 3)
+    covariance_types: tuple[str, ...] = ("full",)
+    projection: int | str | None = "auto"
+    projection_grid: tuple[int, ...] | None = None
+    standardise: bool = True
+    whiten: bool = True
+    residual: bool = True
+    variance: float = 0.95
+    rows_per_dim: int = 10
+    min_weight: float = 0.1
+    reg_covar: float = 1e-3
+    max_iter: int = 200
+    tol: float = 1e-3
+    n_init: int = 1
+    init_params: str = "kmeans"
+    random_state: int | None = 0
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}.")
+        if not self.n_components or any(int(k) < 1 for k in self.n_components):
+            raise ValueError(f"n_components must be a non-empty grid of K >= 1, "
+                             f"got {self.n_components!r}.")
+        bad = [c for c in self.covariance_types if c not in COVARIANCE_TYPES]
+        if not self.covariance_types or bad:
+            raise ValueError(f"covariance_types must be a non-empty subset of "
+                             f"{COVARIANCE_TYPES}, got {self.covariance_types!r}.")
+        if not (self.projection is None or self.projection == "auto"
+                or (isinstance(self.projection, int) and self.projection >= 1)):
+            raise ValueError(f"projection must be 'auto', None or an int >= 1, "
+                             f"got {self.projection!r}.")
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["n_components"] = list(self.n_components)
+        out["covariance_types"] = list(self.covariance_types)
+        if self.projection_grid is not None:
+            out["projection_grid"] = list(self.projection_grid)
+        return out
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> FusionConfig:
+        d = dict(d)
+        for key in ("n_components", "covariance_types", "projection_grid"):
+            if d.get(key) is not None:
+                d[key] = tuple(d[key])
+        return cls(**d)
+
+
+@dataclass
+class Candidate:
+    """One fitted point of the selection grid (``mixture`` is dropped once selection ends)."""
+
+    n_components: int
+    covariance_type: str
+    projection: dict[str, int]
+    bic: float
+    min_weight: float
+    admissible: bool
+    mixture: MultimodalGaussianMixture | None = field(default=None, repr=False)
+    preprocessors: dict[str, ModalityPreprocessor] | None = field(default=None, repr=False)
+
+    def summary(self) -> dict:
+        return {"n_components": self.n_components, "covariance_type": self.covariance_type,
+                "projection": self.projection, "bic": self.bic,
+                "min_weight": self.min_weight, "admissible": self.admissible}
+
+
+class FusionModel:
+    """Preprocessing + a fusion strategy + its mixture(s), fitted and scored as one model.
+
+    Args:
+        modalities: the input feature blocks (their ``covariance_type`` is ignored: the
+            config's grid decides; their ``weight`` is the fusion weight of ``joint``).
+        config: a :class:`FusionConfig`.
+        mixture_options: extra keyword arguments for every
+            :class:`MultimodalGaussianMixture` (e.g. ``weights_init``); not saved.
+    """
+
+    def __init__(self, modalities: list[Modality], config: FusionConfig | None = None,
+                 mixture_options: dict[str, Any] | None = None) -> None:
+        self.modalities = check_modalities(modalities)
+        self.config = config or FusionConfig()
+        self.mixture_options = dict(mixture_options or {})
+        self.preprocessors_: dict[str, ModalityPreprocessor] = {}
+        self.mixtures_: dict[str, MultimodalGaussianMixture] = {}
+        self.late_stats_: dict[str, tuple[float, float]] = {}
+        self.selection_: dict[str, list[dict]] = {}
+        self.n_train_rows_ = 0
+        self.extra_: dict[str, Any] = {}
+
+    @property
+    def strategy(self) -> str:
+        return self.config.strategy
+
+    # ----------------------------------------------------------------------------- fitting
+    def fit(self, data: ArrayData) -> FusionModel:
+        """Fit preprocessing and mixture(s) on a dict of (n, d_m) arrays (NaN rows = missing)."""
+        batch = self._batch(data)
+        dense = _dense(batch)
+        self.n_train_rows_ = batch.n_rows
+        if self.strategy == "late":
+            for m in self.modalities:
+                rows = batch.blocks[m.name].observed
+                chosen = self._select([m], {m.name: dense[m.name][rows]}, m.name)
+                self.preprocessors_[m.name] = chosen.preprocessors[m.name]
+                self.mixtures_[m.name] = chosen.mixture
+            self.late_stats_ = {}
+            values = self._late_log_likelihoods(dense)
+            for name, column in values.items():
+                observed = column[~np.isnan(column)]
+                self.late_stats_[name] = (float(observed.mean()),
+                                          float(max(observed.std(), 1e-12)))
+        else:
+            train = dense
+            if self.strategy == "early":
+                complete = batch.complete_rows()
+                train = {name: x[complete] for name, x in dense.items()}
+            key = JOINT if self.strategy == "joint" else EARLY
+            chosen = self._select(list(self.modalities), train, key)
+            self.preprocessors_ = chosen.preprocessors
+            self.mixtures_ = {key: chosen.mixture}
+        return self
+
+    def _select(self, modalities: list[Modality], data: dict[str, np.ndarray],
+                key: str) -> Candidate:
+        """Fit every grid point on ``data`` and return the admissible one with lowest BIC."""
+        candidates = []
+        grid = self.config.projection_grid or (self.config.projection,)
+        for q in grid:
+            preprocessors = {m.name: self._preprocessor(data[m.name], q) for m in modalities}
+            projected = {name: p.transform(data[name]) for name, p in preprocessors.items()}
+            residual = _residual_sum(preprocessors, data, modalities)
+            for covariance_type in self.config.covariance_types:
+                for k in self.config.n_components:
+                    candidate = self._fit_candidate(modalities, preprocessors, projected,
+                                                    residual, int(k), covariance_type)
+                    if candidate is not None:
+                        candidates.append(candidate)
+        admissible = [c for c in candidates if c.admissible]
+        if not admissible:
+            raise DegenerateComponentError(
+                f"No admissible mixture for '{key}' in the grid K={self.config.n_components}, "
+                f"covariance_types={self.config.covariance_types}: raise reg_covar.")
+        best = min(admissible, key=lambda c: c.bic)
+        self.selection_[key] = [c.summary() for c in candidates]
+        return best
+
+    def _preprocessor(self, x: np.ndarray, q: int | str | None) -> ModalityPreprocessor:
+        c = self.config
+        if isinstance(q, int):
+            q = min(q, x.shape[1])
+        return ModalityPreprocessor.fit(x, q, standardise=c.standardise, whiten=c.whiten,
+                                        residual=c.residual, variance=c.variance,
+                                        rows_per_dim=c.rows_per_dim)
+
+    def _fit_candidate(self, modalities: list[Modality],
+                       preprocessors: dict[str, ModalityPreprocessor],
+                       projected: dict[str, np.ndarray], residual: np.ndarray, k: int,
+                       covariance_type: str) -> Candidate | None:
+        mixture_modalities, mixture_data = self._mixture_inputs(modalities, preprocessors,
+                                                                projected, covariance_type)
+        c = self.config
+        mixture = MultimodalGaussianMixture(
+            mixture_modalities, k, tol=c.tol, reg_covar=c.reg_covar, max_iter=c.max_iter,
+            n_init=c.n_init, init_params=c.init_params, random_state=c.random_state,
+            **self.mixture_options)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                mixture.fit(mixture_data, on_iteration=None)
+        except (DegenerateComponentError, ValueError) as e:
+            log.info("Skipping K=%d %s: %s", k, covariance_type, e)
+            return None
+        n = len(residual)
+        log_likelihood = float(mixture.score_samples(mixture_data).sum() + residual.sum())
+        n_params = mixture.n_parameters() + sum(p.n_parameters() for p in preprocessors.values())
+        bic = -2.0 * log_likelihood + n_params * np.log(n)
+        smallest = float(mixture.weights_.min())
+        return Candidate(k, covariance_type,
+                         {name: p.output_dim for name, p in preprocessors.items()},
+                         float(bic), smallest, k == 1 or smallest >= c.min_weight,
+                         mixture, preprocessors)
+
+    def _mixture_inputs(self, modalities: list[Modality],
+                        preprocessors: dict[str, ModalityPreprocessor],
+                        projected: dict[str, np.ndarray], covariance_type: str
+                        ) -> tuple[list[Modality], dict[str, np.ndarray]]:
+        if self.strategy == "early":
+            dim = sum(p.output_dim for p in preprocessors.values())
+            x = np.hstack([projected[m.name] for m in modalities])
+            return [Modality(EARLY, dim, covariance_type)], {EARLY: x}
+        out = [Modality(m.name, preprocessors[m.name].output_dim, covariance_type,
+                        m.weight if self.strategy == "joint" else 1.0) for m in modalities]
+        return out, projected
+
+    # ----------------------------------------------------------------------------- scoring
+    def _check_fitted(self) -> None:
+        if not self.mixtures_:
+            raise NotFittedError("This FusionModel is not fitted yet: call fit() or load().")
+
+    def _batch(self, data: ArrayData) -> Batch:
+        """Validate a dict of (n, d_m) arrays against the input modalities."""
+        return batch_from_arrays(data, self.modalities)
+
+    def columns(self, data: ArrayData) -> dict[str, np.ndarray]:
+        """Per row (each (n,)): log_likelihood, cluster and ``<modality>`` log-likelihoods.
+
+        See the module docstring for what they mean under each strategy.
+        """
+        return self.batch_columns(self._batch(data))
+
+    def batch_columns(self, batch: Batch) -> dict[str, np.ndarray]:
+        """:meth:`columns` of a validated :class:`Batch`; modality keys are plain names."""
+        self._check_fitted()
+        dense = _dense(batch)
+        if self.strategy == "late":
+            return self._late_columns(dense)
+        if self.strategy == "early":
+            return self._early_columns(dense)
+        return self._joint_columns(dense)
+
+    def score_samples(self, data: ArrayData) -> np.ndarray:
+        """(n,) the fused log-likelihood (the negative is the anomaly score)."""
+        return self.columns(data)["log_likelihood"]
+
+    def score(self, data: ArrayData) -> float:
+        return float(self.score_samples(data).mean())
+
+    def _projected(self, dense: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {name: p.transform(dense[name]) for name, p in self.preprocessors_.items()}
+
+    def _residuals(self, dense: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {name: p.residual_log_density(dense[name])
+                for name, p in self.preprocessors_.items()}
+
+    def _joint_columns(self, dense: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        mixture = self.mixtures_[JOINT]
+        projected, residuals = self._projected(dense), self._residuals(dense)
+        log_prob = mixture.predict_proba(projected)
+        total = mixture.score_samples(projected)
+        out = {"cluster": log_prob.argmax(axis=1).astype(np.int32)}
+        for m in self.modalities:
+            total = total + m.weight * np.nan_to_num(residuals[m.name])
+        out["log_likelihood"] = total
+        for name, column in mixture.modality_log_likelihoods(projected).items():
+            out[name] = column + residuals[name]
+        return out
+
+    def _early_columns(self, dense: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        mixture = self.mixtures_[EARLY]
+        projected, residuals = self._projected(dense), self._residuals(dense)
+        x = np.hstack([projected[m.name] for m in self.modalities])
+        spans, start = {}, 0
+        for m in self.modalities:
+            width = self.preprocessors_[m.name].output_dim
+            spans[m.name] = np.arange(start, start + width)
+            start += width
+        observed = {m.name: ~np.isnan(projected[m.name]).all(axis=1) for m in self.modalities}
+        pattern = np.stack([observed[m.name] for m in self.modalities], axis=1)
+        total = np.empty(len(x))
+        cluster = np.empty(len(x), dtype=np.int32)
+        for key in np.unique(pattern, axis=0):
+            rows = (pattern == key).all(axis=1)
+            index = np.concatenate([spans[m.name] for m, seen in zip(self.modalities, key,
+                                                                      strict=True) if seen])
+            joint = _marginal_log_prob(mixture, x[np.ix_(rows, index)], index)
+            total[rows] = logsumexp_rows(joint)
+            cluster[rows] = joint.argmax(axis=1)
+        out = {"log_likelihood": total + sum(np.nan_to_num(r) for r in residuals.values()),
+               "cluster": cluster}
+        for m in self.modalities:
+            column = np.full(len(x), np.nan)
+            rows = observed[m.name]
+            column[rows] = logsumexp_rows(_marginal_log_prob(
+                mixture, x[np.ix_(rows, spans[m.name])], spans[m.name])) + residuals[m.name][rows]
+            out[m.name] = column
+        return out
+
+    def _late_log_likelihoods(self, dense: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        projected, residuals = self._projected(dense), self._residuals(dense)
+        out = {}
+        for m in self.modalities:
+            mixture = self.mixtures_[m.name]
+            column = np.full(len(projected[m.name]), np.nan)
+            rows = ~np.isnan(projected[m.name]).all(axis=1)
+            if rows.any():
+                column[rows] = (mixture.score_samples({m.name: projected[m.name][rows]})
+                                + residuals[m.name][rows])
+            out[m.name] = column
+        return out
+
+    def _late_columns(self, dense: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        values = self._late_log_likelihoods(dense)
+        standardised = np.stack([(values[name] - mean) / std
+                                 for name, (mean, std) in self.late_stats_.items()], axis=1)
+        n = standardised.shape[0]
+        cluster = np.full(n, -1, dtype=np.int32)
+        projected = self._projected(dense)
+        for m in reversed(self.modalities):                 # the first observed one wins
+            rows = ~np.isnan(projected[m.name]).all(axis=1)
+            if rows.any():
+                cluster[rows] = self.mixtures_[m.name].predict({m.name: projected[m.name][rows]})
+        fused = np.nansum(standardised, axis=1) / (~np.isnan(standardised)).sum(axis=1)
+        return {"log_likelihood": fused, "cluster": cluster, **values}
+
+    # ---------------------------------------------------------------------------- summary
+    def chosen(self) -> dict[str, dict]:
+        """Per mixture (``joint``, ``early`` or each modality for ``late``): the chosen K,
+        covariance type and projection sizes."""
+        self._check_fitted()
+        return {key: {"n_components": int(m.n_components),
+                      "covariance_type": m.modalities[0].covariance_type,
+                      "projection": {name: p.output_dim for name, p in
+                                     self.preprocessors_.items()
+                                     if key in (JOINT, EARLY) or name == key}}
+                for key, m in self.mixtures_.items()}
+
+    # ------------------------------------------------------------------------ persistence
+    def save(self, path: str, extra: dict[str, Any] | None = None) -> None:
+        """Write to directory ``path``: fusion.json, preprocessing.npz and one model directory
+        per mixture (:mod:`mmgmm_spark.model_io`). No pickle anywhere."""
+        self._check_fitted()
+        os.makedirs(path, exist_ok=True)
+        arrays, meta = {}, {}
+        for index, m in enumerate(self.modalities):
+            a, meta[m.name] = self.preprocessors_[m.name].to_arrays(f"p{index}_")
+            arrays.update(a)
+        np.savez(os.path.join(path, PREPROCESSING), **arrays)
+        mixtures = {}
+        for index, (key, mixture) in enumerate(self.mixtures_.items()):
+            mixtures[key] = f"mixture_{index}"
+            save_model(mixture, os.path.join(path, mixtures[key]))
+        document = {"format": FORMAT, "modalities": [m.to_dict() for m in self.modalities],
+                    "config": self.config.to_dict(), "preprocessing": meta,
+                    "mixtures": mixtures,
+                    "late_stats": {k: list(v) for k, v in self.late_stats_.items()},
+                    "selection": self.selection_, "n_train_rows": int(self.n_train_rows_),
+                    "extra": {**self.extra_, **(extra or {})}}
+        with open(os.path.join(path, FUSION_JSON), "w") as f:
+            json.dump(document, f, indent=2)
+
+    @classmethod
+    def load(cls, path: str) -> FusionModel:
+        """Read a directory written by :meth:`save`, validating arrays and metadata."""
+        from mmgmm_spark.model_io import ModelFormatError
+
+        try:
+            with open(os.path.join(path, FUSION_JSON)) as f:
+                document = json.load(f)
+            if document.get("format") != FORMAT:
+                raise ValueError(f"not an {FORMAT} artefact")
+            model = cls([Modality.from_dict(d) for d in document["modalities"]],
+                        FusionConfig.from_dict(document["config"]))
+            arrays = dict(np.load(os.path.join(path, PREPROCESSING), allow_pickle=False))
+            for index, m in enumerate(model.modalities):
+                p = ModalityPreprocessor.from_arrays(arrays, document["preprocessing"][m.name],
+                                                     f"p{index}_")
+                if p.input_dim != m.dim:
+                    raise ValueError(f"preprocessing of '{m.name}' has width {p.input_dim}")
+                model.preprocessors_[m.name] = p
+            model.mixtures_ = {key: load_model(os.path.join(path, sub))
+                               for key, sub in document["mixtures"].items()}
+            model.late_stats_ = {k: (float(v[0]), float(v[1]))
+                                 for k, v in document.get("late_stats", {}).items()}
+            model.selection_ = dict(document.get("selection", {}))
+            model.n_train_rows_ = int(document.get("n_train_rows", 0))
+            model.extra_ = dict(document.get("extra", {}))
+        except (OSError, KeyError, TypeError, ValueError) as e:
+            raise ModelFormatError(f"{path} is not a valid fusion model: {e}") from None
+        model._check_consistency()
+        return model
+
+    def _check_consistency(self) -> None:
+        from mmgmm_spark.model_io import ModelFormatError
+
+        expected = ({JOINT} if self.strategy == "joint" else {EARLY}
+                    if self.strategy == "early" else {m.name for m in self.modalities})
+        if set(self.mixtures_) != expected or (self.strategy == "late"
+                                               and set(self.late_stats_) != expected):
+            raise ModelFormatError(f"fusion artefact for '{self.strategy}' has mixtures "
+                                   f"{sorted(self.mixtures_)}, expected {sorted(expected)}.")
+
+
+def is_fusion_artefact(path: str) -> bool:
+    """True when directory ``path`` holds a :class:`FusionModel` (not a plain mixture)."""
+    return os.path.isfile(os.path.join(path, FUSION_JSON))
+
+
+def _dense(batch: Batch) -> dict[str, np.ndarray]:
+    return {name: block.dense() for name, block in batch.blocks.items()}
+
+
+def _residual_sum(preprocessors: dict[str, ModalityPreprocessor], data: dict[str, np.ndarray],
+                  modalities: list[Modality]) -> np.ndarray:
+    """(n,) sum over modalities of the preprocessing log-density terms (0 where missing)."""
+    first = data[modalities[0].name]
+    total = np.zeros(len(first))
+    for m in modalities:
+        total += np.nan_to_num(preprocessors[m.name].residual_log_density(data[m.name]))
+    return total
+
+
+def _marginal_log_prob(mixture: MultimodalGaussianMixture, x: np.ndarray,
+                       index: np.ndarray) -> np.ndarray:
+    """(n, K) log pi_k + log N(x | marginal of component k on coordinates ``index``)."""
+    block = mixture.params.blocks[EARLY]
+    k = mixture.n_components
+    cov = block.full_covariances(k)[:, index][:, :, index]
+    sub = GaussianBlock.from_covariances("full", block.means[:, index], cov, EARLY)
+    return log_gaussian_density(x, sub, np.zeros(len(index))) + np.log(mixture.weights_)
