@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -54,18 +54,33 @@ class EMResult:
         return self.lower_bounds[-1] if self.lower_bounds else -np.inf
 
 
+ResultCallback = Callable[[EMResult], None]
+"""Called after every completed iteration with the run so far (e.g. to write a checkpoint)."""
+
+
 def run_em(stats_pass: StatsPass, initial: MixtureParams, modalities: tuple[Modality, ...],
            reg_covar: float, tol: float, max_iter: int,
-           on_iteration: IterationCallback | None = None) -> EMResult:
+           on_iteration: IterationCallback | None = None, *,
+           history: Sequence[float] = (),
+           on_result: ResultCallback | None = None) -> EMResult:
     """Iterate E and M steps from ``initial``, as scikit-learn's ``fit_predict`` does.
 
     Iteration i computes the mean log-likelihood of the current parameters (the lower bound)
     and the statistics in one pass, then the M-step. It stops when the lower bound changes by
     less than ``tol`` (never when ``tol`` is 0) or after ``max_iter`` iterations.
+
+    To resume an interrupted run, pass the parameters after its last completed iteration as
+    ``initial`` and its lower bounds as ``history``: iterations continue from
+    ``len(history) + 1`` (none when the history already converged or reached ``max_iter``),
+    so the result equals the uninterrupted run's. ``on_result`` is called after
+    ``on_iteration`` with the result so far (parameters after the M-step).
     """
-    result = EMResult(initial)
-    previous = -np.inf
-    for iteration in range(1, max_iter + 1):
+    result = EMResult(initial, [float(v) for v in history])
+    previous = result.lower_bounds[-1] if history else -np.inf
+    if len(history) >= 2 and abs(history[-1] - history[-2]) < tol:
+        result.converged = True
+        return result
+    for iteration in range(len(result.lower_bounds) + 1, max_iter + 1):
         started = time.perf_counter()
         stats = stats_pass(result.params)
         lower_bound = stats.mean_log_likelihood()
@@ -78,6 +93,9 @@ def run_em(stats_pass: StatsPass, initial: MixtureParams, modalities: tuple[Moda
                                          time.perf_counter() - started))
         if abs(change) < tol:
             result.converged = True
+        if on_result is not None:
+            on_result(result)
+        if result.converged:
             break
     return result
 
@@ -91,6 +109,60 @@ def best_of_restarts(initials: Callable[[int], MixtureParams], n_init: int,
     best: EMResult | None = None
     for restart in range(n_init):
         result = run(initials(restart))
+        if best is None or result.lower_bound > best.lower_bound:
+            best = result
+    assert best is not None
+    if not best.converged and best.n_iter > 0:
+        warnings.warn(
+            f"EM did not converge in {best.n_iter} iterations (last change of the mean "
+            "log-likelihood above tol). Increase max_iter or tol, or check for degenerate data.",
+            ConvergenceWarning, stacklevel=3,
+        )
+    return best
+
+
+@dataclass
+class EMProgress:
+    """Where a best-of-restarts EM stands after a completed iteration: enough to resume it.
+
+    Attributes:
+        restart: index of the restart in progress (0-based).
+        current: that restart's parameters and lower bounds so far.
+        best: the best finished earlier restart, or None.
+    """
+
+    restart: int
+    current: EMResult
+    best: EMResult | None = None
+
+
+ProgressCallback = Callable[[EMProgress], None]
+ResumableRun = Callable[[EMResult, ResultCallback], EMResult]
+
+
+def resumable_restarts(initials: Callable[[int], MixtureParams], n_init: int,
+                       run: ResumableRun, *, resume: EMProgress | None = None,
+                       on_progress: ProgressCallback | None = None) -> EMResult:
+    """:func:`best_of_restarts` that reports its progress and can resume from a report.
+
+    ``run(start, on_result)`` continues EM from ``start`` (parameters and lower bounds so far,
+    see :func:`run_em`'s ``history``) and calls ``on_result`` after each iteration;
+    ``on_progress`` receives an :class:`EMProgress` after each iteration. With ``resume`` the
+    restarts before ``resume.restart`` are not run again and ``initials`` is not called for
+    the resumed restart, so the result equals the uninterrupted run's.
+    """
+    best = resume.best if resume is not None else None
+    first = resume.restart if resume is not None else 0
+    for restart in range(first, n_init):
+        start = (resume.current if resume is not None and restart == first
+                 else EMResult(initials(restart)))
+
+        def report(current: EMResult, restart: int = restart,
+                   best: EMResult | None = best) -> None:
+            if on_progress is not None:
+                on_progress(EMProgress(restart, current, best))
+
+        result = run(start, report)
         if best is None or result.lower_bound > best.lower_bound:
             best = result
     assert best is not None

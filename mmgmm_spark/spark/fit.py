@@ -25,6 +25,7 @@ from mmgmm_spark.spark.data import CachedBlocks, translated_errors
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
 
+    from mmgmm_spark.checkpoint import Checkpoint, Checkpointer
     from mmgmm_spark.model import MultimodalGaussianMixture
 
 log = logging.getLogger(__name__)
@@ -86,10 +87,14 @@ class SparkStatsPass:
 
 def fit_cached(model: MultimodalGaussianMixture, data: CachedBlocks, *,
                on_iteration: IterationCallback | None = None, tree_depth: int = 2,
-               init_sample_rows: int = 100_000) -> MultimodalGaussianMixture:
+               init_sample_rows: int = 100_000, checkpointer: Checkpointer | None = None,
+               resume: Checkpoint | None = None) -> MultimodalGaussianMixture:
     """Fit ``model`` by EM over already cached blocks (the caller unpersists them).
 
     Initialisation runs on a bounded driver-side sample of ``init_sample_rows`` rows.
+    ``checkpointer`` writes a checkpoint after every iteration; ``resume`` (a loaded
+    :class:`mmgmm_spark.checkpoint.Checkpoint`) continues an interrupted fit from its last
+    completed iteration (see :mod:`mmgmm_spark.checkpoint`).
     """
     rng = model._random_state()
     seed = model.random_state if isinstance(model.random_state, int) else 0
@@ -97,7 +102,18 @@ def fit_cached(model: MultimodalGaussianMixture, data: CachedBlocks, *,
     log.info("Fitting K=%d on %d rows (%s path, init sample %d rows)", model.n_components,
              data.n_rows, "RDD" if data.rdd is not None else "DataFrame-only", sample.n_rows)
     stats_pass = SparkStatsPass(data, model.n_components, tree_depth)
-    result = model.fit_em(lambda _: model.initial_params(sample, rng), stats_pass, on_iteration)
+    initials = lambda _: model.initial_params(sample, rng)  # noqa: E731
+    if checkpointer is None and resume is None:
+        result = model.fit_em(initials, stats_pass, on_iteration)
+    else:
+        from mmgmm_spark.checkpoint import resumable_fit_em
+
+        if resume is not None:
+            resume.restore_rng(rng)
+        if checkpointer is not None:
+            checkpointer.rng = rng
+        result = resumable_fit_em(model, initials, stats_pass, on_iteration,
+                                  checkpointer=checkpointer, resume=resume)
     return model.set_result(result, data.n_rows)
 
 
@@ -105,6 +121,7 @@ def fit_dataframe(model: MultimodalGaussianMixture, df: DataFrame, *,
                   on_iteration: IterationCallback | None = None, tree_depth: int = 2,
                   rows_per_block: int = 65_536, init_sample_rows: int = 100_000,
                   use_rdd: bool | None = None, source: str = "DataFrame",
+                  checkpointer: Checkpointer | None = None, resume: Checkpoint | None = None,
                   ) -> MultimodalGaussianMixture:
     """Fit ``model`` on a Spark DataFrame with one array/vector column per modality.
 
@@ -118,10 +135,12 @@ def fit_dataframe(model: MultimodalGaussianMixture, df: DataFrame, *,
         use_rdd: force the RDD (True) or the DataFrame-only (False) path; default: RDD
             where the session has the RDD API.
         source: what the data is called in error messages.
+        checkpointer, resume: see :func:`fit_cached`.
     """
     data = CachedBlocks(df, model.modalities, source, rows_per_block, use_rdd)
     try:
         return fit_cached(model, data, on_iteration=on_iteration, tree_depth=tree_depth,
-                          init_sample_rows=init_sample_rows)
+                          init_sample_rows=init_sample_rows, checkpointer=checkpointer,
+                          resume=resume)
     finally:
         data.unpersist()

@@ -15,6 +15,10 @@ Write (one Delta commit per call, nothing visible before it):
 4. On any failure before the commit succeeds the write directories are deleted; the log is
    untouched, so the table stays at its previous version. (A killed driver can leave an
    unreferenced ``write-*`` directory; Delta VACUUM removes such files.)
+5. A commit that loses a race with a concurrent writer (``CommitFailedError``, or the table
+   created meanwhile) is retried on a fresh snapshot when it is logically independent of
+   the winner: ``append`` (staged files reused) and ``replace_where`` (the replaced files and
+   their kept rows are recomputed on the new snapshot). A plain ``overwrite`` is not retried.
 
 Modes:
 * ``append``: the data's schema must equal the table's (names and types; checked here, since
@@ -36,6 +40,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import shutil
 import time
 import uuid
@@ -47,7 +52,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from deltalake import DeltaTable
 from deltalake import Schema as DeltaSchema
-from deltalake.exceptions import DeltaError
+from deltalake.exceptions import CommitFailedError, DeltaError
 from deltalake.transaction import (
     AddAction,
     CommitProperties,
@@ -74,6 +79,12 @@ WRITE_ID_KEY = "mmgmm.writeId"
 # Table features that reading/writing whole Parquet files does not have to honour.
 _SAFE_READER_FEATURES = {"timestampNtz", "v2Checkpoint", "vacuumProtocolCheck"}
 _SAFE_WRITER_FEATURES = _SAFE_READER_FEATURES | {"appendOnly"}
+COMMIT_ATTEMPTS = 8
+"""Commits tried per write when concurrent writers win the race (see step 5 above)."""
+
+
+class _CommitConflictError(Exception):
+    """A retryable lost race: the snapshot the commit was based on is no longer current."""
 
 
 def _local(ref: TableRef) -> str:
@@ -230,19 +241,15 @@ def write(spark: SparkSession, df: DataFrame, ref: TableRef, mode: str,
     """Write ``df`` to a local Delta table in one delta-rs commit (see the module docstring)."""
     root = _local(ref)
     exists = _is_delta(root)
-    if not exists and os.path.isdir(root) and os.listdir(root):
+    if not exists and os.path.isdir(root) and not all(
+            name.startswith("write-") for name in os.listdir(root)):  # others' staging is fine
         raise StorageError(
             f"{ref.display!r} is a non-empty directory but not a Delta table (no _delta_log); "
             "choose another path or remove the directory."
         )
     dt = _open(ref) if exists else None
     arrow_schema = _arrow_schema(df, ref)
-    if dt is not None:
-        _check_protocol(dt, ref, writing=True)
-        if mode == "append" or replace_where:
-            problem = schema_mismatch(ref.display, _spark_schema(dt), df.schema)
-            if problem:
-                raise StorageError(problem)
+    _check_target(dt, ref, df, mode, replace_where)
     if replace_where:
         missing = [c for c in replace_where if c not in df.columns]
         if missing:
@@ -252,28 +259,24 @@ def write(spark: SparkSession, df: DataFrame, ref: TableRef, mode: str,
             )
 
     write_id = uuid.uuid4().hex
-    directories = [f"write-{write_id}"]
+    directories = [f"write-{write_id}", f"write-{write_id}-kept"]
     try:
         adds = _stage(df, root, directories[0])
-        removes: list[RemoveAction] = []
         if replace_where:
             _check_rows_match(spark, root, adds, ref, replace_where)
-            if dt is not None:
-                directories.append(f"write-{write_id}-kept")
-                kept, removes = _rewrite_replaced(spark, dt, root, directories[1], replace_where)
-                adds += kept
-        removed = len(removes)
-        properties = CommitProperties(custom_metadata={WRITE_ID_KEY: write_id})
-        if dt is None:
-            create_table_with_add_actions(root, DeltaSchema.from_arrow(arrow_schema), adds,
-                                          mode="error", commit_properties=properties)
-        elif mode == "overwrite" and not replace_where:
-            removed = len(_live_files(dt, root))  # delta-rs derives the removes itself
-            dt.create_write_transaction(adds, mode="overwrite", schema=arrow_schema,
-                                        commit_properties=properties)
-        else:
-            dt.create_write_transaction([*adds, *removes], mode="append", schema=dt.schema(),
-                                        commit_properties=properties)
+        for attempt in range(1, COMMIT_ATTEMPTS + 1):
+            try:
+                n_added, removed = _commit(spark, dt, ref, root, adds, arrow_schema, mode,
+                                           replace_where, write_id)
+                break
+            except _CommitConflictError as conflict:
+                if attempt == COMMIT_ATTEMPTS or (mode == "overwrite" and not replace_where):
+                    raise conflict.__cause__ from None
+                log.info("table %s: concurrent commit won (attempt %d), retrying on a fresh "
+                         "snapshot: %s", ref.display, attempt, conflict.__cause__)
+                time.sleep(random.uniform(0.05, 0.2) * attempt)
+                dt = _open(ref)
+                _check_target(dt, ref, df, mode, replace_where)
     except BaseException as exc:
         for directory in directories:
             shutil.rmtree(os.path.join(root, directory), ignore_errors=True)
@@ -288,9 +291,55 @@ def write(spark: SparkSession, df: DataFrame, ref: TableRef, mode: str,
         raise
     version = _committed_version(root, write_id)
     log.info("table %s: %s commit version %d (+%d files, -%d files)", ref.display,
-             "replace" if replace_where else mode, version, len(adds), removed)
+             "replace" if replace_where else mode, version, n_added, removed)
     return TableWrite(table=ref.display, version=version, mode=mode, engine=ENGINE,
-                      files_added=len(adds), files_removed=removed)
+                      files_added=n_added, files_removed=removed)
+
+
+def _check_target(dt: DeltaTable | None, ref: TableRef, df: DataFrame, mode: str,
+                  replace_where: Mapping[str, str | int] | None) -> None:
+    """The existing table's protocol and (for appends and replaces) schema accept ``df``."""
+    if dt is None:
+        return
+    _check_protocol(dt, ref, writing=True)
+    if mode == "append" or replace_where:
+        problem = schema_mismatch(ref.display, _spark_schema(dt), df.schema)
+        if problem:
+            raise StorageError(problem)
+
+
+def _commit(spark: SparkSession, dt: DeltaTable | None, ref: TableRef, root: str,
+            adds: list[AddAction], arrow_schema: pa.Schema, mode: str,
+            replace_where: Mapping[str, str | int] | None, write_id: str) -> tuple[int, int]:
+    """One commit attempt based on snapshot ``dt``: (files added, files removed).
+
+    Raises :class:`_CommitConflictError` (the DeltaError as ``__cause__``) when a concurrent commit
+    made the snapshot stale or created the table first.
+    """
+    removes: list[RemoveAction] = []
+    if replace_where and dt is not None:
+        kept_dir = f"write-{write_id}-kept"
+        shutil.rmtree(os.path.join(root, kept_dir), ignore_errors=True)  # a previous attempt's
+        kept, removes = _rewrite_replaced(spark, dt, root, kept_dir, replace_where)
+        adds = [*adds, *kept]
+    removed = len(removes)
+    properties = CommitProperties(custom_metadata={WRITE_ID_KEY: write_id})
+    try:
+        if dt is None:
+            create_table_with_add_actions(root, DeltaSchema.from_arrow(arrow_schema), adds,
+                                          mode="error", commit_properties=properties)
+        elif mode == "overwrite" and not replace_where:
+            removed = len(_live_files(dt, root))  # delta-rs derives the removes itself
+            dt.create_write_transaction(adds, mode="overwrite", schema=arrow_schema,
+                                        commit_properties=properties)
+        else:
+            dt.create_write_transaction([*adds, *removes], mode="append", schema=dt.schema(),
+                                        commit_properties=properties)
+    except DeltaError as exc:
+        if isinstance(exc, CommitFailedError) or (dt is None and _is_delta(root)):
+            raise _CommitConflictError() from exc
+        raise
+    return len(adds), removed
 
 
 def _check_rows_match(spark: SparkSession, root: str, adds: list[AddAction], ref: TableRef,

@@ -6,11 +6,15 @@ training threshold is computed on the same data (exactly, without collecting sco
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import math
+import os
+import shutil
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,16 +24,36 @@ import numpy as np
 from mlflow import MlflowClient
 from mlflow.entities import Metric
 
+from mmgmm_spark.checkpoint import (
+    ARTIFACT_DIR,
+    FILENAME,
+    Checkpoint,
+    Checkpointer,
+    CheckpointError,
+    load_checkpoint,
+)
 from mmgmm_spark.core.batch import Batch
 from mmgmm_spark.core.em import IterationReport
 from mmgmm_spark.detector import AnomalyDetector, modality_column
 from mmgmm_spark.model import MultimodalGaussianMixture, _is_spark_dataframe
+from mmgmm_spark.reliability import (
+    ModelNotLoggedError,
+    RetryPolicy,
+    call_with_retry,
+    fit_with_checkpoints,
+    save_unlogged,
+)
 from mmgmm_spark.tracking import plots
 from mmgmm_spark.tracking.config import TrackingConfig, tracking
 from mmgmm_spark.tracking.pyfunc import input_example, log_detector
 from mmgmm_spark.tracking.registry import ChampionDecision, promote_if_not_worse
 
+log = logging.getLogger(__name__)
+
 PLOT_ROWS = 20_000
+METRICS_PER_BATCH = 1000
+ITERATION_RETRY = RetryPolicy(attempts=2, initial_delay=0.5)
+"""Per-iteration metrics are retried briefly; what still fails is kept and sent later."""
 
 
 class MetricLogger:
@@ -38,24 +62,55 @@ class MetricLogger:
     Metrics: ``mean_log_likelihood``, ``log_likelihood_change`` (from iteration 2; the first
     change is infinite) and ``iteration_seconds``. With ``n_init > 1`` every restart r gets
     the prefix ``init_<r>/``.
+
+    A tracking server that does not answer does not stop the fit: each batch is retried per
+    ``retry``, then kept in ``pending`` and sent with the next one (or by :meth:`flush`).
     """
 
-    def __init__(self, client: MlflowClient, run_id: str, n_init: int = 1) -> None:
+    def __init__(self, client: MlflowClient, run_id: str, n_init: int = 1,
+                 retry: RetryPolicy = ITERATION_RETRY) -> None:
         self.client = client
         self.run_id = run_id
         self.n_init = n_init
         self.restart = -1
+        self.retry = retry
+        self.pending: list[Metric] = []
+        self.logged_through = (-1, 0)  # (restart, iteration) logged before a resume
+
+    def prefix(self, restart: int) -> str:
+        return f"init_{restart}/" if self.n_init > 1 else ""
+
+    def resume(self, restart: int) -> None:
+        """Continue the run's numbering in ``restart``, skipping iterations already logged."""
+        history = self.client.get_metric_history(
+            self.run_id, self.prefix(restart) + "mean_log_likelihood")
+        self.restart = restart
+        self.logged_through = (restart, max((m.step for m in history), default=0))
 
     def __call__(self, report: IterationReport) -> None:
         if report.iteration == 1:
             self.restart += 1
-        prefix = f"init_{self.restart}/" if self.n_init > 1 else ""
+        if (self.restart, report.iteration) <= self.logged_through:
+            return  # logged before the interruption (its checkpoint was not written)
         now = int(time.time() * 1000)
         values = {"mean_log_likelihood": report.mean_log_likelihood,
                   "log_likelihood_change": report.change, "iteration_seconds": report.seconds}
-        metrics = [Metric(prefix + key, float(value), now, report.iteration)
-                   for key, value in values.items() if math.isfinite(value)]
-        self.client.log_batch(self.run_id, metrics=metrics)
+        self.pending += [Metric(self.prefix(self.restart) + key, float(value), now,
+                                report.iteration)
+                         for key, value in values.items() if math.isfinite(value)]
+        try:
+            self.flush(self.retry)
+        except Exception as error:
+            log.warning("EM metrics of iteration %d not logged yet (%d kept for later): %s",
+                        report.iteration, len(self.pending), error)
+
+    def flush(self, retry: RetryPolicy | None = None) -> None:
+        """Send the pending metrics (raises when the server still fails after ``retry``)."""
+        while self.pending:
+            batch = self.pending[:METRICS_PER_BATCH]
+            call_with_retry(lambda b=batch: self.client.log_batch(self.run_id, metrics=b),
+                            retry or self.retry, "Logging EM metrics")
+            del self.pending[:len(batch)]
 
 
 def model_params(model: MultimodalGaussianMixture, contamination: float) -> dict[str, Any]:
@@ -131,8 +186,13 @@ class _Trained:
 
 
 def _fit_in_memory(model: MultimodalGaussianMixture, data: Mapping[str, np.ndarray],
-                   contamination: float, logger: MetricLogger) -> _Trained:
-    model.fit(data, on_iteration=logger)
+                   contamination: float, logger: MetricLogger,
+                   checkpointer: Checkpointer | None = None,
+                   resume: Checkpoint | None = None) -> _Trained:
+    if checkpointer is None:
+        model.fit(data, on_iteration=logger)
+    else:
+        fit_with_checkpoints(model, data, checkpointer, resume=resume, on_iteration=logger)
     batch = model._batch(data)
     scores = -model.score_samples(data)
     detector = AnomalyDetector(model, contamination)
@@ -143,7 +203,9 @@ def _fit_in_memory(model: MultimodalGaussianMixture, data: Mapping[str, np.ndarr
 
 
 def _fit_on_spark(model: MultimodalGaussianMixture, data: Any, contamination: float,
-                  logger: MetricLogger, spark_options: dict[str, Any]) -> _Trained:
+                  logger: MetricLogger, spark_options: dict[str, Any],
+                  checkpointer: Checkpointer | None = None,
+                  resume: Checkpoint | None = None) -> _Trained:
     from mmgmm_spark.spark.data import CachedBlocks
     from mmgmm_spark.spark.score import fit_detector
 
@@ -153,6 +215,8 @@ def _fit_on_spark(model: MultimodalGaussianMixture, data: Any, contamination: fl
         data, model.modalities, spark_options.get("source", "DataFrame"),
         spark_options.get("rows_per_block", 65_536), spark_options.get("use_rdd"))
     fit_options = {k: v for k, v in spark_options.items() if k not in cache_keys}
+    if checkpointer is not None:
+        fit_options |= {"checkpointer": checkpointer, "resume": resume}
     try:
         detector, scores = fit_detector(model, cached, contamination, on_iteration=logger,
                                         **fit_options)
@@ -222,12 +286,97 @@ def register_detector(config: TrackingConfig, detector: AnomalyDetector, sample:
     return info.model_uri, version, decision
 
 
+@contextlib.contextmanager
+def _mlflow_run(experiment_id: str, run_name: str | None, nested: bool,
+                run_id: str | None) -> Iterator[Any]:
+    """``mlflow.start_run`` (a new run, or ``run_id`` continued) whose end never masks an error.
+
+    Ending the run talks to the server; when that fails the run stays RUNNING and a warning
+    is logged instead of replacing the error (or result) of the fit.
+    """
+    if run_id is not None:
+        run = mlflow.start_run(run_id=run_id, nested=nested)
+    else:
+        run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name, nested=nested)
+    status = "FAILED"
+    try:
+        yield run
+        status = "FINISHED"
+    finally:
+        try:
+            mlflow.end_run(status)
+        except Exception as error:
+            log.warning("Could not mark MLflow run %s %s: %s", run.info.run_id, status, error)
+
+
+def find_checkpoint(client: MlflowClient, run_id: str, model: MultimodalGaussianMixture,
+                    local_dir: str | None) -> Checkpoint:
+    """The most advanced valid checkpoint of ``run_id``: local copy or run artefact.
+
+    Raises :class:`CheckpointError` when the run finished, has no checkpoint, or a
+    checkpoint is invalid (tampered, other model).
+    """
+    run = client.get_run(run_id)
+    if run.info.status == "FINISHED":
+        raise CheckpointError(f"Run {run_id} already finished; there is nothing to resume.")
+    found = []
+    if local_dir is not None and os.path.exists(os.path.join(local_dir, FILENAME)):
+        found.append(load_checkpoint(local_dir, model))
+    with tempfile.TemporaryDirectory() as target:
+        try:
+            path = mlflow.artifacts.download_artifacts(
+                run_id=run_id, artifact_path=f"{ARTIFACT_DIR}/{FILENAME}", dst_path=target,
+                tracking_uri=client._tracking_client.tracking_uri)
+        except Exception as error:  # no such artefact, or the store is unreachable
+            log.info("No checkpoint artefact in run %s: %s", run_id, error)
+        else:
+            found.append(load_checkpoint(path, model))
+    found = [c for c in found if c.run_id == run_id]
+    if not found:
+        raise CheckpointError(f"Run {run_id} has no checkpoint (artefact "
+                              f"{ARTIFACT_DIR}/{FILENAME} or {local_dir}); it cannot be resumed.")
+    return max(found, key=lambda c: (c.progress.restart, c.iterations))
+
+
+def _checkpointing(config: TrackingConfig, client: MlflowClient, run_id: str,
+                   model: MultimodalGaussianMixture, checkpoint_dir: str | None,
+                   resume_run_id: str | None) -> tuple[Checkpointer | None, Checkpoint | None]:
+    """The run's checkpoint writer (local dir + artefact upload) and what to resume from."""
+    if checkpoint_dir is None and resume_run_id is None:
+        return None, None
+    directory = os.path.join(checkpoint_dir or os.path.join(config.work_dir, "checkpoints"),
+                             run_id)
+    resume = None if resume_run_id is None else find_checkpoint(client, run_id, model, directory)
+    upload = lambda path: client.log_artifact(run_id, path, ARTIFACT_DIR)  # noqa: E731
+    return Checkpointer(directory, model, run_id, upload), resume
+
+
+def _finish(config: TrackingConfig, trained: _Trained, logger: MetricLogger,
+            holdout: Mapping[str, np.ndarray] | None, run_id: str, log_model: bool,
+            retry: RetryPolicy) -> FitRun:
+    """Everything logged after the fit, each step retried on transient errors."""
+    metrics = final_metrics(trained)
+    logger.flush(retry)
+    call_with_retry(lambda: mlflow.log_params({"n_rows": trained.n_rows,
+                                               "data_path": trained.data_path}),
+                    retry, "Logging run parameters")
+    call_with_retry(lambda: mlflow.log_metrics(metrics), retry, "Logging final metrics")
+    call_with_retry(lambda: _log_plots(trained.detector, trained.sample), retry, "Logging plots")
+    result = FitRun(run_id, trained.detector, metrics)
+    if log_model:
+        result.model_uri, result.model_version, result.decision = call_with_retry(
+            lambda: register_detector(config, trained.detector, trained.sample, holdout, run_id),
+            retry, "Logging the model")
+    return result
+
+
 def tracked_fit(model: MultimodalGaussianMixture, data: Any, *, contamination: float = 0.01,
                 config: TrackingConfig | None = None,
                 table_versions: Mapping[str, Any] | None = None,
                 holdout: Mapping[str, np.ndarray] | None = None, run_name: str | None = None,
                 log_model: bool = True, nested: bool = False,
-                **spark_options: Any) -> FitRun:
+                checkpoint_dir: str | None = None, resume_run_id: str | None = None,
+                retry: RetryPolicy | None = None, **spark_options: Any) -> FitRun:
     """Fit ``model`` as one MLflow run and (optionally) log and register the detector.
 
     Args:
@@ -241,28 +390,47 @@ def tracked_fit(model: MultimodalGaussianMixture, data: Any, *, contamination: f
         run_name: MLflow run name.
         log_model: log the pyfunc model (and register it when the config names one).
         nested: start the run nested in the active run (model-selection candidates).
+        checkpoint_dir: write a checkpoint after every EM iteration to
+            ``<checkpoint_dir>/<run_id>/`` and to the run's ``checkpoint/`` artefacts
+            (removed locally once the run is complete); None: no checkpoints.
+        resume_run_id: continue this interrupted run (same run, same step numbering) from
+            its most advanced checkpoint (local or artefact); the data must be the same rows.
+        retry: backoff for logging after the fit (default :class:`RetryPolicy`). If logging
+            still fails, the detector is saved under ``<work_dir>/unlogged/`` and
+            :class:`mmgmm_spark.reliability.ModelNotLoggedError` names the directory.
         spark_options: ``source``, ``rows_per_block``, ``use_rdd``, ``tree_depth``,
             ``init_sample_rows`` for the Spark path.
     """
     config = config or TrackingConfig()
-    with tracking(config) as experiment_id, mlflow.start_run(
-            experiment_id=experiment_id, run_name=run_name, nested=nested) as run:
+    retry = retry or RetryPolicy()
+    with tracking(config) as experiment_id, _mlflow_run(
+            experiment_id, run_name, nested, resume_run_id) as run:
         run_id = run.info.run_id
         client = config.client()
-        params, tags = table_params(table_versions or {})
-        mlflow.log_params({**model_params(model, contamination), **params})
-        mlflow.set_tags(tags)
+        checkpointer, resume = _checkpointing(config, client, run_id, model, checkpoint_dir,
+                                              resume_run_id)
+        if resume is None:  # a resumed run has them (the checkpoint checked the model's)
+            params, tags = table_params(table_versions or {})
+            params = {**model_params(model, contamination), **params}
+            call_with_retry(lambda: (mlflow.log_params(params), mlflow.set_tags(tags)), retry,
+                            "Logging run parameters")
         logger = MetricLogger(client, run_id, model.n_init)
+        if resume is not None:
+            logger.resume(resume.progress.restart)
         if _is_spark_dataframe(data) or type(data).__name__ == "CachedBlocks":
-            trained = _fit_on_spark(model, data, contamination, logger, spark_options)
+            trained = _fit_on_spark(model, data, contamination, logger, spark_options,
+                                    checkpointer, resume)
         else:
-            trained = _fit_in_memory(model, data, contamination, logger)
-        mlflow.log_params({"n_rows": trained.n_rows, "data_path": trained.data_path})
-        metrics = final_metrics(trained)
-        mlflow.log_metrics(metrics)
-        _log_plots(trained.detector, trained.sample)
-        result = FitRun(run_id, trained.detector, metrics)
-        if log_model:
-            result.model_uri, result.model_version, result.decision = register_detector(
-                config, trained.detector, trained.sample, holdout, run_id)
+            trained = _fit_in_memory(model, data, contamination, logger, checkpointer, resume)
+        try:
+            result = _finish(config, trained, logger, holdout, run_id, log_model, retry)
+        except Exception as error:
+            path = save_unlogged(trained.detector, config.work_dir, run_id,
+                                 {"metrics": final_metrics(trained),
+                                  "params": model_params(model, contamination)})
+            log.error("Run %s: the fitted model could not be logged (%s); saved at %s",
+                      run_id, error, path)
+            raise ModelNotLoggedError(path, run_id, error) from error
+        if checkpointer is not None:
+            shutil.rmtree(checkpointer.directory, ignore_errors=True)
         return result
