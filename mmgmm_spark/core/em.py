@@ -106,19 +106,7 @@ def best_of_restarts(initials: Callable[[int], MixtureParams], n_init: int,
 
     Warns with :class:`ConvergenceWarning` when the best run did not converge.
     """
-    best: EMResult | None = None
-    for restart in range(n_init):
-        result = run(initials(restart))
-        if best is None or result.lower_bound > best.lower_bound:
-            best = result
-    assert best is not None
-    if not best.converged and best.n_iter > 0:
-        warnings.warn(
-            f"EM did not converge in {best.n_iter} iterations (last change of the mean "
-            "log-likelihood above tol). Increase max_iter or tol, or check for degenerate data.",
-            ConvergenceWarning, stacklevel=3,
-        )
-    return best
+    return resumable_restarts(initials, n_init, lambda start, _report: run(start.params))
 
 
 @dataclass
@@ -170,7 +158,7 @@ def resumable_restarts(initials: Callable[[int], MixtureParams], n_init: int,
         warnings.warn(
             f"EM did not converge in {best.n_iter} iterations (last change of the mean "
             "log-likelihood above tol). Increase max_iter or tol, or check for degenerate data.",
-            ConvergenceWarning, stacklevel=3,
+            ConvergenceWarning, stacklevel=4,
         )
     return best
 
