@@ -23,9 +23,15 @@ def shift(gaussian: GaussianBlock, weights: np.ndarray) -> np.ndarray:
 
 def _mahalanobis_full(x: np.ndarray, means: np.ndarray, chol: np.ndarray) -> np.ndarray:
     k, d, _ = chol.shape
-    y = x @ chol.transpose(1, 0, 2).reshape(d, k * d)            # (n, K*d): x^T C_k for every k
-    y -= np.einsum("kd,kde->ke", means, chol).reshape(k * d)
-    return np.einsum("nkd,nkd->nk", y.reshape(-1, k, d), y.reshape(-1, k, d))
+    # one GEMM gives (x - mu_k)^T C_k for every k: [x, 1] @ [[C_1 ... C_K], [-mu_k^T C_k ...]]
+    weights = np.empty((d + 1, k * d))
+    weights[:d] = chol.transpose(1, 0, 2).reshape(d, k * d)
+    weights[d] = -np.einsum("kd,kde->ke", means, chol).reshape(k * d)
+    augmented = np.empty((x.shape[0], d + 1))
+    augmented[:, :d] = x
+    augmented[:, d] = 1.0
+    y = (augmented @ weights).reshape(-1, k, d)
+    return np.einsum("nkd,nkd->nk", y, y)
 
 
 def _mahalanobis_tied(x: np.ndarray, means: np.ndarray, chol: np.ndarray) -> np.ndarray:
@@ -104,6 +110,21 @@ def normalise_log_prob(log_prob: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     log_norm = logsumexp_rows(log_prob)
     log_prob -= log_norm[:, None]
     return log_norm, log_prob
+
+
+def responsibilities(log_prob: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(log p(x_i) (n,), responsibilities (n, K)) from joint log-probabilities (n, K).
+
+    The E-step's hot path: one exponential per cell serves both the log-sum-exp and the
+    responsibilities. Works in place: ``log_prob`` becomes the responsibilities.
+    """
+    top = log_prob.max(axis=1)
+    top[~np.isfinite(top)] = 0.0
+    log_prob -= top[:, None]
+    resp = np.exp(log_prob, out=log_prob)
+    total = resp.sum(axis=1)
+    resp /= total[:, None]
+    return np.log(total) + top, resp
 
 
 def modality_log_likelihoods(batch: Batch, params: MixtureParams,

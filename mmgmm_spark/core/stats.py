@@ -17,7 +17,7 @@ import numpy as np
 from mmgmm_spark.core.batch import Batch
 from mmgmm_spark.core.densities import (
     centred_blocks,
-    normalise_log_prob,
+    responsibilities,
     shift,
     weighted_log_prob,
 )
@@ -198,9 +198,7 @@ def _stats_of_chunk(batch: Batch, params: MixtureParams, modalities: tuple[Modal
     centred = centred_blocks(batch, params, modalities)
     log_likelihood = 0.0
     if resp is None:
-        log_norm, log_resp = normalise_log_prob(
-            weighted_log_prob(batch, params, modalities, centred))
-        resp = np.exp(log_resp, out=log_resp)
+        log_norm, resp = responsibilities(weighted_log_prob(batch, params, modalities, centred))
         log_likelihood = float(log_norm.sum())
     blocks = {}
     for m in modalities:
