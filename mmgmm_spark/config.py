@@ -164,7 +164,10 @@ def _describe(error: ValidationError, source: str) -> str:
     lines = []
     for problem in error.errors():
         field = ".".join(str(part) for part in problem["loc"])
-        lines.append(f"{field}: {problem['msg']}")
+        message = problem["msg"]
+        if problem["type"] == "extra_forbidden":
+            message = "unknown key (not a setting of this section; check the spelling)"
+        lines.append(f"{field}: {message}")
     return f"{source}: invalid configuration: " + "; ".join(lines)
 
 

@@ -53,6 +53,8 @@ def _read_npz(spark: SparkSession, path: str, id_column: str) -> DataFrame:
 
 
 def _read_file(spark: SparkSession, path: str, id_column: str) -> DataFrame:
+    if "://" not in path and not Path(path).exists():
+        raise DataValidationError(f"{path}: no such file or directory; check the --modality path.")
     suffix = Path(path).suffix.lower()
     if suffix == ".npz":
         return _read_npz(spark, path, id_column)

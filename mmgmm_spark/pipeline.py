@@ -10,10 +10,11 @@ import logging
 from dataclasses import dataclass
 
 import numpy as np
+from mlflow.exceptions import MlflowException
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from mmgmm_spark.config import AppConfig
+from mmgmm_spark.config import AppConfig, ConfigError
 from mmgmm_spark.core.batch import DataValidationError
 from mmgmm_spark.core.modality import Modality
 from mmgmm_spark.evaluation import evaluate_scores, log_evaluation
@@ -30,6 +31,7 @@ from mmgmm_spark.tracking import (
     tracked_fit,
 )
 from mmgmm_spark.tracking import tracking as tracking_context
+from mmgmm_spark.tracking.registry import resolve_registered
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +83,10 @@ def _holdout_bucket(config: AppConfig) -> F.Column:
 def holdout_arrays(features: Features, config: AppConfig) -> dict[str, np.ndarray]:
     """At most MAX_HOLDOUT_ROWS held-out rows as {modality: (n, d)} arrays (NaN = missing)."""
     rows = features.df.where(_holdout_bucket(config)).limit(MAX_HOLDOUT_ROWS)
+    source = "hold-out rows of " + ", ".join(f"{m.name}={m.table}"
+                                             for m in config.data.modalities)
     batch = batch_from_arrow(rows.select(*[m.name for m in features.modalities]).toArrow(),
-                             tuple(features.modalities), "hold-out rows")
+                             tuple(features.modalities), source)
     return {m.name: batch.blocks[m.name].dense() for m in features.modalities}
 
 
@@ -113,16 +117,51 @@ def train(spark: SparkSession, config: AppConfig) -> FitRun:
     return tracked_fit(model, training, **common, **spark_options)
 
 
+def _describe_modalities(dims: dict[str, int]) -> str:
+    return ", ".join(f"'{name}' (dim {dim})" for name, dim in dims.items())
+
+
+def check_model_matches(config: AppConfig, features: Features) -> None:
+    """Fail before scoring when the model's modalities (names, dims) differ from the data's."""
+    uri = config.model_uri()
+    tracking = tracking_config(config)
+    with tracking_context(tracking):
+        try:
+            name, version = resolve_registered(tracking.client(), uri)
+            detector = load_detector(f"models:/{name}/{version}")
+        except ValueError as error:  # not a models:/ URI
+            raise ConfigError(f"scoring.model_uri: {error}") from None
+        except MlflowException as error:  # no such model, version or alias
+            raise ConfigError(
+                f"Model {uri} cannot be loaded from the registry at {tracking.resolved_uri()}: "
+                f"{error.message.rstrip('.')}. Train and register a model first (mmgmm train), "
+                "or point scoring.model_uri / tracking.registered_model / tracking.alias at an "
+                "existing one.") from None
+    expected = {m.name: m.dim for m in detector.modalities}
+    found = {m.name: m.dim for m in features.modalities}
+    if expected != found:
+        raise DataValidationError(
+            f"Model {uri} ({name} version {version}) was trained on modalities "
+            f"{_describe_modalities(expected)}, but the config's feature tables give "
+            f"{_describe_modalities(found)}. Score with a config whose data.modalities match "
+            "the model (names and feature widths), or train a model on these tables.")
+
+
 def score(spark: SparkSession, config: AppConfig, scoring_run_id: str | None = None
           ) -> ScoringResult:
     """Score every entity with the configured model URI and write the Delta output table."""
     features = read_features(spark, config)
-    return score_registered(
-        spark, features.df, config.scoring.output_table, config.model_uri(),
-        config=tracking_config(config), scoring_run_id=scoring_run_id,
-        table_versions=features.versions, id_column=config.data.id_column,
-        responsibilities=config.scoring.include_responsibilities,
-        engine=config.storage.engine)
+    check_model_matches(config, features)
+    try:
+        return score_registered(
+            spark, features.df, config.scoring.output_table, config.model_uri(),
+            config=tracking_config(config), scoring_run_id=scoring_run_id,
+            table_versions=features.versions, id_column=config.data.id_column,
+            responsibilities=config.scoring.include_responsibilities,
+            engine=config.storage.engine)
+    except DataValidationError as error:  # raised in the scoring tasks: name the tables
+        tables = ", ".join(f"{m.name}={m.table}" for m in config.data.modalities)
+        raise DataValidationError(f"Scoring {tables}: {error}") from None
 
 
 def scores_with_labels(spark: SparkSession, config: AppConfig, labels_table: str,

@@ -1,0 +1,518 @@
+"""Every ``mmgmm`` subcommand through the real entry point, and bad input through the CLI.
+
+Most cases call :func:`mmgmm_spark.cli.main` in-process (build_spark's getOrCreate reuses the
+session-scoped ``spark`` fixture); the trained model every later test uses comes from a real
+``mmgmm train`` subprocess. All tables and the MLflow store live in one temporary directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from deltalake import DeltaTable, write_deltalake
+
+from mmgmm_spark.cli import main
+
+pytestmark = [pytest.mark.spark, pytest.mark.slow]
+
+N_ROWS = 600
+DIMS = {"a": 3, "b": 2, "c": 2}
+MODEL = "cli-model"
+
+
+# ----------------------------------------------------------------------------- helpers
+@dataclass
+class Workspace:
+    root: Path
+    config: Path
+    ids: np.ndarray
+    data: dict[str, np.ndarray]
+    b_rows: np.ndarray  # rows that observe modality b
+
+    def table(self, name: str) -> Path:
+        return self.root / "tables" / name
+
+    @property
+    def work(self) -> Path:
+        return self.root / "work"
+
+    @property
+    def scores(self) -> Path:
+        return self.table("scores")
+
+    def tracking_uri(self) -> str:
+        return f"sqlite:///{self.work.resolve() / 'mlflow.db'}"
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+    @property
+    def message(self) -> str:
+        """The one error paragraph ``mmgmm <command>: error: ...``."""
+        lines = [line for line in self.err.splitlines() if re.match(r"mmgmm \w+: error: ", line)]
+        assert len(lines) == 1, self.err
+        return lines[0].split(": error: ", 1)[1]
+
+
+def cli(capsys, *argv: str) -> Result:
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return Result(code, out, err)
+
+
+def assert_user_error(result: Result, *fragments: str) -> str:
+    """Exit 2, one message (no traceback) containing every fragment (case-insensitive)."""
+    assert result.code == 2, (result.code, result.out, result.err)
+    assert "Traceback" not in result.err
+    message = result.message
+    for fragment in fragments:
+        assert fragment.lower() in message.lower(), f"{fragment!r} not in: {message}"
+    return message
+
+
+def read_delta(path: Path) -> pd.DataFrame:
+    return DeltaTable(str(path)).to_pyarrow_table().to_pandas()
+
+
+def delta_version(path: Path) -> int | None:
+    return DeltaTable(str(path)).version() if (path / "_delta_log").is_dir() else None
+
+
+def write_modality(path: Path, ids, features, *, value_type: pa.DataType | None = None,
+                   column: str = "features") -> Path:
+    """A modality Delta table written with deltalake (no Spark), rows as given."""
+    rows = [None if f is None else list(f) for f in features]
+    table = pa.table({"id": pa.array(list(ids), pa.string()),
+                      column: pa.array(rows, pa.list_(value_type or pa.float64()))})
+    write_deltalake(str(path), table, mode="overwrite")
+    return path
+
+
+def registered_versions(ws: Workspace, name: str = MODEL) -> int:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=ws.tracking_uri(), registry_uri=ws.tracking_uri())
+    return len(client.search_model_versions(f"name='{name}'"))
+
+
+def fresh_mlflow_store(work_dir: Path, tmp_path_factory) -> None:
+    """``work_dir/mlflow.db``: a copy of an initialised empty store (creating the tables of a
+    new SQLite store takes many seconds; the template is made once per test session)."""
+    from mlflow import MlflowClient
+
+    template = tmp_path_factory.getbasetemp() / "mlflow-template" / "mlflow.db"
+    if not template.exists():
+        template.parent.mkdir(exist_ok=True)
+        uri = f"sqlite:///{template}"
+        MlflowClient(tracking_uri=uri, registry_uri=uri).search_experiments()
+    work_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(template, work_dir / "mlflow.db")
+
+
+def make_data(seed: int = 0) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    group = rng.integers(0, 2, N_ROWS)
+    data = {}
+    for name, dim in DIMS.items():
+        centres = rng.normal(0, 4, (2, dim))
+        data[name] = centres[group] + rng.normal(0, 1, (N_ROWS, dim))
+    ids = np.array([f"e{i:04d}" for i in range(N_ROWS)], dtype=object)
+    return ids, data
+
+
+# ----------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory) -> Workspace:
+    root = tmp_path_factory.mktemp("cli")
+    ids, data = make_data()
+    config = {
+        "work_dir": str(root / "work"),
+        "spark": {"master": "local[2]"},
+        "tracking": {"experiment": "cli-tests", "registered_model": MODEL, "alias": "champion"},
+        "data": {"id_column": "id", "modalities": [
+            {"name": "a", "table": str(root / "tables" / "a"), "covariance_type": "full"},
+            {"name": "b", "table": str(root / "tables" / "b"), "covariance_type": "diag"},
+            {"name": "c", "table": str(root / "tables" / "c"), "covariance_type": "full"}]},
+        "model": {"n_components": 2, "max_iter": 40, "tol": 1.0e-3, "seed": 0},
+        "scoring": {"contamination": 0.05, "output_table": str(root / "tables" / "scores")},
+    }
+    path = root / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    fresh_mlflow_store(root / "work", tmp_path_factory)
+    b_rows = np.flatnonzero(np.arange(N_ROWS) % 10 != 3)  # 10% of entities lack modality b
+    return Workspace(root, path, ids, data, b_rows)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _no_tracking_env():
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        patch.setenv("MPLBACKEND", "Agg")
+        yield
+
+
+@pytest.fixture(scope="module")
+def source_files(ws: Workspace) -> dict[str, Path]:
+    """The three input formats: .npz (X, ids), Parquet (array column), CSV (column group)."""
+    files = ws.root / "files"
+    files.mkdir()
+    np.savez(files / "a.npz", X=ws.data["a"], ids=ws.ids.astype(str))
+    pq.write_table(pa.table({"id": pa.array(ws.ids[ws.b_rows], pa.string()),
+                             "embedding": pa.array(list(ws.data["b"][ws.b_rows]),
+                                                   pa.list_(pa.float64())),
+                             "other": np.arange(len(ws.b_rows))}), files / "b.parquet")
+    c = pd.DataFrame({"id": ws.ids, "note": "x"})
+    for j in range(DIMS["c"]):
+        c[f"c_{j}"] = ws.data["c"][:, j]
+    c.to_csv(files / "c.csv", index=False)
+    return {"a": files / "a.npz", "b": files / "b.parquet", "c": files / "c.csv"}
+
+
+@pytest.fixture(scope="module")
+def ingested(spark, ws: Workspace, source_files) -> Workspace:
+    code = main(["ingest", "--config", str(ws.config),
+                 "--modality", f"a={source_files['a']}",
+                 "--modality", f"b={source_files['b']}:embedding",
+                 "--modality", f"c={source_files['c']}:c_"])
+    assert code == 0
+    return ws
+
+
+@pytest.fixture(scope="module")
+def trained(ingested: Workspace) -> Workspace:
+    """``mmgmm train`` as a real subprocess (the console script), end to end."""
+    ws = ingested
+    env = {**os.environ, "MPLBACKEND": "Agg"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    process = subprocess.run([_mmgmm(), "train", "--config", str(ws.config)], cwd=ws.root,
+                             capture_output=True, text=True, env=env, timeout=600)
+    assert process.returncode == 0, process.stderr[-3000:]
+    assert re.search(r"run \w+: registered version 1;", process.stdout), process.stdout
+    return ws
+
+
+def _mmgmm() -> str:
+    script = shutil.which("mmgmm") or str(Path(sys.executable).parent / "mmgmm")
+    if not Path(script).exists():
+        pytest.skip("the mmgmm console script is not installed (pip install -e .)")
+    return script
+
+
+# ----------------------------------------------------------------------------- happy paths
+def test_help_subprocess() -> None:
+    process = subprocess.run([_mmgmm(), "--help"], capture_output=True, text=True, timeout=120)
+    assert process.returncode == 0
+    for command in ("demo", "ingest", "train", "score", "evaluate", "benchmark"):
+        assert command in process.stdout
+
+
+def test_ingest_formats_keep_ids_and_values(ingested: Workspace) -> None:
+    ws = ingested
+    a, b, c = (read_delta(ws.table(n)).set_index("id").sort_index() for n in "abc")
+    assert list(a.index) == sorted(ws.ids)
+    assert sorted(b.index) == sorted(ws.ids[ws.b_rows])
+    assert list(c.index) == sorted(ws.ids)
+    assert list(a.columns) == list(b.columns) == list(c.columns) == ["features"]
+    order = np.argsort(ws.ids)
+    np.testing.assert_allclose(np.stack(a["features"]), ws.data["a"][order])
+    np.testing.assert_allclose(np.stack(c["features"]), ws.data["c"][order])
+    b_order = ws.b_rows[np.argsort(ws.ids[ws.b_rows])]
+    np.testing.assert_allclose(np.stack(b["features"]), ws.data["b"][b_order])
+
+
+def test_train_registers_the_champion(trained: Workspace) -> None:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=trained.tracking_uri(),
+                          registry_uri=trained.tracking_uri())
+    assert str(client.get_model_version_by_alias(MODEL, "champion").version) == "1"
+
+
+def test_score_writes_and_rerun_replaces(trained: Workspace, capsys) -> None:
+    ws = trained
+    first = cli(capsys, "score", "--config", ws.config)
+    assert first.code == 0, first.err
+    run_id = re.search(r"scoring run (\w+)", first.out).group(1)
+    scores = read_delta(ws.scores)
+    rows = scores[scores["scoring_run_id"] == run_id]
+    assert len(rows) == N_ROWS and rows["id"].is_unique
+    assert set(rows["model_name"]) == {MODEL} and set(rows["model_version"]) == {"1"}
+    for column in ("anomaly_score", "is_anomaly", "a_log_likelihood", "c_log_likelihood"):
+        assert column in rows.columns
+    missing_b = rows.set_index("id").loc[ws.ids[3::10], "b_log_likelihood"]
+    assert missing_b.isna().all()
+    version = delta_version(ws.scores)
+
+    again = cli(capsys, "score", "--config", ws.config, "--scoring-run-id", run_id)
+    assert again.code == 0, again.err
+    assert delta_version(ws.scores) == version + 1
+    after = read_delta(ws.scores)
+    assert (after["scoring_run_id"] == run_id).sum() == N_ROWS
+    assert len(after) == len(scores)
+
+
+def test_evaluate_with_labels(trained: Workspace, capsys) -> None:
+    ws = trained
+    assert cli(capsys, "score", "--config", ws.config).code == 0
+    labels = ws.table("labels")
+    scores = read_delta(ws.scores).sort_values("scored_at").drop_duplicates("id", keep="last")
+    worst = set(scores.nlargest(30, "anomaly_score")["id"])
+    write_deltalake(str(labels), pa.table({"id": list(ws.ids),
+                                           "is_anomaly": [i in worst for i in ws.ids]}))
+    result = cli(capsys, "evaluate", "--config", ws.config, "--labels", labels)
+    assert result.code == 0, result.err
+    metrics = dict(re.findall(r"^(\w+): ([-\d.e+]+)$", result.out, re.MULTILINE))
+    assert float(metrics["auroc"]) == pytest.approx(1.0)
+    assert 0.0 <= float(metrics["average_precision"]) <= 1.0
+
+    bad = cli(capsys, "evaluate", "--config", ws.config, "--labels", labels,
+              "--label-column", "truth")
+    assert_user_error(bad, str(labels), "'truth'")
+
+
+def test_demo_report_joint_model_sees_cross_modal(spark, ws: Workspace, capsys) -> None:
+    demo = ws.root / "demo"
+    conf = Path(__file__).resolve().parents[1] / "conf" / "local.yaml"
+    result = cli(capsys, "demo", "--config", conf, "--rows", 6000,
+                 "--set", f"work_dir={ws.work}",
+                 *[arg for i, name in enumerate(("image", "text", "sensor"))
+                   for arg in ("--set", f"data.modalities.{i}.table={demo / name}")],
+                 "--set", f"scoring.output_table={demo / 'scores'}",
+                 "--set", "tracking.registered_model=cli-demo",
+                 "--set", "tracking.experiment=cli-demo",
+                 "--set", "model.max_iter=60")
+    assert result.code == 0, result.err
+    assert re.search(r"^AUROC \d\.\d{4}", result.out, re.MULTILINE)
+    joint, per_modality = map(float, re.search(
+        r"^\s+cross_modal\s+([\d.]+)\s+([\d.]+)$", result.out, re.MULTILINE).groups())
+    assert joint >= 0.9
+    assert per_modality <= joint - 0.25
+    assert len(read_delta(demo / "scores")) == 6000
+
+
+def test_benchmark_adbench_tiny(tmp_path: Path, capsys) -> None:
+    pytest.importorskip("mmgmm_spark.benchmark_adbench")
+    rng = np.random.default_rng(1)
+    x = np.vstack([rng.normal(0, 1, (190, 3)), rng.normal(6, 1, (10, 3))])
+    y = np.r_[np.zeros(190), np.ones(10)]
+    (tmp_path / "data").mkdir()
+    np.savez(tmp_path / "data" / "tiny.npz", X=x, y=y)
+    out = tmp_path / "results" / "adbench.json"
+    result = cli(capsys, "benchmark", "adbench", "--data-dir", tmp_path / "data", "--out", out)
+    assert result.code == 0, result.err
+    results = json.loads(out.read_text())
+    assert "tiny" in json.dumps(results)
+    assert out.with_suffix(".md").exists()
+
+
+# ----------------------------------------------------------------------------- accepted input
+def test_float32_and_vector_columns_are_accepted(spark, trained: Workspace, capsys) -> None:
+    from pyspark.ml.functions import array_to_vector
+
+    ws = trained
+    f32 = write_modality(ws.table("a_float32"), ws.ids, ws.data["a"].astype(np.float32),
+                         value_type=pa.float32())
+    b = read_delta(ws.table("b"))
+    vectors = ws.table("b_vector")
+    from mmgmm_spark.storage import write_table
+
+    frame = spark.createDataFrame(b).withColumn("features", array_to_vector("features"))
+    write_table(spark, frame, str(vectors), mode="overwrite")
+    result = cli(capsys, "train", "--config", ws.config,
+                 "--set", f"data.modalities.0.table={f32}",
+                 "--set", f"data.modalities.1.table={vectors}",
+                 "--set", "tracking.registered_model=cli-accepted")
+    assert result.code == 0, result.err
+    assert "registered version 1" in result.out
+    assert registered_versions(ws, "cli-accepted") == 1
+
+
+def test_constant_feature_and_duplicated_rows_are_regularised(trained: Workspace,
+                                                               capsys) -> None:
+    ws = trained
+    a = ws.data["a"].copy()
+    a[:, 1] = 5.0                                   # a constant feature
+    c = ws.data["c"].copy()
+    c[: N_ROWS // 2] = c[0]                         # half the rows identical in c
+    constant = write_modality(ws.table("a_const"), ws.ids, a)
+    duplicated = write_modality(ws.table("c_dup"), ws.ids, c)
+    result = cli(capsys, "train", "--config", ws.config,
+                 "--set", f"data.modalities.0.table={constant}",
+                 "--set", f"data.modalities.2.table={duplicated}",
+                 "--set", "tracking.registered_model=cli-degenerate")
+    assert result.code == 0, result.err
+    assert registered_versions(ws, "cli-degenerate") == 1
+
+
+# ----------------------------------------------------------------------------- bad input: ingest
+def test_ingest_rejects_bad_files_and_writes_nothing(spark, ws: Workspace, capsys,
+                                                     tmp_path: Path) -> None:
+    target = tmp_path / "never"
+    config = ["--config", ws.config, "--set", f"data.modalities.0.table={target}"]
+
+    duplicated = tmp_path / "dup.npz"
+    np.savez(duplicated, X=np.ones((4, 2)), ids=np.array(["x", "y", "x", "z"]))
+    assert_user_error(cli(capsys, "ingest", *config, "--modality", f"a={duplicated}"),
+                      str(duplicated), "duplicate", "'id'")
+
+    null_ids = tmp_path / "null.parquet"
+    pq.write_table(pa.table({"id": ["x", None, "z"],
+                             "features": [[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]]}), null_ids)
+    assert_user_error(cli(capsys, "ingest", *config, "--modality", f"a={null_ids}"),
+                      str(null_ids), "null id")
+
+    ragged = tmp_path / "ragged.parquet"
+    pq.write_table(pa.table({"id": ["x", "y", "z"],
+                             "features": [[1.0, 2.0], [3.0, 4.0, 5.0], [5.0, 6.0]]}), ragged)
+    assert_user_error(cli(capsys, "ingest", *config, "--modality", f"a={ragged}"),
+                      str(ragged), "lengths", "same width")
+
+    no_group = tmp_path / "cols.csv"
+    pd.DataFrame({"id": ["x"], "f_0": [1.0]}).to_csv(no_group, index=False)
+    assert_user_error(cli(capsys, "ingest", *config, "--modality", f"a={no_group}:image_"),
+                      str(no_group), "image_")
+
+    assert_user_error(cli(capsys, "ingest", *config, "--modality", f"zz={no_group}"),
+                      "--modality", "zz")
+    assert_user_error(cli(capsys, "ingest", *config, "--modality", f"a={tmp_path / 'no.csv'}"),
+                      "no.csv")
+    assert not target.exists()
+
+
+# ----------------------------------------------------------------------------- bad input: train
+@pytest.fixture(scope="module")
+def bad_tables(trained: Workspace) -> dict[str, Path]:
+    """Variants of modality a's table, each with one problem (every 7th row affected)."""
+    ws = trained
+    ids, a = list(ws.ids), ws.data["a"]
+    bad = ws.root / "bad"
+
+    def variant(name: str, rows, ids_=ids, **kwargs) -> Path:
+        return write_modality(bad / name, ids_, rows, **kwargs)
+
+    def every_7th(value) -> list:
+        rows = [list(r) for r in a]
+        for i in range(0, N_ROWS, 7):
+            rows[i] = value(rows[i])
+        return rows
+
+    return {
+        "nan": variant("nan", every_7th(lambda r: [np.nan] + r[1:])),
+        "inf": variant("inf", every_7th(lambda r: [np.inf] + r[1:])),
+        "wide": variant("wide", [list(r) + [0.0] for r in a]),
+        "ragged": variant("ragged", every_7th(lambda r: r[:2])),
+        "null_ids": variant("null_ids", a, ids_=[None if i % 50 == 0 else x
+                                                 for i, x in enumerate(ids)]),
+        "dup_ids": variant("dup_ids", a, ids_=[ids[0]] + ids[:-1]),
+        "empty": variant("empty", [], ids_=[]),
+        "renamed": variant("renamed", a, column="embedding"),
+        "tiny": variant("tiny", a[:5], ids_=ids[:5]),
+    }
+
+
+TRAIN_CASES = {
+    # case: (table, extra overrides, fragments the message must contain)
+    "nan": ("nan", [], ["'a'", "NaN"]),
+    "inf": ("inf", [], ["'a'", "infinite"]),
+    "wrong_width": ("wide", ["data.modalities.0.dim=3"], ["bad/wide", "'a'", "length", "3"]),
+    "ragged": ("ragged", [], ["'a'", "length"]),
+    "null_ids": ("null_ids", [], ["bad/null_ids", "null id", "'id'"]),
+    "duplicate_ids": ("dup_ids", [], ["bad/dup_ids", "duplicate", "'id'"]),
+    "empty": ("empty", [], ["bad/empty", "empty"]),
+    "missing_table": ("does_not_exist", [], ["does_not_exist", "not found"]),
+    "missing_column": ("renamed", [], ["bad/renamed", "'features'"]),
+    "missing_column_config": ("renamed", ["data.modalities.0.features_column=vec"],
+                              ["bad/renamed", "'vec'"]),
+}
+
+
+@pytest.mark.parametrize("case", TRAIN_CASES, ids=list(TRAIN_CASES))
+def test_train_rejects_bad_tables(case: str, trained: Workspace, bad_tables, capsys) -> None:
+    ws = trained
+    table_name, overrides, fragments = TRAIN_CASES[case]
+    table = bad_tables.get(table_name, ws.root / "bad" / table_name)
+    before = registered_versions(ws)
+    sets = [arg for o in [f"data.modalities.0.table={table}", *overrides] for arg in ("--set", o)]
+    result = cli(capsys, "train", "--config", ws.config, *sets)
+    assert_user_error(result, *fragments)
+    assert registered_versions(ws) == before
+
+
+def test_train_rejects_more_components_than_rows(trained: Workspace, bad_tables,
+                                                 capsys) -> None:
+    ws = trained
+    before = registered_versions(ws)
+    result = cli(capsys, "train", "--config", ws.config,
+                 "--set", f"data.modalities.0.table={bad_tables['tiny']}",
+                 "--set", "model.n_components=1000")
+    assert_user_error(result, "n_components", "1000")
+    assert registered_versions(ws) == before
+
+
+def test_config_errors_name_the_field_and_file(ws: Workspace, capsys, tmp_path: Path) -> None:
+    document = yaml.safe_load(ws.config.read_text())
+    document["model"]["n_component"] = 3
+    typo = tmp_path / "typo.yaml"
+    typo.write_text(yaml.safe_dump(document))
+    assert_user_error(cli(capsys, "train", "--config", typo), str(typo), "model.n_component:",
+                      "unknown key")
+    assert_user_error(cli(capsys, "train", "--config", ws.config,
+                          "--set", "model.n_components=many"),
+                      str(ws.config), "model.n_components", "integer")
+    assert_user_error(cli(capsys, "score", "--config", ws.config,
+                          "--set", "data.modalities.0.weight=-1"),
+                      "data.modalities.0.weight")
+    assert_user_error(cli(capsys, "train", "--config", tmp_path / "absent.yaml"),
+                      "absent.yaml", "does not exist")
+    assert_user_error(cli(capsys, "train", "--config", ws.config, "--set", "model"), "--set")
+
+
+# ----------------------------------------------------------------------------- bad input: score
+def test_score_rejects_unknown_model_and_writes_nothing(trained: Workspace, capsys) -> None:
+    ws = trained
+    if delta_version(ws.scores) is None:
+        assert cli(capsys, "score", "--config", ws.config).code == 0
+    version = delta_version(ws.scores)
+    for uri in ("models:/no-such-model@champion", f"models:/{MODEL}/99"):
+        result = cli(capsys, "score", "--config", ws.config, "--set", f"scoring.model_uri={uri}")
+        assert_user_error(result, uri, "mmgmm train")
+    result = cli(capsys, "score", "--config", ws.config,
+                 "--set", "tracking.alias=no_such_alias")
+    assert_user_error(result, f"models:/{MODEL}@no_such_alias", "not found")
+    result = cli(capsys, "score", "--config", ws.config, "--set", "scoring.model_uri=model.pkl")
+    assert_user_error(result, "scoring.model_uri", "model.pkl")
+    assert delta_version(ws.scores) == version
+
+
+def test_score_rejects_modalities_that_do_not_match_the_model(trained: Workspace, bad_tables,
+                                                              capsys) -> None:
+    ws = trained
+    if delta_version(ws.scores) is None:
+        assert cli(capsys, "score", "--config", ws.config).code == 0
+    version = delta_version(ws.scores)
+    renamed = cli(capsys, "score", "--config", ws.config, "--set", "data.modalities.2.name=d")
+    assert_user_error(renamed, "'c'", "'d'", MODEL)
+    wider = cli(capsys, "score", "--config", ws.config,
+                "--set", f"data.modalities.0.table={bad_tables['wide']}")
+    assert_user_error(wider, "'a'", "4", "3")
+    bad_values = cli(capsys, "score", "--config", ws.config,
+                     "--set", f"data.modalities.0.table={bad_tables['inf']}")
+    assert_user_error(bad_values, "bad/inf", "'a'", "infinite")
+    assert delta_version(ws.scores) == version
