@@ -101,7 +101,7 @@ def cmd_ingest(args: argparse.Namespace, config: AppConfig) -> int:
 def cmd_train(args: argparse.Namespace, config: AppConfig) -> int:
     from mmgmm_spark import pipeline
 
-    fit = pipeline.train(_spark(config), config)
+    fit = pipeline.train(_spark(config), config, resume_run_id=args.resume)
     print(f"run {fit.run_id}: registered version {fit.model_version}; "
           f"{fit.decision.reason if fit.decision else 'not registered'}")
     return 0
@@ -157,7 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("ingest", cmd_ingest, "Parquet/CSV/.npz files to per-modality Delta tables")
     p.add_argument("--modality", action="append", required=True, metavar="NAME=PATH[:COLUMNS]",
                    help="COLUMNS: an array column, or a prefix of numbered columns (image_)")
-    command("train", cmd_train, "fit (or sweep), track in MLflow, register")
+    p = command("train", cmd_train, "fit (or sweep), track in MLflow, register")
+    p.add_argument("--resume", metavar="RUN_ID", default=None,
+                   help="continue an interrupted training run from its last checkpoint")
     p = command("score", cmd_score, "score the feature tables into the output Delta table")
     p.add_argument("--scoring-run-id", default=None, help="re-run (replace) this scoring run")
     p = command("evaluate", cmd_evaluate, "AUROC/AP/precision of the scores against labels")
@@ -177,10 +179,13 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from mlflow.exceptions import MlflowException
 
     from mmgmm_spark import DataValidationError, DegenerateComponentError, ModelFormatError
+    from mmgmm_spark.checkpoint import CheckpointError
+    from mmgmm_spark.reliability import ModelNotLoggedError
     from mmgmm_spark.storage import StorageError
 
     return (ConfigError, DataValidationError, DegenerateComponentError, ModelFormatError,
-            StorageError, MlflowException, FileNotFoundError)
+            StorageError, MlflowException, FileNotFoundError, CheckpointError,
+            ModelNotLoggedError)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,7 +6,9 @@ the ``spark`` session built once by :func:`mmgmm_spark.spark.session.build_spark
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,6 +21,7 @@ from mmgmm_spark.core.batch import DataValidationError
 from mmgmm_spark.core.modality import Modality
 from mmgmm_spark.evaluation import evaluate_scores, log_evaluation
 from mmgmm_spark.model import MultimodalGaussianMixture
+from mmgmm_spark.reliability import RetryPolicy
 from mmgmm_spark.spark.arrow import batch_from_arrow
 from mmgmm_spark.spark.score import ScoringResult, read_and_join
 from mmgmm_spark.storage import read_table
@@ -96,8 +99,47 @@ def _model_options(config: AppConfig) -> dict:
             "n_init": m.n_init, "init_params": m.init_params, "random_state": m.seed}
 
 
-def train(spark: SparkSession, config: AppConfig) -> FitRun:
-    """Fit (or sweep and select by BIC), track in MLflow, register, move the alias if not worse."""
+CHECKPOINT_DIR = "checkpoints"
+"""Under ``work_dir``: a checkpoint per EM iteration of a running fit (removed when it ends)."""
+
+
+def pinned_to_run(config: AppConfig, run_id: str) -> AppConfig:
+    """``config`` with every modality table pinned to the Delta version run ``run_id`` read."""
+    run = tracking_config(config).client().get_run(run_id)
+    tables = json.loads(run.data.tags.get("mmgmm.delta_tables", "{}"))
+    document = config.model_dump()
+    for modality in document["data"]["modalities"]:
+        logged = tables.get(modality["name"])
+        if logged is None:
+            raise ConfigError(f"Run {run_id} did not read modality '{modality['name']}'; it "
+                              "cannot be resumed with this config.")
+        if modality["version"] not in (None, logged["version"]):
+            raise ConfigError(
+                f"data.modalities '{modality['name']}' pins version {modality['version']} but "
+                f"run {run_id} read version {logged['version']}; a resumed fit must read the "
+                "same data.")
+        modality["version"] = logged["version"]
+    return AppConfig.model_validate(document)
+
+
+def train(spark: SparkSession, config: AppConfig, resume_run_id: str | None = None,
+          retry: RetryPolicy | None = None) -> FitRun:
+    """Fit (or sweep and select by BIC), track in MLflow, register, move the alias if not worse.
+
+    A single fit writes a checkpoint after every EM iteration (``<work_dir>/checkpoints`` and
+    the run's ``checkpoint/`` artefacts). With ``resume_run_id`` it continues that MLflow run
+    (same step numbering) from its last completed iteration, reading the modality tables at
+    the Delta versions the run logged, and ends equal to an uninterrupted fit. Logging is
+    retried per ``retry``; if it still fails the detector is saved under ``<work_dir>/unlogged``
+    and :class:`mmgmm_spark.reliability.ModelNotLoggedError` says where. A sweep
+    (``model.sweep``) runs without checkpoints and cannot be resumed.
+    """
+    sweep = config.model.sweep
+    if sweep is not None and resume_run_id is not None:
+        raise ConfigError("--resume works for a single fit; remove model.sweep (or run the "
+                          "sweep again without --resume).")
+    if resume_run_id is not None:
+        config = pinned_to_run(config, resume_run_id)
     features = read_features(spark, config)
     training = features.df.where(~_holdout_bucket(config))
     holdout = holdout_arrays(features, config)
@@ -106,7 +148,6 @@ def train(spark: SparkSession, config: AppConfig) -> FitRun:
                      "source": ", ".join(m.table for m in config.data.modalities)}
     common = {"contamination": config.scoring.contamination, "config": tracking_config(config),
               "table_versions": features.versions, "holdout": holdout}
-    sweep = config.model.sweep
     if sweep is not None:
         result = select_model(training, features.modalities, sweep.n_components,
                               covariance_types=sweep.covariance_types or None,
@@ -114,7 +155,9 @@ def train(spark: SparkSession, config: AppConfig) -> FitRun:
         return result.best_fit
     model = MultimodalGaussianMixture(features.modalities, config.model.n_components,
                                       **_model_options(config))
-    return tracked_fit(model, training, **common, **spark_options)
+    return tracked_fit(model, training, resume_run_id=resume_run_id, retry=retry,
+                       checkpoint_dir=os.path.join(config.work_dir, CHECKPOINT_DIR),
+                       **common, **spark_options)
 
 
 def _describe_modalities(dims: dict[str, int]) -> str:

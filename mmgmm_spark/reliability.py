@@ -29,11 +29,8 @@ from mmgmm_spark.core.stats import accumulate_stats
 from mmgmm_spark.model import MultimodalGaussianMixture, _is_spark_dataframe, log_iteration
 
 if TYPE_CHECKING:
-    from pyspark.sql import SparkSession
 
-    from mmgmm_spark.config import AppConfig
     from mmgmm_spark.detector import AnomalyDetector
-    from mmgmm_spark.tracking.fit import FitRun
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -178,63 +175,3 @@ def resume_fit(model: MultimodalGaussianMixture, data: Any, checkpoint: str | Ch
              loaded.iterations, loaded.path)
     return fit_with_checkpoints(model, data, Checkpointer(directory, model, loaded.run_id),
                                 resume=loaded, on_iteration=on_iteration, **spark_options)
-
-
-# ---------------------------------------------------------------------- the train job
-def _pinned_to_run(config: AppConfig, run_id: str) -> AppConfig:
-    """``config`` with every modality table pinned to the Delta version the run read."""
-    from mmgmm_spark.config import AppConfig, ConfigError
-    from mmgmm_spark.pipeline import tracking_config
-
-    run = tracking_config(config).client().get_run(run_id)
-    tables = json.loads(run.data.tags.get("mmgmm.delta_tables", "{}"))
-    document = config.model_dump()
-    for modality in document["data"]["modalities"]:
-        logged = tables.get(modality["name"])
-        if logged is None:
-            raise ConfigError(f"Run {run_id} did not read modality '{modality['name']}'; it "
-                              "cannot be resumed with this config.")
-        if modality["version"] not in (None, logged["version"]):
-            raise ConfigError(
-                f"data.modalities '{modality['name']}' pins version {modality['version']} but "
-                f"run {run_id} read version {logged['version']}; a resumed fit must read the "
-                "same data.")
-        modality["version"] = logged["version"]
-    return AppConfig.model_validate(document)
-
-
-def train(spark: SparkSession, config: AppConfig, resume_run_id: str | None = None,
-          retry: RetryPolicy | None = None) -> FitRun:
-    """``mmgmm train [--resume RUN_ID]``: :func:`mmgmm_spark.pipeline.train` with checkpoints.
-
-    The fit writes a checkpoint after every EM iteration (``<work_dir>/checkpoints/<run>`` and
-    the run's ``checkpoint/`` artefacts). With ``resume_run_id`` it continues that MLflow run
-    (same step numbering) from the last completed iteration, reading the modality tables at
-    the Delta versions the run logged, and ends equal to an uninterrupted fit. Logging is
-    retried per ``retry``; if it still fails the detector is saved under
-    ``<work_dir>/unlogged/`` and :class:`ModelNotLoggedError` says where. A sweep
-    (``model.sweep``) runs without checkpoints and cannot be resumed.
-    """
-    from mmgmm_spark import pipeline
-    from mmgmm_spark.config import ConfigError
-    from mmgmm_spark.tracking.fit import tracked_fit
-
-    if config.model.sweep is not None:
-        if resume_run_id is not None:
-            raise ConfigError("--resume works for a single fit; remove model.sweep (or run "
-                              "the sweep again without --resume).")
-        return pipeline.train(spark, config)
-    if resume_run_id is not None:
-        config = _pinned_to_run(config, resume_run_id)
-    features = pipeline.read_features(spark, config)
-    training = features.df.where(~pipeline._holdout_bucket(config))
-    holdout = pipeline.holdout_arrays(features, config)
-    model = MultimodalGaussianMixture(features.modalities, config.model.n_components,
-                                      **pipeline._model_options(config))
-    return tracked_fit(
-        model, training, contamination=config.scoring.contamination,
-        config=pipeline.tracking_config(config), table_versions=features.versions,
-        holdout=holdout, resume_run_id=resume_run_id, retry=retry,
-        checkpoint_dir=os.path.join(config.work_dir, CHECKPOINT_DIR),
-        init_sample_rows=config.model.init_sample_rows, tree_depth=config.model.tree_depth,
-        source=", ".join(m.table for m in config.data.modalities))
