@@ -105,9 +105,9 @@ def compare(spark: SparkSession, args: argparse.Namespace) -> None:
     print(f"N={args.rows}, d={args.dim}, K={args.components}, full covariance, "
           f"{args.partitions} partitions, {args.iters} iterations, "
           f"master {spark.sparkContext.master}")
+    memory = per_iteration_in_memory(df, modalities, args.components, args.iters)
     ours, _ = per_iteration_ours(df, modalities, args.components, args.iters)
     mllib = per_iteration_mllib(df, args.components, args.iters)
-    memory = per_iteration_in_memory(df, modalities, args.components, args.iters)
     print(f"{'':28s}{'s/iteration':>12s}")
     for name, value in (("mmgmm-spark on Spark", ours), ("Spark MLlib GaussianMixture", mllib),
                         ("mmgmm-spark in memory", memory)):
