@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -27,3 +28,17 @@ def spark():
     session = build_spark("local[2]", app_name="mmgmm-spark-tests")
     yield session
     session.stop()
+
+
+def copy_empty_mlflow_store(work_dir: Path, tmp_path_factory) -> None:
+    """``work_dir/mlflow.db``: a copy of an initialised empty store (creating the tables of a
+    new SQLite store takes many seconds; the template is made once per test session)."""
+    from mlflow import MlflowClient
+
+    template = tmp_path_factory.getbasetemp() / "mlflow-template" / "mlflow.db"
+    if not template.exists():
+        template.parent.mkdir(exist_ok=True)
+        uri = f"sqlite:///{template}"
+        MlflowClient(tracking_uri=uri, registry_uri=uri).search_experiments()
+    work_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(template, work_dir / "mlflow.db")

@@ -11,8 +11,10 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from conftest import copy_empty_mlflow_store
 from deltalake import DeltaTable, write_deltalake
 
 from mmgmm_spark.cli import main
@@ -112,20 +115,6 @@ def registered_versions(ws: Workspace, name: str = MODEL) -> int:
     return len(client.search_model_versions(f"name='{name}'"))
 
 
-def fresh_mlflow_store(work_dir: Path, tmp_path_factory) -> None:
-    """``work_dir/mlflow.db``: a copy of an initialised empty store (creating the tables of a
-    new SQLite store takes many seconds; the template is made once per test session)."""
-    from mlflow import MlflowClient
-
-    template = tmp_path_factory.getbasetemp() / "mlflow-template" / "mlflow.db"
-    if not template.exists():
-        template.parent.mkdir(exist_ok=True)
-        uri = f"sqlite:///{template}"
-        MlflowClient(tracking_uri=uri, registry_uri=uri).search_experiments()
-    work_dir.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(template, work_dir / "mlflow.db")
-
-
 def make_data(seed: int = 0) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     rng = np.random.default_rng(seed)
     group = rng.integers(0, 2, N_ROWS)
@@ -155,7 +144,7 @@ def ws(tmp_path_factory) -> Workspace:
     }
     path = root / "config.yaml"
     path.write_text(yaml.safe_dump(config))
-    fresh_mlflow_store(root / "work", tmp_path_factory)
+    copy_empty_mlflow_store(root / "work", tmp_path_factory)
     b_rows = np.flatnonzero(np.arange(N_ROWS) % 10 != 3)  # 10% of entities lack modality b
     return Workspace(root, path, ids, data, b_rows)
 
@@ -516,3 +505,53 @@ def test_score_rejects_modalities_that_do_not_match_the_model(trained: Workspace
                      "--set", f"data.modalities.0.table={bad_tables['inf']}")
     assert_user_error(bad_values, "bad/inf", "'a'", "infinite")
     assert delta_version(ws.scores) == version
+
+
+# ----------------------------------------------------------------------------- resume
+def _metric_history(ws: Workspace, run_id: str) -> list[tuple[int, float]]:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=ws.tracking_uri(), registry_uri=ws.tracking_uri())
+    return sorted((m.step, m.value)
+                  for m in client.get_metric_history(run_id, "mean_log_likelihood"))
+
+
+@pytest.mark.slow
+def test_train_resume_continues_a_killed_training_run(ingested: Workspace) -> None:
+    """`mmgmm train` SIGKILLed after its first checkpoint; `mmgmm train --resume RUN_ID`
+    finishes the same run, which ends equal to an uninterrupted `mmgmm train`."""
+    ws = ingested
+    sets = ["--set", "model.tol=0", "--set", "model.max_iter=25",
+            "--set", "tracking.registered_model=resume-model"]
+    env = {**os.environ, "MPLBACKEND": "Agg"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    checkpoints = ws.root / "work" / "checkpoints"
+    shutil.rmtree(checkpoints, ignore_errors=True)
+    process = subprocess.Popen(
+        [_mmgmm(), "train", "--config", str(ws.config), *sets,
+         "--set", "tracking.experiment=resume-killed"],
+        cwd=ws.root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True)
+    deadline = time.monotonic() + 600
+    while not list(checkpoints.glob("*/checkpoint.npz")):
+        assert process.poll() is None, "training ended before writing a checkpoint"
+        assert time.monotonic() < deadline, "no checkpoint within 10 minutes"
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait(timeout=60)
+    (run_id,) = [p.name for p in checkpoints.iterdir()]
+    resumed = _metric_history(ws, run_id)
+    assert 1 <= len(resumed) < 25
+    assert main(["train", "--config", str(ws.config), *sets, "--resume", run_id,
+                 "--set", "tracking.experiment=resume-killed"]) == 0
+    assert main(["train", "--config", str(ws.config), *sets,
+                 "--set", "tracking.experiment=resume-reference"]) == 0
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=ws.tracking_uri())
+    reference = client.search_runs(
+        [client.get_experiment_by_name("resume-reference").experiment_id])[0].info.run_id
+    finished, expected = _metric_history(ws, run_id), _metric_history(ws, reference)
+    assert [step for step, _ in finished] == list(range(1, 26))
+    np.testing.assert_allclose([v for _, v in finished], [v for _, v in expected], rtol=1e-9)
+    assert client.get_run(run_id).info.status == "FINISHED"

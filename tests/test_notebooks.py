@@ -8,7 +8,6 @@ build it with ``build_spark`` (getOrCreate returns the test session).
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -16,6 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import yaml
+from conftest import copy_empty_mlflow_store
 from deltalake import DeltaTable, write_deltalake
 
 from mmgmm_spark import notebook_support
@@ -54,19 +54,6 @@ class FakeWidgets:
         return self.values.get(name, self.created[name][0])
 
 
-def _fresh_mlflow_store(work_dir: Path, tmp_path_factory) -> None:
-    """A copy of an initialised empty SQLite store (shared template, made once per session)."""
-    from mlflow import MlflowClient
-
-    template = tmp_path_factory.getbasetemp() / "mlflow-template" / "mlflow.db"
-    if not template.exists():
-        template.parent.mkdir(exist_ok=True)
-        uri = f"sqlite:///{template}"
-        MlflowClient(tracking_uri=uri, registry_uri=uri).search_experiments()
-    work_dir.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(template, work_dir / "mlflow.db")
-
-
 @pytest.fixture(scope="module")
 def project(spark, tmp_path_factory) -> Path:
     """A directory with conf/local.yaml and two small modality tables; the cwd of the tests."""
@@ -91,7 +78,7 @@ def project(spark, tmp_path_factory) -> Path:
     }
     (root / "conf").mkdir()
     (root / "conf" / "local.yaml").write_text(yaml.safe_dump(config))
-    _fresh_mlflow_store(root / "work", tmp_path_factory)
+    copy_empty_mlflow_store(root / "work", tmp_path_factory)
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(root)
         patch.delenv("MLFLOW_TRACKING_URI", raising=False)
