@@ -91,6 +91,8 @@ def demo_report(spark: SparkSession, config: AppConfig, labels_table: str,
     names = [m.name for m in config.data.modalities]
     columns = ["anomaly_score", "kind", *[f"{n}_log_likelihood" for n in names],
                config.data.id_column]
+    # the demo's own data set (a few hundred thousand rows) is brought to the driver for the
+    # per-kind report; production evaluation is pipeline.evaluate, which bounds what it collects
     frame = scores_with_labels(spark, config, labels_table).select(*columns).toPandas()
     surprise = modality_surprise(frame, names)
     per_modality = surprise.max(axis=1)      # flags a row unusual in any single modality
