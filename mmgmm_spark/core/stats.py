@@ -10,12 +10,9 @@ parameters, so the centre is common and ``merge`` is a plain sum.
 from __future__ import annotations
 
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import cache, reduce
 
 import numpy as np
-from threadpoolctl import threadpool_info, threadpool_limits
 
 from mmgmm_spark.core.batch import Batch
 from mmgmm_spark.core.densities import (
@@ -211,20 +208,9 @@ def _stats_of_chunk(batch: Batch, params: MixtureParams, modalities: tuple[Modal
     return SufficientStats(batch.n_rows, log_likelihood, resp.sum(axis=0), blocks)
 
 
-@cache
-def _blas_threads() -> int:
-    """Threads the BLAS would use: as many chunk threads are run, each with a 1-thread BLAS."""
-    return max([info["num_threads"] for info in threadpool_info()
-                if info["user_api"] == "blas"] or [1])
-
-
 def accumulate_stats(batch: Batch, params: MixtureParams, modalities: tuple[Modality, ...],
                      resp: np.ndarray | None = None) -> SufficientStats:
     """E-step plus statistics for all rows of ``batch`` against ``params``.
-
-    Row chunks are processed by as many threads as the BLAS would use (numpy releases the
-    GIL), each with single-threaded BLAS: the per-chunk GEMMs are too small to gain from a
-    threaded BLAS. Chunk results are merged in row order, so the result is deterministic.
 
     Args:
         batch: validated rows.
@@ -233,19 +219,10 @@ def accumulate_stats(batch: Batch, params: MixtureParams, modalities: tuple[Moda
         resp: optional fixed responsibilities (n, K) (initialisation); when given, the
             log-likelihood is not computed and is reported as 0.
     """
-    chunks = list(batch.chunks(_chunk_rows(params.n_components, modalities)))
-    starts = np.cumsum([0] + [chunk.n_rows for chunk in chunks[:-1]])
-
-    def chunk_stats(index: int) -> SufficientStats:
-        rows = slice(starts[index], starts[index] + chunks[index].n_rows)
-        chunk_resp = None if resp is None else resp[rows]
-        return _stats_of_chunk(chunks[index], params, modalities, chunk_resp)
-
-    workers = min(_blas_threads(), len(chunks))
-    if workers == 1:
-        parts = [chunk_stats(index) for index in range(len(chunks))]
-        return reduce(SufficientStats.merge, parts)
-    with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(workers) as pool:
-        parts = list(pool.map(chunk_stats, range(len(chunks))))
-    return reduce(SufficientStats.merge, parts, SufficientStats.zero(modalities,
-                                                                     params.n_components))
+    total = SufficientStats.zero(modalities, params.n_components)
+    start = 0
+    for chunk in batch.chunks(_chunk_rows(params.n_components, modalities)):
+        chunk_resp = None if resp is None else resp[start: start + chunk.n_rows]
+        total = total.merge(_stats_of_chunk(chunk, params, modalities, chunk_resp))
+        start += chunk.n_rows
+    return total
