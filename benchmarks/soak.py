@@ -5,9 +5,10 @@ registration) and scores the same rows into a temporary Delta table with ``score
 (a new scoring run id per cycle). Per cycle it prints the driver's peak RSS during the cycle
 (``/proc/self/status`` VmHWM, reset per cycle through ``/proc/self/clear_refs`` where the
 kernel allows it; psutil is not needed), the driver's RSS at the end, the JVM heap used (after
-a ``System.gc()``) and the RSS of the driver JVM. At the end it counts what could leak: new
-entries in the temp directory, staged ``write-*`` folders the Delta log does not reference,
-checkpoint and ``unlogged`` directories, persisted RDDs, Python workers and JVMs.
+a ``System.gc()``) and the RSS of the driver JVM. At the end it counts what could leak: staged
+``write-*`` folders the Delta log does not reference, checkpoint and ``unlogged`` directories,
+persisted RDDs, new temp entries; the cycles run in a child process so that, after it exits,
+the script can check that none of its processes (JVM, Python workers) outlived it.
 
 Usage::
 
@@ -118,16 +119,10 @@ def cycle(spark, df, data, work: Path, table: Path, index: int, components: int)
     return time.perf_counter() - started
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cycles", type=int, default=20)
-    parser.add_argument("--rows", type=int, default=20_000)
-    parser.add_argument("--components", type=int, default=4)
-    parser.add_argument("--master", default="local[2]")
-    args = parser.parse_args()
+def run_cycles(args: argparse.Namespace, pid_file: Path) -> None:
+    """The soak itself (in a child process): cycles, then a report of what is left."""
     logging.basicConfig(level=logging.WARNING)
     os.environ.pop("MLFLOW_TRACKING_URI", None)
-
     temp_root = Path(tempfile.gettempdir())
     temp_before = set(os.listdir(temp_root))
     work = Path(tempfile.mkdtemp(prefix="mmgmm-soak-"))
@@ -140,9 +135,8 @@ def main() -> None:
     can_reset = reset_peak_rss()
     print(f"{args.cycles} cycles, {args.rows} rows, K={args.components}, {args.master}; "
           f"peak RSS {'per cycle' if can_reset else 'since start (clear_refs not allowed)'}")
-    header = (f"{'cycle':>5} {'seconds':>8} {'peak RSS MB':>12} {'RSS MB':>8} "
-              f"{'JVM heap MB':>12} {'heap after GC':>14} {'JVM RSS MB':>11}")
-    print(header)
+    print(f"{'cycle':>5} {'seconds':>8} {'peak RSS MB':>12} {'RSS MB':>8} "
+          f"{'JVM heap MB':>12} {'heap after GC':>14} {'JVM RSS MB':>11}")
     rows = []
     for index in range(args.cycles):
         reset_peak_rss()
@@ -150,46 +144,71 @@ def main() -> None:
         status = proc_status()
         heap, heap_gc = jvm_heap_used(spark)
         jvm_rss = proc_status(jvm_pid)["VmRSS"] if jvm_pid else 0
-        rows.append((status["VmHWM"], heap_gc))
+        rows.append((status["VmHWM"], heap_gc, jvm_rss))
         print(f"{index + 1:>5} {seconds:>8.1f} {status['VmHWM'] / MB:>12.0f} "
               f"{status['VmRSS'] / MB:>8.0f} {heap / MB:>12.0f} {heap_gc / MB:>14.0f} "
               f"{jvm_rss / MB:>11.0f}", flush=True)
 
     df.unpersist()
     persisted = spark.sparkContext._jsc.sc().getPersistentRDDs().size()
-    processes = descendants(os.getpid())
-    workers = [p for p, cmd in processes if "pyspark" in cmd and ("daemon" in cmd or
-                                                                  "worker" in cmd)]
-    jvms = [p for p, cmd in processes if "java" in cmd]
     checkpoint_dirs = list((work / "checkpoints").glob("*")) if (work / "checkpoints").exists() \
         else []
     unlogged = list((work / "mlflow" / "unlogged").glob("*")) if (
         work / "mlflow" / "unlogged").exists() else []
     all_writes = sorted(d.name for d in table.iterdir() if d.name.startswith("write-"))
     stray = stray_write_dirs(table)
-    new_temp = sorted(set(os.listdir(temp_root)) - temp_before - {work.name})
     version = DeltaTable(str(table)).version()
-    first, last = rows[0], rows[-1]
-    mid = rows[len(rows) // 2]
     print()
-    print(f"peak RSS first/middle/last cycle: {first[0] / MB:.0f} / {mid[0] / MB:.0f} / "
-          f"{last[0] / MB:.0f} MB; JVM heap after GC: {first[1] / MB:.0f} / {mid[1] / MB:.0f} "
-          f"/ {last[1] / MB:.0f} MB")
+    for label, column, unit in (("driver peak RSS", 0, "MB"), ("JVM heap after GC", 1, "MB"),
+                                ("JVM RSS", 2, "MB")):
+        values = [row[column] / MB for row in rows]
+        quarters = [values[i * (len(values) - 1) // 4] for i in range(5)]
+        print(f"{label} at cycles 1, 25%, 50%, 75%, last: "
+              + " / ".join(f"{v:.0f}" for v in quarters) + f" {unit}")
     print(f"output table: version {version}, {len(all_writes)} write-* folders, "
           f"{len(stray)} not referenced by the log {stray[:3]}")
     print(f"checkpoint dirs left: {len(checkpoint_dirs)}; unlogged models: {len(unlogged)}; "
           f"persisted RDDs: {persisted}")
-    print(f"new entries in {temp_root} (Spark's own spark-*/blockmgr-* dirs live until the "
-          f"session stops): {len(new_temp)} {new_temp[:5]}")
-    print(f"processes under the driver: {len(jvms)} JVM(s), {len(workers)} Python worker(s)")
+    pid_file.write_text("\n".join(str(pid) for pid, _ in descendants(os.getpid())))
     spark.stop()
-    time.sleep(2)
-    left = descendants(os.getpid())
-    new_temp_after = sorted(set(os.listdir(temp_root)) - temp_before - {work.name})
-    print(f"after spark.stop(): {len(left)} child processes, {len(new_temp_after)} new temp "
-          f"entries {new_temp_after[:5]}")
     shutil.rmtree(work, ignore_errors=True)
-    sys.exit(0)
+    new_temp = sorted(set(os.listdir(temp_root)) - temp_before)
+    print(f"new entries in {temp_root} after spark.stop(): {len(new_temp)} {new_temp[:5]}")
+
+
+def alive(pids: list[int]) -> list[int]:
+    """The pids among ``pids`` that still exist (zombies count as gone)."""
+    left = []
+    for pid in pids:
+        state = Path(f"/proc/{pid}/stat")
+        if state.exists() and state.read_text().split(") ")[-1][:1] != "Z":
+            left.append(pid)
+    return left
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cycles", type=int, default=20)
+    parser.add_argument("--rows", type=int, default=20_000)
+    parser.add_argument("--components", type=int, default=4)
+    parser.add_argument("--master", default="local[2]")
+    parser.add_argument("--child-pid-file", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child_pid_file:
+        run_cycles(args, Path(args.child_pid_file))
+        return
+    # Run the cycles in a child process so that what outlives it can be checked afterwards.
+    with tempfile.TemporaryDirectory() as scratch:
+        pid_file = Path(scratch) / "pids"
+        temp_before = set(os.listdir(tempfile.gettempdir()))
+        subprocess.run([sys.executable, __file__, *sys.argv[1:], "--child-pid-file",
+                        str(pid_file)], check=True)
+        time.sleep(2)
+        children = [int(pid) for pid in pid_file.read_text().split()]
+        new_temp = sorted(set(os.listdir(tempfile.gettempdir())) - temp_before - {scratch})
+    print(f"2 s after the soak process exited: {len(alive(children))} of its {len(children)} "
+          f"child processes (JVM, Python workers) alive; {len(new_temp)} new temp entries "
+          f"{new_temp[:5]}")
 
 
 if __name__ == "__main__":

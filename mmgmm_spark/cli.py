@@ -194,11 +194,14 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("py4j", "mlflow", "alembic", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     args = build_parser().parse_args(argv)
+    logging.captureWarnings(True)       # warnings (e.g. regularised features) go to the log
     try:
         return args.run(args)
     except _user_errors() as error:
         print(f"mmgmm {args.command}: error: {error}", file=sys.stderr)
         return 2
+    finally:
+        logging.captureWarnings(False)
 
 
 if __name__ == "__main__":

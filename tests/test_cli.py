@@ -333,8 +333,8 @@ def test_float32_and_vector_columns_are_accepted(spark, trained: Workspace, caps
     assert registered_versions(ws, "cli-accepted") == 1
 
 
-def test_constant_feature_and_duplicated_rows_are_regularised(trained: Workspace,
-                                                               capsys) -> None:
+def test_constant_feature_and_duplicated_rows_are_regularised(trained: Workspace, capsys,
+                                                               caplog) -> None:
     ws = trained
     a = ws.data["a"].copy()
     a[:, 1] = 5.0                                   # a constant feature
@@ -348,6 +348,10 @@ def test_constant_feature_and_duplicated_rows_are_regularised(trained: Workspace
                  "--set", "tracking.registered_model=cli-degenerate")
     assert result.code == 0, result.err
     assert registered_versions(ws, "cli-degenerate") == 1
+    warned = [r.getMessage() for r in caplog.records if r.name == "py.warnings"]
+    assert any("Modality 'a': feature(s) [1] have no variance" in w for w in warned), warned
+    assert any(re.search(r"Modality 'c': \d{3} of the \d+ rows .* \(duplicated rows\)", w)
+               for w in warned), warned
 
 
 # ----------------------------------------------------------------------------- bad input: ingest

@@ -14,6 +14,7 @@ from mmgmm_spark import (
     ConvergenceWarning,
     DataValidationError,
     DegenerateComponentError,
+    DegenerateComponentWarning,
     Modality,
     MultimodalGaussianMixture,
 )
@@ -197,6 +198,29 @@ def test_collapsed_component_without_regularisation_raises_naming_it(seed: int) 
         warnings.simplefilter("ignore")
         model.fit(data, on_iteration=None)
     assert np.all(np.isfinite(model.lower_bounds_))
+
+
+def _degenerate_warnings(data: dict[str, np.ndarray], **kwargs) -> list[str]:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        MultimodalGaussianMixture(MODS, 2, random_state=0, **kwargs).fit(data, on_iteration=None)
+    return [str(w.message) for w in caught if w.category is DegenerateComponentWarning]
+
+
+def test_constant_feature_and_duplicated_rows_warn_naming_modality_and_feature() -> None:
+    """Clean data warns nothing; a constant column and a block of copies are each named."""
+    assert _degenerate_warnings(_data()) == []
+    constant = _data()
+    constant["image"][:, 2] = 7.0
+    messages = _degenerate_warnings(constant)
+    assert any("'image': feature(s) [2] are constant over the 200 rows" in m for m in messages)
+    assert any("'image': feature(s) [2] have no variance" in m for m in messages)
+    assert not any("'text'" in m for m in messages)
+    copies = _data()
+    copies["text"][:30] = copies["text"][0]
+    messages = _degenerate_warnings(copies)
+    assert any("'text': 29 of the 200 rows" in m and "duplicated" in m for m in messages)
+    assert not any("'image'" in m for m in messages)
 
 
 def test_unfitted_model_raises() -> None:

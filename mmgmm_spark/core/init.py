@@ -9,12 +9,15 @@ On Spark the same function runs on a bounded driver-side sample.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 from sklearn.cluster import KMeans, kmeans_plusplus
 
 from mmgmm_spark.core.batch import Batch, DataValidationError
 from mmgmm_spark.core.modality import Modality
 from mmgmm_spark.core.params import (
+    DegenerateComponentWarning,
     GaussianBlock,
     MixtureParams,
     covariances_from_precisions,
@@ -39,6 +42,34 @@ def pooled_params(batch: Batch, modalities: tuple[Modality, ...], n_components: 
         blocks[m.name] = GaussianBlock.from_covariances(
             m.covariance_type, np.tile(mean, (k, 1)), covariances, m.name, reg_covar)
     return MixtureParams(np.full(k, 1.0 / k), blocks)
+
+
+DUPLICATE_SHARE = 0.01
+"""Warn when at least this share of a modality's rows repeat another row exactly."""
+
+
+def warn_about_flat_data(batch: Batch, modalities: tuple[Modality, ...]) -> None:
+    """Warn about constant features and duplicated rows (of the rows seen at initialisation).
+
+    Both leave a component with no variance in some direction; ``reg_covar`` keeps the fit
+    going, but the user should know (their scores near those rows become extreme).
+    """
+    for m in modalities:
+        values = batch.blocks[m.name].values                   # (n_observed, d)
+        constant = np.flatnonzero(np.ptp(values, axis=0) == 0).tolist()
+        if constant and len(values) > 1:
+            warnings.warn(
+                f"Modality '{m.name}': feature(s) {constant[:10]} are constant over the "
+                f"{len(values)} rows seen at initialisation; they are regularised by reg_covar. "
+                "Drop them if they carry no information.", DegenerateComponentWarning,
+                stacklevel=4)
+        repeats = len(values) - len(np.unique(values, axis=0))
+        if repeats >= DUPLICATE_SHARE * len(values) and repeats:
+            warnings.warn(
+                f"Modality '{m.name}': {repeats} of the {len(values)} rows seen at "
+                "initialisation repeat another row exactly (duplicated rows); a component "
+                "may collapse onto them and be held up by reg_covar only. Deduplicate the "
+                "table if the copies are not real.", DegenerateComponentWarning, stacklevel=4)
 
 
 def _scaled_blocks(batch: Batch, modalities: tuple[Modality, ...]) -> dict[str, np.ndarray]:
@@ -110,6 +141,7 @@ def initial_params(batch: Batch, modalities: tuple[Modality, ...], n_components:
             "initialisation. Check the input tables, remove the modality from the model, or "
             "(on Spark) raise init_sample_rows."
         )
+    warn_about_flat_data(batch, modalities)
     if weights_init is not None and all(m.name in (means_init or {})
                                         and m.name in (precisions_init or {}) for m in modalities):
         return override_params(None, modalities, weights_init, means_init, precisions_init)

@@ -153,13 +153,15 @@ def _block_params(modality: Modality, stats: BlockStats, previous: GaussianBlock
         cov = (stats.second - (mass[:, None] * offset).T @ offset) / mass.sum()
     else:
         cov = stats.second / mass[:, None] - offset ** 2
+    empty = stats.mass < EMPTY_MASS
+    diagonal = np.diagonal(cov, axis1=-2, axis2=-1) if kind in ("full", "tied") else cov
+    _warn_if_regularised(modality, diagonal, empty, reg_covar)
     if kind in ("full", "tied"):
         cov[..., np.arange(modality.dim), np.arange(modality.dim)] += reg_covar
     else:
         cov += reg_covar
         if kind == "spherical":
             cov = cov.mean(axis=1)
-    empty = stats.mass < EMPTY_MASS
     if empty.any():
         warnings.warn(
             f"Modality '{modality.name}': component(s) {np.flatnonzero(empty).tolist()} hold no "
@@ -173,6 +175,30 @@ def _block_params(modality: Modality, stats: BlockStats, previous: GaussianBlock
         elif empty.all():
             cov = previous.covariances
     return GaussianBlock.from_covariances(kind, means, cov, modality.name, reg_covar)
+
+
+def _warn_if_regularised(modality: Modality, variances: np.ndarray, empty: np.ndarray,
+                         reg_covar: float) -> None:
+    """Warn when features have no variance (beyond ``reg_covar``) within some components.
+
+    ``variances``: (K, d) per-component feature variances before regularisation, or (d,) for
+    ``tied``; ``empty``: (K,) components without rows, which are reported separately.
+    """
+    flat = variances <= reg_covar
+    if variances.ndim == 2:
+        flat &= ~empty[:, None]
+    if not flat.any():
+        return
+    features = np.flatnonzero(flat.any(axis=0) if flat.ndim == 2 else flat).tolist()
+    where = (f"within component(s) {np.flatnonzero(flat.any(axis=1)).tolist()}"
+             if flat.ndim == 2 else "(tied covariance)")
+    warnings.warn(
+        f"Modality '{modality.name}': feature(s) {features[:10]}"
+        f"{' ...' if len(features) > 10 else ''} have no variance {where} (a constant feature "
+        f"or duplicated rows); their covariance is held up by reg_covar={reg_covar:g}. Drop "
+        "constant features or duplicated rows, or raise reg_covar if the scores look extreme.",
+        DegenerateComponentWarning, stacklevel=4,
+    )
 
 
 def _chunk_rows(n_components: int, modalities: tuple[Modality, ...]) -> int:

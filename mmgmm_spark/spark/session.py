@@ -20,6 +20,11 @@ LOCAL_DEFAULTS = {
     "spark.driver.memory": "4g",
     "spark.executorEnv.OMP_NUM_THREADS": "1",
     "spark.sql.session.timeZone": "UTC",
+    # Bound what the driver keeps about finished jobs (every EM iteration is a job), so a
+    # long-lived session (notebooks, soak runs) does not grow with the number of fits.
+    "spark.ui.retainedJobs": "200",
+    "spark.ui.retainedStages": "200",
+    "spark.sql.ui.retainedExecutions": "50",
 }
 
 
