@@ -49,7 +49,7 @@ from typing import Any
 import numpy as np
 
 from mmgmm_spark.core.batch import Batch, batch_from_arrays
-from mmgmm_spark.core.densities import log_gaussian_density, logsumexp_rows
+from mmgmm_spark.core.densities import Centred, log_gaussian_density, logsumexp_rows
 from mmgmm_spark.core.modality import COVARIANCE_TYPES, Modality, check_modalities
 from mmgmm_spark.core.params import DegenerateComponentError, GaussianBlock
 from mmgmm_spark.model import MultimodalGaussianMixture, NotFittedError
@@ -503,4 +503,4 @@ def _marginal_log_prob(mixture: MultimodalGaussianMixture, x: np.ndarray,
     k = mixture.n_components
     cov = block.full_covariances(k)[:, index][:, :, index]
     sub = GaussianBlock.from_covariances("full", block.means[:, index], cov, EARLY)
-    return log_gaussian_density(x, sub, np.zeros(len(index))) + np.log(mixture.weights_)
+    return log_gaussian_density(Centred(np.zeros(len(index)), x), sub) + np.log(mixture.weights_)

@@ -7,6 +7,9 @@ few large GEMMs over a block of rows, with no Python loop over rows or component
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from functools import cached_property
+
 import numpy as np
 
 from mmgmm_spark.core.batch import Batch
@@ -21,32 +24,64 @@ def shift(gaussian: GaussianBlock, weights: np.ndarray) -> np.ndarray:
     return weights @ gaussian.means
 
 
-def _mahalanobis_full(x: np.ndarray, means: np.ndarray, chol: np.ndarray) -> np.ndarray:
-    k, d, _ = chol.shape
-    # one GEMM gives (x - mu_k)^T C_k for every k: [x, 1] @ [[C_1 ... C_K], [-mu_k^T C_k ...]]
-    weights = np.empty((d + 1, k * d))
-    weights[:d] = chol.transpose(1, 0, 2).reshape(d, k * d)
-    weights[d] = -np.einsum("kd,kde->ke", means, chol).reshape(k * d)
-    augmented = np.empty((x.shape[0], d + 1))
-    augmented[:, :d] = x
-    augmented[:, d] = 1.0
-    y = (augmented @ weights).reshape(-1, k, d)
-    return np.einsum("nkd,nkd->nk", y, y)
+@dataclass
+class Centred:
+    """The observed rows of one modality minus its centre c (see :func:`shift`)."""
+
+    centre: np.ndarray          # (d,)
+    values: np.ndarray          # (n_observed, d)
+
+    @cached_property
+    def moment_rows(self) -> np.ndarray:
+        """(d(d+1)/2 + d + 1, n_observed): the pair products x_i x_j (i <= j, in
+        :func:`numpy.triu_indices` order), then the features x_i, then a row of ones.
+
+        Shared by the full-covariance E-step (every quadratic form (x - m)^T P (x - m) is a
+        linear function of these rows) and M-step (mass, first and second moments are their
+        responsibility-weighted sums), so each step is one GEMM over d(d+1)/2 + d + 1 rows
+        instead of K*d columns.
+        """
+        n, d = self.values.shape
+        pairs = d * (d + 1) // 2
+        out = np.empty((pairs + d + 1, n))
+        columns = out[pairs: pairs + d]
+        columns[:] = self.values.T
+        out[-1] = 1.0
+        start = 0
+        for i in range(d):
+            np.multiply(columns[i], columns[i:], out=out[start: start + d - i])
+            start += d - i
+        return out
 
 
-def _mahalanobis_tied(x: np.ndarray, means: np.ndarray, chol: np.ndarray) -> np.ndarray:
+def _mahalanobis_full(x: Centred, means: np.ndarray, chol: np.ndarray) -> np.ndarray:
+    # (x - m)^T P (x - m) = sum_{i<=j} c_ij P_ij x_i x_j - 2 x^T P m + m^T P m, where c is 1
+    # on the diagonal and 2 off it; x is centred near the data, so the terms stay small.
+    precision = chol @ chol.transpose(0, 2, 1)                       # (K, d, d)
+    rows, cols = np.triu_indices(chol.shape[1])
+    linear = np.einsum("kij,kj->ki", precision, means)               # (K, d)
+    coefficients = np.hstack([precision[:, rows, cols] * np.where(rows == cols, 1.0, 2.0),
+                              -2.0 * linear, np.einsum("ki,ki->k", linear, means)[:, None]])
+    maha = coefficients @ x.moment_rows                              # (K, n)
+    return np.maximum(maha, 0.0, out=maha).T
+
+
+def _mahalanobis_tied(block: Centred, means: np.ndarray, chol: np.ndarray) -> np.ndarray:
+    x = block.values
     y = x @ chol
     b = means @ chol
     return (y * y).sum(axis=1)[:, None] - 2.0 * (y @ b.T) + (b * b).sum(axis=1)[None]
 
 
-def _mahalanobis_diag(x: np.ndarray, means: np.ndarray, chol: np.ndarray) -> np.ndarray:
+def _mahalanobis_diag(block: Centred, means: np.ndarray, chol: np.ndarray) -> np.ndarray:
+    x = block.values
     precision = chol * chol
     return ((x * x) @ precision.T - 2.0 * (x @ (means * precision).T)
             + (means * means * precision).sum(axis=1)[None])
 
 
-def _mahalanobis_spherical(x: np.ndarray, means: np.ndarray, chol: np.ndarray) -> np.ndarray:
+def _mahalanobis_spherical(block: Centred, means: np.ndarray, chol: np.ndarray) -> np.ndarray:
+    x = block.values
     precision = chol * chol
     return ((x * x).sum(axis=1)[:, None] - 2.0 * (x @ means.T)
             + (means * means).sum(axis=1)[None]) * precision[None]
@@ -56,26 +91,25 @@ MAHALANOBIS = {"full": _mahalanobis_full, "tied": _mahalanobis_tied,
                "diag": _mahalanobis_diag, "spherical": _mahalanobis_spherical}
 
 
-def log_gaussian_density(centred: np.ndarray, gaussian: GaussianBlock,
-                         centre: np.ndarray) -> np.ndarray:
-    """(n, K) log N(x_i | mu_k, Sigma_k) from ``centred`` = x - centre, (n, d)."""
-    maha = MAHALANOBIS[gaussian.covariance_type](centred, gaussian.means - centre,
+def log_gaussian_density(block: Centred, gaussian: GaussianBlock) -> np.ndarray:
+    """(n_observed, K) log N(x_i | mu_k, Sigma_k) of the rows of a centred block."""
+    maha = MAHALANOBIS[gaussian.covariance_type](block, gaussian.means - block.centre,
                                                  gaussian.precisions_cholesky)
     return -0.5 * (gaussian.dim * LOG_2PI + maha) + gaussian.log_det_precision_cholesky()
 
 
 def centred_blocks(batch: Batch, params: MixtureParams,
-                   modalities: tuple[Modality, ...]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Per modality, (centre (d,), observed values minus the centre (n_observed, d))."""
+                   modalities: tuple[Modality, ...]) -> dict[str, Centred]:
+    """Per modality, its observed rows minus its centre."""
     out = {}
     for m in modalities:
         centre = shift(params.blocks[m.name], params.weights)
-        out[m.name] = centre, batch.blocks[m.name].values - centre
+        out[m.name] = Centred(centre, batch.blocks[m.name].values - centre)
     return out
 
 
 def weighted_log_prob(batch: Batch, params: MixtureParams, modalities: tuple[Modality, ...],
-                      centred: dict[str, tuple[np.ndarray, np.ndarray]] | None = None
+                      centred: dict[str, Centred] | None = None
                       ) -> np.ndarray:
     """(n, K) log pi_k + sum over observed modalities m of w_m log N(x^(m) | component k).
 
@@ -83,12 +117,13 @@ def weighted_log_prob(batch: Batch, params: MixtureParams, modalities: tuple[Mod
     ``centred`` (from :func:`centred_blocks`) may be passed to reuse it.
     """
     centred = centred if centred is not None else centred_blocks(batch, params, modalities)
-    out = np.empty((batch.n_rows, params.n_components))
+    # Column-major: the per-row reductions over K (log-sum-exp) then run over long contiguous
+    # columns, several times faster than over K-long rows.
+    out = np.empty((batch.n_rows, params.n_components), order="F")
     out[:] = np.log(params.weights)
     for m in modalities:
         block = batch.blocks[m.name]
-        centre, x = centred[m.name]
-        contribution = log_gaussian_density(x, params.blocks[m.name], centre)
+        contribution = log_gaussian_density(centred[m.name], params.blocks[m.name])
         if m.weight != 1.0:
             contribution *= m.weight
         if block.all_observed:
@@ -135,10 +170,10 @@ def modality_log_likelihoods(batch: Batch, params: MixtureParams,
     """
     out = {}
     log_weights = np.log(params.weights)
-    for m, (centre, x) in zip(modalities, centred_blocks(batch, params, modalities).values(),
-                              strict=True):
+    for m, block in zip(modalities, centred_blocks(batch, params, modalities).values(),
+                        strict=True):
         column = np.full(batch.n_rows, np.nan)
-        log_dens = log_gaussian_density(x, params.blocks[m.name], centre)
+        log_dens = log_gaussian_density(block, params.blocks[m.name])
         column[batch.blocks[m.name].observed] = logsumexp_rows(log_dens + log_weights)
         out[m.name] = column
     return out

@@ -16,6 +16,7 @@ import numpy as np
 
 from mmgmm_spark.core.batch import Batch
 from mmgmm_spark.core.densities import (
+    Centred,
     centred_blocks,
     responsibilities,
     shift,
@@ -34,8 +35,8 @@ EPS10 = 10 * np.finfo(np.float64).eps
 EMPTY_MASS = 1e-10
 """A block with less responsibility mass than this (in rows) has no data: keeps its parameters."""
 
-CHUNK_ELEMENTS = 1 << 18
-"""Rows are processed in chunks of about this many (row, component, feature) cells."""
+CHUNK_ELEMENTS = 1 << 20
+"""Rows are processed in chunks whose widest intermediate has about this many cells."""
 
 
 @dataclass(frozen=True)
@@ -202,21 +203,30 @@ def _warn_if_regularised(modality: Modality, variances: np.ndarray, empty: np.nd
 
 
 def _chunk_rows(n_components: int, modalities: tuple[Modality, ...]) -> int:
-    width = n_components * sum(m.dim for m in modalities)
-    return max(256, CHUNK_ELEMENTS // max(width, 1))
+    """Rows per chunk, so that the widest per-row intermediate has about CHUNK_ELEMENTS cells.
+
+    Per row the kernels hold K log-probabilities, the sum of d_m features and, for each full
+    block, d_m(d_m+1)/2 pair products.
+    """
+    width = max(n_components, sum(m.dim for m in modalities),
+                *(m.dim * (m.dim + 1) // 2 for m in modalities if m.covariance_type == "full"))
+    return max(16, CHUNK_ELEMENTS // width)
 
 
-def _block_stats(resp: np.ndarray, x: np.ndarray, covariance_type: str) -> BlockStats:
-    """Statistics of one modality from responsibilities (n, K) and centred rows ``x`` (n, d)."""
-    n, k = resp.shape
+def _block_stats(resp: np.ndarray, x: Centred, covariance_type: str) -> BlockStats:
+    """Statistics of one modality from responsibilities (n, K) and its centred rows (n, d)."""
+    values = x.values
     if covariance_type == "full":
-        weighted = np.einsum("nk,nd->nkd", resp, x).reshape(n, k * x.shape[1])
-        second = (weighted.T @ x).reshape(k, x.shape[1], x.shape[1])
-    elif covariance_type == "tied":
-        second = x.T @ x
-    else:
-        second = resp.T @ (x * x)
-    return BlockStats(resp.sum(axis=0), resp.T @ x, second)
+        n, d = values.shape
+        pairs = d * (d + 1) // 2
+        moments = (x.moment_rows @ resp).T                          # (K, pairs + d + 1)
+        rows, cols = np.triu_indices(d)
+        second = np.empty((resp.shape[1], d, d))
+        second[:, rows, cols] = moments[:, :pairs]
+        second[:, cols, rows] = moments[:, :pairs]
+        return BlockStats(moments[:, -1], moments[:, pairs:-1], second)
+    second = values.T @ values if covariance_type == "tied" else resp.T @ (values * values)
+    return BlockStats(resp.sum(axis=0), resp.T @ values, second)
 
 
 def _stats_of_chunk(batch: Batch, params: MixtureParams, modalities: tuple[Modality, ...],
@@ -230,7 +240,7 @@ def _stats_of_chunk(batch: Batch, params: MixtureParams, modalities: tuple[Modal
     for m in modalities:
         block = batch.blocks[m.name]
         block_resp = resp if block.all_observed else resp[block.observed]
-        blocks[m.name] = _block_stats(block_resp, centred[m.name][1], m.covariance_type)
+        blocks[m.name] = _block_stats(block_resp, centred[m.name], m.covariance_type)
     return SufficientStats(batch.n_rows, log_likelihood, resp.sum(axis=0), blocks)
 
 
