@@ -18,6 +18,7 @@ spherical   (K,)           (K,)
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 from scipy import linalg
@@ -133,6 +134,14 @@ class GaussianBlock:
         if self.covariance_type in ("full", "tied"):
             return c @ np.swapaxes(c, -1, -2)
         return c ** 2
+
+    @cached_property
+    def pair_precisions(self) -> np.ndarray:
+        """(K, d(d+1)/2) of a full block: P_ij for i <= j (:func:`numpy.triu_indices` order),
+        off-diagonal entries doubled, so that x^T P_k x = pair_precisions[k] @ (x_i x_j)_{i<=j}.
+        """
+        rows, cols = np.triu_indices(self.dim)
+        return self.precisions()[:, rows, cols] * np.where(rows == cols, 1.0, 2.0)
 
     def full_covariances(self, n_components: int) -> np.ndarray:
         """(K, d, d) dense covariance of every component, whatever the type."""
