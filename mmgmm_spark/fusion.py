@@ -16,19 +16,20 @@ Three ways to turn several feature blocks into one anomaly score, from one confi
     mean and standard deviation; the fused value is the mean over the modalities the row
     observes.
 
-Every modality is first standardised and, when wide, projected by PCA
+Every modality is optionally standardised and, when wide, projected by PCA
 (:mod:`mmgmm_spark.preprocessing`); the discarded directions stay in the density as
-isotropic noise, so ``log_likelihood`` of ``joint`` and ``early`` is a log-density of the
-standardised rows. The number of components K, the covariance type and (optionally) the
-projection size q are chosen by BIC over a small grid: labels are never used.
+isotropic noise and the Jacobians are included, so ``log_likelihood`` of ``joint`` and
+``early`` is a log-density of the input rows. The number of components K, the covariance
+type, whether to standardise and (optionally) the projection size q are chosen by BIC over a
+small grid: labels are never used.
 
 Output columns of :meth:`FusionModel.columns` per strategy:
 
 ============================ ================================ ================================
 column                       joint / early                    late
 ============================ ================================ ================================
-log_likelihood               log p(row), standardised units   mean over observed modalities of
-                             (PCA residual included)          (ll_m - mean_m) / std_m (unitless)
+log_likelihood               log p(row) (input units,         mean over observed modalities of
+                             PCA residual included)           (ll_m - mean_m) / std_m (unitless)
 cluster                      most probable component          most probable component of the
                                                               first observed modality's mixture
 <modality>_log_likelihood    marginal log-density of the      that modality's own mixture
@@ -44,6 +45,7 @@ import os
 import warnings
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
+from itertools import product
 from typing import Any
 
 import numpy as np
@@ -82,7 +84,10 @@ class FusionConfig:
             :func:`mmgmm_spark.preprocessing.auto_n_components`), an int, or None (none).
         projection_grid: optional q values searched by BIC instead of ``projection``
             (the same q for every modality, capped at its width).
-        standardise: standardise every feature before anything else.
+        standardise: standardise every feature before anything else: True, False, or
+            "auto": a modality that is projected by PCA is tried both ways and BIC chooses
+            (PCA depends on the scales; embeddings' raw scales often carry information); one
+            that is not projected is standardised.
         whiten: scale projected coordinates to unit variance.
         residual: keep the PCA reconstruction error in the density (isotropic noise).
         variance: explained-variance target of the "auto" projection.
@@ -97,7 +102,7 @@ class FusionConfig:
     covariance_types: tuple[str, ...] = ("full",)
     projection: int | str | None = "auto"
     projection_grid: tuple[int, ...] | None = None
-    standardise: bool = True
+    standardise: bool | str = "auto"
     whiten: bool = True
     residual: bool = True
     variance: float = 0.95
@@ -120,6 +125,9 @@ class FusionConfig:
         if not self.covariance_types or bad:
             raise ValueError(f"covariance_types must be a non-empty subset of "
                              f"{COVARIANCE_TYPES}, got {self.covariance_types!r}.")
+        if self.standardise not in (True, False, "auto"):
+            raise ValueError(f"standardise must be true, false or 'auto', "
+                             f"got {self.standardise!r}.")
         if not (self.projection is None or self.projection == "auto"
                 or (isinstance(self.projection, int) and self.projection >= 1)):
             raise ValueError(f"projection must be 'auto', None or an int >= 1, "
@@ -148,6 +156,7 @@ class Candidate:
 
     n_components: int
     covariance_type: str
+    standardise: bool
     projection: dict[str, int]
     bic: float
     min_weight: float
@@ -157,7 +166,7 @@ class Candidate:
 
     def summary(self) -> dict:
         return {"n_components": self.n_components, "covariance_type": self.covariance_type,
-                "projection": self.projection, "bic": self.bic,
+                "standardise": self.standardise, "projection": self.projection, "bic": self.bic,
                 "min_weight": self.min_weight, "admissible": self.admissible}
 
 
@@ -222,14 +231,20 @@ class FusionModel:
         """Fit every grid point on ``data`` and return the admissible one with lowest BIC."""
         candidates = []
         grid = self.config.projection_grid or (self.config.projection,)
-        for q in grid:
-            preprocessors = {m.name: self._preprocessor(data[m.name], q) for m in modalities}
+        standardise = self.config.standardise
+        for scaled, q in product((True, False) if standardise == "auto" else (standardise,),
+                                 grid):
+            preprocessors = {m.name: self._preprocessor(data[m.name], q, scaled)
+                             for m in modalities}
+            if standardise == "auto" and not scaled and all(
+                    p.output_dim == p.input_dim for p in preprocessors.values()):
+                continue            # nothing projected: the standardised candidates cover it
             projected = {name: p.transform(data[name]) for name, p in preprocessors.items()}
             residual = _residual_sum(preprocessors, data, modalities)
             for covariance_type in self.config.covariance_types:
                 for k in self.config.n_components:
                     candidate = self._fit_candidate(modalities, preprocessors, projected,
-                                                    residual, int(k), covariance_type)
+                                                    residual, int(k), covariance_type, scaled)
                     if candidate is not None:
                         candidates.append(candidate)
         admissible = [c for c in candidates if c.admissible]
@@ -241,18 +256,24 @@ class FusionModel:
         self.selection_[key] = [c.summary() for c in candidates]
         return best
 
-    def _preprocessor(self, x: np.ndarray, q: int | str | None) -> ModalityPreprocessor:
+    def _preprocessor(self, x: np.ndarray, q: int | str | None,
+                      standardise: bool) -> ModalityPreprocessor:
         c = self.config
         if isinstance(q, int):
             q = min(q, x.shape[1])
-        return ModalityPreprocessor.fit(x, q, standardise=c.standardise, whiten=c.whiten,
-                                        residual=c.residual, variance=c.variance,
-                                        rows_per_dim=c.rows_per_dim)
+        options = {"whiten": c.whiten, "residual": c.residual, "variance": c.variance,
+                   "rows_per_dim": c.rows_per_dim}
+        fitted = ModalityPreprocessor.fit(x, q, standardise=standardise, **options)
+        if not standardise and c.standardise == "auto" and fitted.output_dim == x.shape[1]:
+            # Without a projection, raw scales only change the k-means start of a full
+            # mixture, not the model: BIC would merely pick a start, so standardise.
+            fitted = ModalityPreprocessor.fit(x, q, standardise=True, **options)
+        return fitted
 
     def _fit_candidate(self, modalities: list[Modality],
                        preprocessors: dict[str, ModalityPreprocessor],
                        projected: dict[str, np.ndarray], residual: np.ndarray, k: int,
-                       covariance_type: str) -> Candidate | None:
+                       covariance_type: str, standardise: bool) -> Candidate | None:
         mixture_modalities, mixture_data = self._mixture_inputs(modalities, preprocessors,
                                                                 projected, covariance_type)
         c = self.config
@@ -272,7 +293,7 @@ class FusionModel:
         n_params = mixture.n_parameters() + sum(p.n_parameters() for p in preprocessors.values())
         bic = -2.0 * log_likelihood + n_params * np.log(n)
         smallest = float(mixture.weights_.min())
-        return Candidate(k, covariance_type,
+        return Candidate(k, covariance_type, standardise,
                          {name: p.output_dim for name, p in preprocessors.items()},
                          float(bic), smallest, k == 1 or smallest >= c.min_weight,
                          mixture, preprocessors)

@@ -10,10 +10,10 @@ is then the eigendecomposition of the standardised covariance, which equals scik
 The projection keeps the top q principal components and, unless ``residual=False``, models
 the discarded d - q directions as isotropic Gaussian noise (variance = mean of the discarded
 eigenvalues, as probabilistic PCA does). :meth:`ModalityPreprocessor.residual_log_density`
-returns that noise term plus the log-Jacobian of the whitening, so a mixture's log-likelihood
-of the projected rows plus this term is a proper log-density of the *standardised* rows: it
-is comparable across q (BIC can choose q) and keeps the reconstruction error in the anomaly
-score.
+returns that noise term plus the log-Jacobians of the standardisation and the whitening, so a
+mixture's log-likelihood of the projected rows plus this term is a proper log-density of the
+*input* rows: it is comparable across q and with or without standardisation (BIC can choose
+both) and keeps the reconstruction error in the anomaly score.
 
 Stored as plain arrays + JSON (:meth:`to_arrays` / :meth:`from_arrays`), never pickled.
 """
@@ -180,15 +180,16 @@ class ModalityPreprocessor:
         return t / np.sqrt(self.explained_variance) if self.whiten else t
 
     def residual_log_density(self, x: np.ndarray) -> np.ndarray:
-        """(n,) what to add to the projected rows' log-density to get the standardised rows'.
+        """(n,) what to add to the transformed rows' log-density to get the input rows'.
 
-        The log-Jacobian of the whitening, plus (with ``residual``) the log-density of the
-        reconstruction error under isotropic N(0, noise_variance) in the d - q discarded
-        directions. 0 without a projection; NaN on missing rows.
+        The log-Jacobians of the standardisation and of the whitening, plus (with
+        ``residual``) the log-density of the reconstruction error under isotropic
+        N(0, noise_variance) in the d - q discarded directions; NaN on missing rows. With it,
+        likelihoods with and without standardisation or projection are comparable (BIC).
         """
         z = self.standardised(x)
         missing = np.isnan(z).all(axis=1)
-        out = np.zeros(len(z))
+        out = np.full(len(z), -float(np.log(self.scale).sum()))
         if self.components is not None:
             if self.whiten:
                 out -= 0.5 * float(np.log(self.explained_variance).sum())

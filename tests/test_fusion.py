@@ -110,6 +110,25 @@ def test_projection_grid_is_chosen_by_bic() -> None:
     assert model.chosen()["joint"]["projection"] == {"e": 3}
 
 
+def test_auto_standardisation_is_chosen_by_bic_only_for_projected_modalities() -> None:
+    """Raw-scale PCA is the true model of ``e`` (isotropic noise in raw units); ``s`` is not
+    projected, so it is always standardised."""
+    rng = np.random.RandomState(0)
+    scales = np.geomspace(0.1, 10.0, 40)
+    e = (rng.randn(300, 3) @ rng.randn(3, 40)) * scales + 0.05 * rng.randn(300, 40)
+    s = rng.randn(300, 2) * [100.0, 0.01]
+    model = FusionModel([Modality("e", 40), Modality("s", 2)],
+                        FusionConfig("joint", n_components=(1,), projection=3))
+    model.fit({"e": e, "s": s})
+    tried = {c["standardise"]: c["bic"] for c in model.selection_["joint"]}
+    assert set(tried) == {True, False} and tried[False] < tried[True]
+    np.testing.assert_array_equal(model.preprocessors_["e"].scale, np.ones(40))
+    np.testing.assert_allclose(model.preprocessors_["s"].scale, s.std(axis=0), rtol=1e-12)
+    unprojected = FusionModel([Modality("s", 2)], FusionConfig("joint", n_components=(1, 2)))
+    unprojected.fit({"s": s})
+    assert {c["standardise"] for c in unprojected.selection_["joint"]} == {True}
+
+
 @pytest.mark.parametrize("strategy", ["joint", "early", "late"])
 def test_detector_covers_every_strategy_in_one_artefact(two_views, strategy, tmp_path) -> None:
     wide = {"a": two_views["a"], "b": np.hstack([two_views["b"]] * 30)

@@ -69,8 +69,8 @@ def test_moments_fit_equals_direct_fit_and_merges(wide: np.ndarray) -> None:
                                rtol=1e-7, atol=1e-8)
 
 
-def test_residual_term_makes_a_density_of_the_standardised_rows() -> None:
-    """With q = d - 1, whitening Jacobian + residual noise = the full Gaussian density."""
+def test_residual_term_makes_a_density_of_the_input_rows() -> None:
+    """With q = d, the standardisation and whitening Jacobians give the full Gaussian density."""
     rng = np.random.RandomState(1)
     x = rng.randn(400, 4) @ rng.randn(4, 4)
     pre = ModalityPreprocessor.fit(x, 4)              # q = d: only the whitening Jacobian
@@ -81,7 +81,11 @@ def test_residual_term_makes_a_density_of_the_standardised_rows() -> None:
     log_gauss_t = -0.5 * ((t * t).sum(axis=1) + 4 * np.log(2 * np.pi))
     expected = -0.5 * (np.einsum("ni,ij,nj->n", z, np.linalg.inv(cov), z)
                        + 4 * np.log(2 * np.pi) + logdet)
+    expected -= np.log(x.std(axis=0)).sum()           # density of x, not of z
     np.testing.assert_allclose(log_gauss_t + pre.residual_log_density(x), expected, atol=1e-8)
+    unprojected = ModalityPreprocessor.fit(x, None)
+    np.testing.assert_allclose(unprojected.residual_log_density(x),
+                               -np.log(x.std(axis=0)).sum(), rtol=1e-12)
 
 
 def test_auto_rule_keeps_narrow_blocks_and_caps_wide_ones() -> None:
