@@ -10,9 +10,12 @@ parameters, so the centre is common and ``merge`` is a plain sum.
 from __future__ import annotations
 
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import cache, reduce
 
 import numpy as np
+from threadpoolctl import ThreadpoolController
 
 from mmgmm_spark.core.batch import Batch
 from mmgmm_spark.core.densities import (
@@ -255,10 +258,28 @@ def accumulate_stats(batch: Batch, params: MixtureParams, modalities: tuple[Moda
         resp: optional fixed responsibilities (n, K) (initialisation); when given, the
             log-likelihood is not computed and is reported as 0.
     """
-    total = SufficientStats.zero(modalities, params.n_components)
-    start = 0
-    for chunk in batch.chunks(_chunk_rows(params.n_components, modalities)):
-        chunk_resp = None if resp is None else resp[start: start + chunk.n_rows]
-        total = total.merge(_stats_of_chunk(chunk, params, modalities, chunk_resp))
-        start += chunk.n_rows
-    return total
+    chunks = list(batch.chunks(_chunk_rows(params.n_components, modalities)))
+    starts = np.cumsum([0, *(chunk.n_rows for chunk in chunks)])
+
+    def chunk_stats(i: int) -> SufficientStats:
+        chunk_resp = None if resp is None else resp[starts[i]: starts[i + 1]]
+        return _stats_of_chunk(chunks[i], params, modalities, chunk_resp)
+
+    zero = SufficientStats.zero(modalities, params.n_components)
+    threads = min(_blas_threads(), len(chunks))
+    if threads <= 1:
+        return reduce(SufficientStats.merge, map(chunk_stats, range(len(chunks))), zero)
+    # The per-chunk GEMMs are too narrow for a threaded BLAS: run chunks in parallel threads
+    # (numpy releases the GIL) with one BLAS thread each. Merged in chunk order.
+    with _blas().limit(limits=1, user_api="blas"), ThreadPoolExecutor(threads) as pool:
+        return reduce(SufficientStats.merge, pool.map(chunk_stats, range(len(chunks))), zero)
+
+
+@cache
+def _blas() -> ThreadpoolController:
+    return ThreadpoolController()
+
+
+def _blas_threads() -> int:
+    """Threads BLAS may use here: 1 in Spark tasks (OMP_NUM_THREADS=1), the cores otherwise."""
+    return max([1, *(lib["num_threads"] for lib in _blas().select(user_api="blas").info())])
