@@ -271,13 +271,21 @@ def accumulate_stats(batch: Batch, params: MixtureParams, modalities: tuple[Moda
         return reduce(SufficientStats.merge, map(chunk_stats, range(len(chunks))), zero)
     # The per-chunk GEMMs are too narrow for a threaded BLAS: run chunks in parallel threads
     # (numpy releases the GIL) with one BLAS thread each. Merged in chunk order.
-    with _blas().limit(limits=1, user_api="blas"), ThreadPoolExecutor(threads) as pool:
-        return reduce(SufficientStats.merge, pool.map(chunk_stats, range(len(chunks))), zero)
+    with _blas().limit(limits=1, user_api="blas"):
+        return reduce(SufficientStats.merge,
+                      _pool(threads).map(chunk_stats, range(len(chunks))), zero)
 
 
 @cache
 def _blas() -> ThreadpoolController:
     return ThreadpoolController()
+
+
+@cache
+def _pool(threads: int) -> ThreadPoolExecutor:
+    """One long-lived pool per size: fresh threads per call would each get a malloc arena and
+    make the process's memory grow with the number of fits."""
+    return ThreadPoolExecutor(threads, thread_name_prefix="mmgmm-chunks")
 
 
 def _blas_threads() -> int:
