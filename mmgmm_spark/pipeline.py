@@ -34,7 +34,7 @@ from mmgmm_spark.tracking import (
     tracked_fit,
 )
 from mmgmm_spark.tracking import tracking as tracking_context
-from mmgmm_spark.tracking.registry import resolve_registered
+from mmgmm_spark.tracking.scoring import RegisteredDetector, load_registered
 
 log = logging.getLogger(__name__)
 
@@ -164,14 +164,14 @@ def _describe_modalities(dims: dict[str, int]) -> str:
     return ", ".join(f"'{name}' (dim {dim})" for name, dim in dims.items())
 
 
-def check_model_matches(config: AppConfig, features: Features) -> None:
-    """Fail before scoring when the model's modalities (names, dims) differ from the data's."""
+def load_matching_model(config: AppConfig, features: Features) -> RegisteredDetector:
+    """Load the configured model; fail before scoring when its modalities (names, dims)
+    differ from the data's."""
     uri = config.model_uri()
     tracking = tracking_config(config)
     with tracking_context(tracking):
         try:
-            name, version = resolve_registered(tracking.client(), uri)
-            detector = load_detector(f"models:/{name}/{version}")
+            registered = load_registered(tracking, uri)
         except ValueError as error:  # not a models:/ URI
             raise ConfigError(f"scoring.model_uri: {error}") from None
         except MlflowException as error:  # no such model, version or alias
@@ -180,26 +180,28 @@ def check_model_matches(config: AppConfig, features: Features) -> None:
                 f"{error.message.rstrip('.')}. Train and register a model first (mmgmm train), "
                 "or point scoring.model_uri / tracking.registered_model / tracking.alias at an "
                 "existing one.") from None
-    expected = {m.name: m.dim for m in detector.modalities}
+    expected = {m.name: m.dim for m in registered.detector.modalities}
     found = {m.name: m.dim for m in features.modalities}
     if expected != found:
         raise DataValidationError(
-            f"Model {uri} ({name} version {version}) was trained on modalities "
-            f"{_describe_modalities(expected)}, but the config's feature tables give "
+            f"Model {uri} ({registered.name} version {registered.version}) was trained on "
+            f"modalities {_describe_modalities(expected)}, but the config's feature tables give "
             f"{_describe_modalities(found)}. Score with a config whose data.modalities match "
             "the model (names and feature widths), or train a model on these tables.")
+    return registered
 
 
 def score(spark: SparkSession, config: AppConfig, scoring_run_id: str | None = None
           ) -> ScoringResult:
     """Score every entity with the configured model URI and write the Delta output table."""
     features = read_features(spark, config)
-    check_model_matches(config, features)
+    registered = load_matching_model(config, features)
     try:
         return score_registered(
             spark, features.df, config.scoring.output_table, config.model_uri(),
             config=tracking_config(config), scoring_run_id=scoring_run_id,
-            table_versions=features.versions, id_column=config.data.id_column,
+            table_versions=features.versions, registered=registered,
+            id_column=config.data.id_column,
             responsibilities=config.scoring.include_responsibilities,
             engine=config.storage.engine)
     except DataValidationError as error:  # raised in the scoring tasks: name the tables

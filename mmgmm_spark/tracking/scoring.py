@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import mlflow
@@ -16,10 +17,28 @@ from mmgmm_spark.tracking.registry import resolve_registered
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
+    from mmgmm_spark.detector import AnomalyDetector
+
+
+@dataclass(frozen=True)
+class RegisteredDetector:
+    """A registered model version, resolved from a URI and loaded."""
+
+    name: str
+    version: str
+    detector: AnomalyDetector
+
+
+def load_registered(config: TrackingConfig, model_uri: str) -> RegisteredDetector:
+    """Resolve ``models:/<name>@<alias>`` or ``models:/<name>/<version>`` once and load it."""
+    name, version = resolve_registered(config.client(), model_uri)
+    return RegisteredDetector(name, version, load_detector(f"models:/{name}/{version}"))
+
 
 def score_registered(spark: SparkSession, df: DataFrame, table: str, model_uri: str, *,
                      config: TrackingConfig | None = None, scoring_run_id: str | None = None,
                      table_versions: Mapping[str, Any] | None = None,
+                     registered: RegisteredDetector | None = None,
                      **score_options: Any) -> ScoringResult:
     """Score ``df`` with the model at ``model_uri`` and write the scores to Delta ``table``.
 
@@ -29,13 +48,14 @@ def score_registered(spark: SparkSession, df: DataFrame, table: str, model_uri: 
     an earlier scoring run re-runs it, replacing its rows (the run is resumed). The run
     records model name/version, the input table versions and the output table version.
 
-    ``score_options``: ``id_column``, ``responsibilities``, ``engine`` of
-    :func:`mmgmm_spark.spark.score.score_to_delta`.
+    ``registered``: the model already loaded from ``model_uri`` (:func:`load_registered`),
+    so a caller that inspected it does not load it twice. ``score_options``: ``id_column``,
+    ``responsibilities``, ``engine`` of :func:`mmgmm_spark.spark.score.score_to_delta`.
     """
     config = config or TrackingConfig()
     with tracking(config) as experiment_id:
-        name, version = resolve_registered(config.client(), model_uri)
-        detector = load_detector(f"models:/{name}/{version}")
+        registered = registered or load_registered(config, model_uri)
+        name, version, detector = registered.name, registered.version, registered.detector
         run_args = {"run_id": scoring_run_id} if scoring_run_id else {
             "experiment_id": experiment_id, "run_name": "scoring"}
         with mlflow.start_run(**run_args) as run:
