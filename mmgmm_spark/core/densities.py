@@ -3,6 +3,11 @@
 Rows are first *centred* on a per-modality shift c (the weighted mean of the component means,
 see :func:`shift`), so that raw data with large offsets keeps its digits; every kernel is then a
 few large GEMMs over a block of rows, with no Python loop over rows or components.
+
+Full covariances use the expanded quadratic form (:class:`Centred`): its absolute error is about
+machine epsilon times x^T P x, so a component whose mean lies s of its own standard deviations
+from the centre loses about log10(s^2) of the Mahalanobis distance's 16 digits (6 digits at
+s = 1e3) — harmless for responsibilities and scores, and the reason rows are centred first.
 """
 
 from __future__ import annotations
