@@ -7,12 +7,18 @@ of each and the ratios. MLlib's per-iteration time is (T(n iterations) - T(1 ite
 (n - 1), which removes its initialisation; ours is the median of the per-iteration times the
 fit reports.
 
+``--jit``: the driver JVM's JIT compilers. ``c1`` (the project's local default, see
+:data:`mmgmm_spark.spark.session.LOCAL_DEFAULTS`) spends little CPU compiling, which suits our
+fit (the JVM only moves data) but slows MLlib, whose maths runs in the JVM, by an order of
+magnitude; ``c2`` is the JVM's default (C1 + C2). Compare with MLlib under ``c2``.
+
 ``scale``: rows with three modalities (32 + 16 + 8 dims, full covariances, 10% of rows missing
 one modality), K=16, 10 iterations; prints the time and the driver's peak memory.
 
 Usage::
 
     python benchmarks/bench_spark.py compare [--rows 1000000] [--dim 16] [--components 8]
+                                             [--jit c1|c2] [--no-mllib]
     python benchmarks/bench_spark.py scale [--rows 10000000]
 """
 
@@ -104,15 +110,19 @@ def compare(spark: SparkSession, args: argparse.Namespace) -> None:
     df.count()
     print(f"N={args.rows}, d={args.dim}, K={args.components}, full covariance, "
           f"{args.partitions} partitions, {args.iters} iterations, "
-          f"master {spark.sparkContext.master}")
+          f"master {spark.sparkContext.master}, JIT {args.jit}")
     memory = per_iteration_in_memory(df, modalities, args.components, args.iters)
     ours, _ = per_iteration_ours(df, modalities, args.components, args.iters)
-    mllib = per_iteration_mllib(df, args.components, args.iters)
+    results = {"mmgmm-spark on Spark": ours, "mmgmm-spark in memory": memory}
+    if not args.no_mllib:
+        results["Spark MLlib GaussianMixture"] = per_iteration_mllib(df, args.components,
+                                                                     args.iters)
     print(f"{'':28s}{'s/iteration':>12s}")
-    for name, value in (("mmgmm-spark on Spark", ours), ("Spark MLlib GaussianMixture", mllib),
-                        ("mmgmm-spark in memory", memory)):
+    for name, value in results.items():
         print(f"{name:28s}{value:12.3f}")
-    print(f"MLlib / mmgmm-spark (Spark): {mllib / ours:.1f}x faster")
+    if not args.no_mllib:
+        mllib = results["Spark MLlib GaussianMixture"]
+        print(f"MLlib / mmgmm-spark (Spark): {mllib / ours:.1f}x faster")
     print(f"mmgmm-spark Spark / in-memory: {ours / memory:.2f}x")
 
 
@@ -142,11 +152,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--master", default="local[2]")
     parser.add_argument("--driver-memory", default="8g")
+    parser.add_argument("--jit", choices=["c1", "c2"], default="c1")
+    parser.add_argument("--no-mllib", action="store_true",
+                        help="compare: only this project on Spark and in memory")
     args = parser.parse_args(argv)
     args.rows = args.rows or (1_000_000 if args.mode == "compare" else 10_000_000)
     args.components = args.components or (8 if args.mode == "compare" else 16)
-    spark = build_spark(args.master, "mmgmm-bench",
-                        conf={"spark.driver.memory": args.driver_memory})
+    conf = {"spark.driver.memory": args.driver_memory}
+    if args.jit == "c2":
+        conf |= {f"spark.{side}.extraJavaOptions": "-XX:TieredStopAtLevel=4"
+                 for side in ("driver", "executor")}
+    spark = build_spark(args.master, "mmgmm-bench", conf=conf)
     spark.sparkContext.setLogLevel("ERROR")
     (compare if args.mode == "compare" else scale)(spark, args)
     spark.stop()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -99,6 +99,28 @@ class ModelConfig(Section):
         return value
 
 
+class PreprocessingConfig(Section):
+    """Per-modality preprocessing fitted on the training rows and stored in the model.
+
+    ``standardise``: centre and scale every feature. ``projection``: PCA to q dimensions per
+    modality (an int, capped at the modality's width; "auto": keep every dimension when there
+    are at least ``rows_per_dim`` rows per dimension, else the fewest components explaining
+    ``variance``); null: none. The discarded directions stay in the density as isotropic
+    noise (``residual``) so reconstruction error counts in the anomaly score.
+    """
+
+    standardise: bool = False
+    projection: Annotated[int, Field(ge=1)] | Literal["auto"] | None = None
+    whiten: bool = True
+    residual: bool = True
+    variance: float = Field(0.95, gt=0, le=1)
+    rows_per_dim: int = Field(10, ge=1)
+
+    @property
+    def enabled(self) -> bool:
+        return self.standardise or self.projection is not None
+
+
 class ScoringConfig(Section):
     contamination: float = Field(0.01, gt=0, lt=0.5)
     model_uri: str | None = None
@@ -113,6 +135,7 @@ class AppConfig(Section):
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     data: DataConfig
     model: ModelConfig = Field(default_factory=ModelConfig)
+    preprocessing: PreprocessingConfig = Field(default_factory=PreprocessingConfig)
     scoring: ScoringConfig = Field(default_factory=ScoringConfig)
 
     def tracking_uri(self) -> str:

@@ -92,6 +92,13 @@ class AnomalyDetector:
             columns[modality_column(m.name)] = values[m.name]
         return columns
 
+    def responsibilities(self, batch: Batch) -> np.ndarray:
+        """(n, K) posterior probability of each mixture component per row."""
+        if isinstance(self.model, FusionModel):
+            return self.model.responsibilities(batch)
+        params, modalities = self.model.params, self.modalities
+        return np.exp(normalise_log_prob(weighted_log_prob(batch, params, modalities))[1])
+
     def score(self, data: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """:meth:`score_batch` on a dict of (n, d_m) arrays (NaN rows = missing)."""
         return self.score_batch(self.model._batch(data))

@@ -56,7 +56,7 @@ from mmgmm_spark.core.modality import COVARIANCE_TYPES, Modality, check_modaliti
 from mmgmm_spark.core.params import DegenerateComponentError, GaussianBlock
 from mmgmm_spark.model import MultimodalGaussianMixture, NotFittedError
 from mmgmm_spark.model_io import load_model, save_model
-from mmgmm_spark.preprocessing import ModalityPreprocessor
+from mmgmm_spark.preprocessing import ModalityPreprocessor, Moments, preprocess_batch
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +132,11 @@ class FusionConfig:
                 or (isinstance(self.projection, int) and self.projection >= 1)):
             raise ValueError(f"projection must be 'auto', None or an int >= 1, "
                              f"got {self.projection!r}.")
+
+    def preprocessor_options(self) -> dict[str, Any]:
+        """Keyword arguments of :meth:`ModalityPreprocessor.fit` set by this config."""
+        return {"whiten": self.whiten, "residual": self.residual, "variance": self.variance,
+                "rows_per_dim": self.rows_per_dim}
 
     def to_dict(self) -> dict:
         out = asdict(self)
@@ -259,10 +264,8 @@ class FusionModel:
     def _preprocessor(self, x: np.ndarray, q: int | str | None,
                       standardise: bool) -> ModalityPreprocessor:
         c = self.config
-        if isinstance(q, int):
-            q = min(q, x.shape[1])
-        options = {"whiten": c.whiten, "residual": c.residual, "variance": c.variance,
-                   "rows_per_dim": c.rows_per_dim}
+        q = _capped(q, x.shape[1])
+        options = c.preprocessor_options()
         fitted = ModalityPreprocessor.fit(x, q, standardise=standardise, **options)
         if not standardise and c.standardise == "auto" and fitted.output_dim == x.shape[1]:
             # Without a projection, raw scales only change the k-means start of a full
@@ -335,6 +338,15 @@ class FusionModel:
         if self.strategy == "early":
             return self._early_columns(dense)
         return self._joint_columns(dense)
+
+    def responsibilities(self, batch: Batch) -> np.ndarray:
+        """(n, K) component posteriors of the ``joint`` mixture (other strategies have
+        several mixtures or marginal components: not defined there)."""
+        self._check_fitted()
+        if self.strategy != "joint":
+            raise ValueError(f"Responsibilities are defined for 'joint' models, not "
+                             f"'{self.strategy}'; set scoring.include_responsibilities false.")
+        return self.mixtures_[JOINT].predict_proba(self._projected(_dense(batch)))
 
     def score_samples(self, data: ArrayData) -> np.ndarray:
         """(n,) the fused log-likelihood (the negative is the anomaly score)."""
@@ -496,6 +508,84 @@ class FusionModel:
                                                and set(self.late_stats_) != expected):
             raise ModelFormatError(f"fusion artefact for '{self.strategy}' has mixtures "
                                    f"{sorted(self.mixtures_)}, expected {sorted(expected)}.")
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """Preprocessing fitted in front of one ``joint`` mixture of fixed K (the Spark jobs' model).
+
+    :class:`FusionModel` selects K and the preprocessing by BIC in memory; on Spark the jobs
+    fit the preprocessing from distributed :class:`Moments`, then one mixture on the
+    transformed rows, and :meth:`model` assembles the same saved/scored :class:`FusionModel`.
+
+    Attributes:
+        modalities: the input modalities (raw widths; covariance type and weight are the
+            mixture's).
+        preprocessors: {modality: fitted :class:`ModalityPreprocessor`}.
+        config: strategy ``joint``; its standardise (True/False), projection and
+            preprocessing options were used, and it is saved with the model.
+    """
+
+    modalities: tuple[Modality, ...]
+    preprocessors: dict[str, ModalityPreprocessor]
+    config: FusionConfig
+
+    @classmethod
+    def from_moments(cls, modalities: list[Modality], moments: Mapping[str, Moments],
+                     config: FusionConfig) -> Preprocessing:
+        """Fit every modality's preprocessor from the moments of its training rows."""
+        if config.strategy != "joint" or config.standardise == "auto":
+            raise ValueError("Preprocessing from moments needs strategy 'joint' and "
+                             "standardise true or false.")
+        preprocessors = {}
+        for m in modalities:
+            try:
+                preprocessors[m.name] = ModalityPreprocessor.fit_from_moments(
+                    moments[m.name], _capped(config.projection, m.dim),
+                    standardise=bool(config.standardise), **config.preprocessor_options())
+            except ValueError as error:
+                raise ValueError(f"Preprocessing of modality '{m.name}': {error}") from None
+        return cls(tuple(modalities), preprocessors, config)
+
+    def mixture_modalities(self) -> list[Modality]:
+        """The mixture's modalities: each input modality at its transformed width."""
+        return [Modality(m.name, self.preprocessors[m.name].output_dim, m.covariance_type,
+                         m.weight) for m in self.modalities]
+
+    def transform(self, batch: Batch) -> Batch:
+        """Rows of input ``batch`` as the mixture sees them (missing stays missing)."""
+        return preprocess_batch(batch, self.preprocessors)
+
+    def transform_arrays(self, data: ArrayData) -> dict[str, np.ndarray]:
+        """{modality: (n, q)} from {modality: (n, d)} (NaN rows stay NaN)."""
+        return {name: p.transform(data[name]) for name, p in self.preprocessors.items()}
+
+    def n_parameters(self) -> int:
+        return sum(p.n_parameters() for p in self.preprocessors.values())
+
+    def params(self) -> dict[str, Any]:
+        """What to log with the fit: the settings and each modality's input/output width."""
+        c = self.config
+        out: dict[str, Any] = {"preprocessing.standardise": c.standardise,
+                               "preprocessing.projection": c.projection,
+                               "preprocessing.whiten": c.whiten,
+                               "preprocessing.residual": c.residual}
+        for m in self.modalities:
+            out[f"modality.{m.name}.input_dim"] = m.dim
+        return out
+
+    def model(self, mixture: MultimodalGaussianMixture, n_train_rows: int) -> FusionModel:
+        """The fitted :class:`FusionModel` of these preprocessors and ``mixture``."""
+        fused = FusionModel(list(self.modalities), self.config)
+        fused.preprocessors_ = dict(self.preprocessors)
+        fused.mixtures_ = {JOINT: mixture}
+        fused.n_train_rows_ = int(n_train_rows)
+        return fused
+
+
+def _capped(q: int | str | None, width: int) -> int | str | None:
+    """A fixed projection size never exceeds the modality's width."""
+    return min(q, width) if isinstance(q, int) else q
 
 
 def is_fusion_artefact(path: str) -> bool:

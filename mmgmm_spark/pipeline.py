@@ -20,9 +20,12 @@ from mmgmm_spark.config import AppConfig, ConfigError
 from mmgmm_spark.core.batch import DataValidationError
 from mmgmm_spark.core.modality import Modality
 from mmgmm_spark.evaluation import evaluate_scores, log_evaluation
+from mmgmm_spark.fusion import FusionConfig, Preprocessing
 from mmgmm_spark.model import MultimodalGaussianMixture
 from mmgmm_spark.reliability import RetryPolicy
 from mmgmm_spark.spark.arrow import batch_from_arrow
+from mmgmm_spark.spark.data import CachedBlocks
+from mmgmm_spark.spark.preprocess import fit_preprocessing
 from mmgmm_spark.spark.score import ScoringResult, read_and_join
 from mmgmm_spark.storage import read_table
 from mmgmm_spark.tracking import (
@@ -99,6 +102,18 @@ def _model_options(config: AppConfig) -> dict:
             "n_init": m.n_init, "init_params": m.init_params, "random_state": m.seed}
 
 
+def fusion_config(config: AppConfig) -> FusionConfig:
+    """The saved description of a preprocessed ``joint`` model built from ``config``."""
+    p, m = config.preprocessing, config.model
+    return FusionConfig(
+        strategy="joint", n_components=(m.n_components,),
+        covariance_types=tuple(sorted({x.covariance_type for x in config.data.modalities})),
+        projection=p.projection, standardise=p.standardise, whiten=p.whiten,
+        residual=p.residual, variance=p.variance, rows_per_dim=p.rows_per_dim,
+        reg_covar=m.reg_covar, max_iter=m.max_iter, tol=m.tol, n_init=m.n_init,
+        init_params=m.init_params, random_state=m.seed)
+
+
 CHECKPOINT_DIR = "checkpoints"
 """Under ``work_dir``: a checkpoint per EM iteration of a running fit (removed when it ends)."""
 
@@ -138,6 +153,9 @@ def train(spark: SparkSession, config: AppConfig, resume_run_id: str | None = No
     if sweep is not None and resume_run_id is not None:
         raise ConfigError("--resume works for a single fit; remove model.sweep (or run the "
                           "sweep again without --resume).")
+    if sweep is not None and config.preprocessing.enabled:
+        raise ConfigError("model.sweep with preprocessing is not supported yet: set "
+                          "model.n_components (or remove the preprocessing section).")
     if resume_run_id is not None:
         config = pinned_to_run(config, resume_run_id)
     features = read_features(spark, config)
@@ -153,11 +171,31 @@ def train(spark: SparkSession, config: AppConfig, resume_run_id: str | None = No
                               covariance_types=sweep.covariance_types or None,
                               model_options=_model_options(config), **common, **spark_options)
         return result.best_fit
-    model = MultimodalGaussianMixture(features.modalities, config.model.n_components,
-                                      **_model_options(config))
-    return tracked_fit(model, training, resume_run_id=resume_run_id, retry=retry,
-                       checkpoint_dir=os.path.join(config.work_dir, CHECKPOINT_DIR),
-                       **common, **spark_options)
+    data, preprocessing = training, None
+    if config.preprocessing.enabled:   # fitted on the cached input rows, cached again inside
+        data = CachedBlocks(training, tuple(features.modalities), spark_options["source"])
+    try:
+        if config.preprocessing.enabled:
+            preprocessing = fit_preprocessing(data, fusion_config(config),
+                                              spark_options["source"], config.model.tree_depth)
+            _log_preprocessing(preprocessing)
+        modalities = (features.modalities if preprocessing is None
+                      else preprocessing.mixture_modalities())
+        model = MultimodalGaussianMixture(modalities, config.model.n_components,
+                                          **_model_options(config))
+        return tracked_fit(model, data, resume_run_id=resume_run_id, retry=retry,
+                           checkpoint_dir=os.path.join(config.work_dir, CHECKPOINT_DIR),
+                           preprocessing=preprocessing, **common, **spark_options)
+    finally:
+        if data is not training:
+            data.unpersist()
+
+
+def _log_preprocessing(preprocessing: Preprocessing) -> None:
+    for m in preprocessing.modalities:
+        p = preprocessing.preprocessors[m.name]
+        log.info("Preprocessing '%s': %d -> %d dimensions (standardised: %s)", m.name, m.dim,
+                 p.output_dim, preprocessing.config.standardise)
 
 
 def _describe_modalities(dims: dict[str, int]) -> str:

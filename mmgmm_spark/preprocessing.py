@@ -20,9 +20,12 @@ Stored as plain arrays + JSON (:meth:`to_arrays` / :meth:`from_arrays`), never p
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from mmgmm_spark.core.batch import Batch, Block
 
 LOG_2PI = float(np.log(2.0 * np.pi))
 VARIANCE_FLOOR = 1e-9
@@ -242,6 +245,25 @@ class ModalityPreprocessor:
             raise ValueError("noise_variance must be finite and >= 0.")
         return cls(mean, scale, components, variance, noise, bool(meta["whiten"]),
                    bool(meta["residual"]), int(meta["n_rows"]))
+
+
+def batch_moments(batch: Batch) -> dict[str, Moments]:
+    """{modality: :class:`Moments` of the rows of ``batch`` that observe it}."""
+    return {name: Moments.of(block.values) for name, block in batch.blocks.items()}
+
+
+def merge_moments(a: Mapping[str, Moments], b: Mapping[str, Moments]) -> dict[str, Moments]:
+    """Per modality, the moments of the union of both row sets."""
+    return {name: a[name].merge(b[name]) for name in a}
+
+
+def preprocess_batch(batch: Batch,
+                     preprocessors: Mapping[str, ModalityPreprocessor]) -> Batch:
+    """``batch`` with every modality's observed rows (n_obs, d) transformed to (n_obs, q)."""
+    return Batch(batch.n_rows, {
+        name: Block(block.observed,
+                    np.ascontiguousarray(preprocessors[name].transform(block.values)))
+        for name, block in batch.blocks.items()})
 
 
 def auto_n_components(eigenvalues: np.ndarray, n_rows: int, variance: float = 0.95,

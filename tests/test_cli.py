@@ -257,6 +257,37 @@ def test_score_writes_and_rerun_replaces(trained: Workspace, capsys) -> None:
     assert len(after) == len(scores)
 
 
+def test_train_and_score_with_preprocessing(ingested: Workspace, capsys) -> None:
+    """The preprocessing section: standardisation and PCA fitted on Spark, one registered model
+    that applies them, and scores in the table equal to what that model computes in memory."""
+    from mmgmm_spark.fusion import FusionModel
+    from mmgmm_spark.tracking import TrackingConfig, load_detector, tracking
+
+    ws = ingested
+    name, table = "cli-preprocessed", ws.table("preprocessed_scores")
+    overrides = ["--set", "preprocessing.standardise=true", "--set", "preprocessing.projection=2",
+                 "--set", f"tracking.registered_model={name}",
+                 "--set", f"scoring.output_table={table}"]
+    trained = cli(capsys, "train", "--config", ws.config, *overrides)
+    assert trained.code == 0, trained.err
+    scored = cli(capsys, "score", "--config", ws.config, *overrides)
+    assert scored.code == 0, scored.err
+
+    store = TrackingConfig(work_dir=str(ws.work), tracking_uri=ws.tracking_uri(),
+                           experiment="cli-tests")
+    with tracking(store):
+        fused = load_detector(f"models:/{name}@champion").model
+    assert isinstance(fused, FusionModel)
+    assert {m.name: m.dim for m in fused.mixtures_["joint"].modalities} == {"a": 2, "b": 2, "c": 2}
+    assert fused.preprocessors_["a"].components.shape == (2, 3)       # a: 3 -> 2 dimensions
+    b = np.full_like(ws.data["b"], np.nan)
+    b[ws.b_rows] = ws.data["b"][ws.b_rows]
+    expected = fused.score_samples({"a": ws.data["a"], "b": b, "c": ws.data["c"]})
+    rows = read_delta(table).set_index("id").loc[ws.ids]
+    np.testing.assert_allclose(rows["log_likelihood"], expected, rtol=1e-9)
+    assert rows.loc[ws.ids[3::10], "b_log_likelihood"].isna().all()
+
+
 def test_evaluate_with_labels(trained: Workspace, capsys) -> None:
     ws = trained
     assert cli(capsys, "score", "--config", ws.config).code == 0

@@ -12,7 +12,6 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-from sklearn.cluster import KMeans, kmeans_plusplus
 
 from mmgmm_spark.core.batch import Batch, DataValidationError
 from mmgmm_spark.core.modality import Modality
@@ -99,6 +98,9 @@ def _centres(scaled: dict[str, np.ndarray], batch: Batch, modalities: tuple[Moda
         rows.append(scaled[m.name][position[complete]])
     x = np.hstack(rows)
     seed = rng.randint(np.iinfo(np.int32).max)
+    # imported here: Spark workers import this module but never seed, and sklearn costs them ~2 s
+    from sklearn.cluster import KMeans, kmeans_plusplus
+
     if method == "kmeans":
         return KMeans(n_components, n_init=1, random_state=seed).fit(x).cluster_centers_
     if method == "k-means++":

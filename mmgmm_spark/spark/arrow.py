@@ -23,6 +23,7 @@ from mmgmm_spark.core.batch import (
     check_block,
 )
 from mmgmm_spark.core.modality import Modality
+from mmgmm_spark.spark.tasks import spark_task
 
 PAYLOAD_SCHEMA = "n_rows long, payload binary"
 
@@ -75,6 +76,19 @@ def decode_batch(payload: bytes, modalities: tuple[Modality, ...]) -> Batch:
     return Batch(n_rows, blocks)
 
 
+def encode_arrays(arrays: tuple[np.ndarray, ...]) -> bytes:
+    """Bytes of a tuple of arrays (numpy ``.npz``, no pickled objects)."""
+    buffer = io.BytesIO()
+    np.savez(buffer, *arrays)
+    return buffer.getvalue()
+
+
+def decode_arrays(payload: bytes) -> tuple[np.ndarray, ...]:
+    """Inverse of :func:`encode_arrays`."""
+    with np.load(io.BytesIO(payload), allow_pickle=False) as arrays:
+        return tuple(arrays[f"arr_{i}"] for i in range(len(arrays.files)))
+
+
 def _grouped(batches: Iterable[pa.RecordBatch], max_rows: int) -> Iterator[pa.Table]:
     """Consecutive record batches concatenated into tables of about ``max_rows`` rows."""
     pending: list[pa.RecordBatch] = []
@@ -94,6 +108,7 @@ def _grouped(batches: Iterable[pa.RecordBatch], max_rows: int) -> Iterator[pa.Ta
 def payload_mapper(modalities: tuple[Modality, ...], source: str, max_rows: int):
     """A ``mapInArrow`` function: record batches -> rows of (n_rows, encoded validated block)."""
 
+    @spark_task
     def encode_partition(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for table in _grouped(batches, max_rows):
             batch = batch_from_arrow(table, modalities, source)

@@ -12,6 +12,7 @@ import contextlib
 import re
 from collections.abc import Callable, Iterator, Mapping
 from functools import reduce
+from typing import TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -22,8 +23,20 @@ from pyspark.sql import types as T
 
 from mmgmm_spark.core.batch import Batch, DataValidationError
 from mmgmm_spark.core.modality import Modality
-from mmgmm_spark.spark.arrow import PAYLOAD_SCHEMA, decode_batch, encode_batch, payload_mapper
+from mmgmm_spark.spark.arrow import (
+    PAYLOAD_SCHEMA,
+    decode_arrays,
+    decode_batch,
+    encode_arrays,
+    encode_batch,
+    payload_mapper,
+)
 from mmgmm_spark.spark.session import has_rdd_api
+from mmgmm_spark.spark.tasks import spark_task
+
+T_ = TypeVar("T_")
+Codec = tuple[Callable[[T_], tuple[np.ndarray, ...]], Callable[[tuple[np.ndarray, ...]], T_]]
+"""(to arrays, from arrays) of a partial result, for the DataFrame-only path."""
 
 NUMERIC_ELEMENTS = (T.DoubleType, T.FloatType, T.IntegerType, T.LongType, T.ShortType)
 
@@ -180,6 +193,7 @@ class CachedBlocks:
         modalities = self.modalities
         if self.rdd is not None:
 
+            @spark_task
             def apply_partition(partition: int, batches: Iterator[Batch]) -> Iterator[Batch]:
                 for offset, batch in enumerate(batches):
                     yield function(block_index(partition, offset), batch)
@@ -187,6 +201,7 @@ class CachedBlocks:
             with translated_errors():
                 return self.rdd.mapPartitionsWithIndex(apply_partition).collect()
 
+        @spark_task
         def apply(record_batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
             from pyspark import TaskContext
 
@@ -200,6 +215,59 @@ class CachedBlocks:
         with translated_errors():
             rows = self.payload.mapInArrow(apply, PAYLOAD_SCHEMA).collect()
         return [decode_batch(row.payload, modalities) for row in rows if row.n_rows]
+
+    def aggregate(self, function: Callable[[Batch], T_], merge: Callable[[T_, T_], T_],
+                  zero: T_, codec: Codec, tree_depth: int = 2) -> T_:
+        """``merge`` of ``function(batch)`` over every cached batch, starting from ``zero``.
+
+        RDD path: ``treeAggregate``. DataFrame-only path: one merged result per partition,
+        sent as arrays through ``codec`` (to arrays, from arrays), merged on the driver.
+        """
+        if self.rdd is not None:
+            partial = spark_task(lambda batches: (function(batch) for batch in batches))
+            with translated_errors():
+                return self.rdd.mapPartitions(partial).treeAggregate(zero, merge, merge,
+                                                                     depth=tree_depth)
+        modalities = self.modalities
+        to_arrays, from_arrays = codec
+
+        @spark_task
+        def partition(record_batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+            total = zero
+            for record_batch in record_batches:
+                for payload in record_batch.column("payload").to_pylist():
+                    total = merge(total, function(decode_batch(payload, modalities)))
+            yield pa.RecordBatch.from_pydict({"result": [encode_arrays(to_arrays(total))]})
+
+        with translated_errors():
+            rows = self.payload.mapInArrow(partition, "result binary").collect()
+        return reduce(merge, (from_arrays(decode_arrays(row.result)) for row in rows), zero)
+
+    def mapped(self, function: Callable[[Batch], Batch],
+               modalities: tuple[Modality, ...]) -> CachedBlocks:
+        """A cache of ``function(batch)`` for every batch (same rows; blocks of ``modalities``).
+
+        Lazy: filled by its first pass. Unpersist both caches when done.
+        """
+        derived = object.__new__(CachedBlocks)
+        derived.modalities, derived.use_rdd, derived.n_rows = modalities, self.use_rdd, self.n_rows
+        derived.rdd = derived.payload = None
+        if self.rdd is not None:
+            derived.rdd = self.rdd.map(spark_task(function)).persist(StorageLevel.MEMORY_AND_DISK)
+            return derived
+        source = self.modalities
+
+        @spark_task
+        def apply(record_batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+            for record_batch in record_batches:
+                for payload in record_batch.column("payload").to_pylist():
+                    result = function(decode_batch(payload, source))
+                    yield pa.RecordBatch.from_pydict(
+                        {"n_rows": [result.n_rows], "payload": [encode_batch(result, modalities)]})
+
+        derived.payload = self.payload.mapInArrow(apply, PAYLOAD_SCHEMA).persist(
+            StorageLevel.MEMORY_AND_DISK)
+        return derived
 
     def sample(self, max_rows: int, seed: int) -> Batch:
         """About ``max_rows`` rows drawn uniformly (all rows, in order, when there are fewer)."""

@@ -10,17 +10,12 @@ driver holds one vector per partition, never per row.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from typing import TYPE_CHECKING
-
-import numpy as np
-import pyarrow as pa
 
 from mmgmm_spark.core.em import IterationCallback
 from mmgmm_spark.core.params import MixtureParams
 from mmgmm_spark.core.stats import SufficientStats, accumulate_stats
-from mmgmm_spark.spark.arrow import decode_batch
-from mmgmm_spark.spark.data import CachedBlocks, translated_errors
+from mmgmm_spark.spark.data import CachedBlocks
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
@@ -45,44 +40,25 @@ class SparkStatsPass:
 
     def __call__(self, params: MixtureParams) -> SufficientStats:
         self.passes += 1
-        with translated_errors():
-            if self.data.rdd is not None:
-                return self._rdd_pass(params)
-            return self._dataframe_pass(params)
-
-    def _rdd_pass(self, params: MixtureParams) -> SufficientStats:
+        modalities, k = self.data.modalities, self.n_components
+        codec = (lambda stats: (stats.to_vector(),),
+                 lambda arrays: SufficientStats.from_vector(arrays[0], modalities, k))
+        zero = SufficientStats.zero(modalities, k)
+        if self.data.rdd is None:    # Spark Connect: the parameters travel in the closure
+            return self.data.aggregate(
+                lambda batch: accumulate_stats(batch, params, modalities),
+                SufficientStats.merge, zero, codec, self.tree_depth)
         context = self.data.rdd.context
         context.setJobGroup(JOB_GROUP, f"mmgmm-spark EM pass {self.passes}")
-        modalities = self.data.modalities
-        zero = SufficientStats.zero(modalities, self.n_components)
         broadcast = context.broadcast(params)
         try:
-            return self.data.rdd.map(
-                lambda batch: accumulate_stats(batch, broadcast.value, modalities)
-            ).treeAggregate(zero, SufficientStats.merge, SufficientStats.merge,
-                            depth=self.tree_depth)
+            return self.data.aggregate(
+                lambda batch: accumulate_stats(batch, broadcast.value, modalities),
+                SufficientStats.merge, zero, codec, self.tree_depth)
         finally:
             broadcast.destroy()
             context.setLocalProperty("spark.jobGroup.id", None)
             context.setJobDescription(None)
-
-    def _dataframe_pass(self, params: MixtureParams) -> SufficientStats:
-        modalities = self.data.modalities
-        k = self.n_components
-
-        def partition_stats(record_batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-            total = SufficientStats.zero(modalities, k)
-            for record_batch in record_batches:
-                for payload in record_batch.column("payload").to_pylist():
-                    total = total.merge(
-                        accumulate_stats(decode_batch(payload, modalities), params, modalities))
-            yield pa.RecordBatch.from_pydict({"stats": [total.to_vector().tolist()]})
-
-        rows = self.data.payload.mapInArrow(partition_stats, "stats array<double>").collect()
-        total = SufficientStats.zero(modalities, k)
-        for row in rows:
-            total = total.merge(SufficientStats.from_vector(np.asarray(row.stats), modalities, k))
-        return total
 
 
 def fit_cached(model: MultimodalGaussianMixture, data: CachedBlocks, *,

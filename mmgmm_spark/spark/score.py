@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import io
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -29,10 +28,12 @@ from mmgmm_spark.core.batch import Batch
 from mmgmm_spark.core.densities import normalise_log_prob, weighted_log_prob
 from mmgmm_spark.core.em import IterationCallback
 from mmgmm_spark.detector import AnomalyDetector
+from mmgmm_spark.fusion import FusionModel
 from mmgmm_spark.model import MultimodalGaussianMixture
-from mmgmm_spark.spark.arrow import batch_from_arrow, decode_batch
+from mmgmm_spark.spark.arrow import batch_from_arrow, decode_arrays, decode_batch, encode_arrays
 from mmgmm_spark.spark.data import CachedBlocks, _features_column, translated_errors
 from mmgmm_spark.spark.fit import fit_cached
+from mmgmm_spark.spark.tasks import spark_task
 
 Stats = tuple[np.ndarray, ...]
 RUN_COLUMN = "scoring_run_id"
@@ -57,21 +58,12 @@ class TrainingScores:
     passes: int
 
 
-def anomaly_scores(model: MultimodalGaussianMixture, batch: Batch) -> np.ndarray:
-    """(n,) negative log-likelihood of the rows of ``batch``."""
+def anomaly_scores(model: MultimodalGaussianMixture | FusionModel, batch: Batch) -> np.ndarray:
+    """(n,) negative log-likelihood of the rows of ``batch`` (preprocessing included)."""
+    if isinstance(model, FusionModel):
+        return -model.batch_columns(batch)["log_likelihood"]
     log_likelihood, _ = normalise_log_prob(weighted_log_prob(batch, model.params, model.modalities))
     return -log_likelihood
-
-
-def _encode(stats: Stats) -> bytes:
-    buffer = io.BytesIO()
-    np.savez(buffer, *stats)
-    return buffer.getvalue()
-
-
-def _decode(payload: bytes) -> Stats:
-    with np.load(io.BytesIO(payload), allow_pickle=False) as arrays:
-        return tuple(arrays[f"arr_{i}"] for i in range(len(arrays.files)))
 
 
 class _ScoreReducer:
@@ -86,7 +78,8 @@ class _ScoreReducer:
         self.passes = 0
         self.scores = None
         if data.rdd is not None:
-            self.scores = data.rdd.map(lambda batch: anomaly_scores(model, batch))
+            self.scores = data.rdd.mapPartitions(spark_task(
+                lambda batches: (anomaly_scores(model, batch) for batch in batches)))
             self.scores.persist(StorageLevel.MEMORY_AND_DISK)
         self.model = model
 
@@ -102,6 +95,7 @@ class _ScoreReducer:
                           merge: Callable[[Stats, Stats], Stats]) -> Stats:
         model, modalities = self.model, self.data.modalities
 
+        @spark_task
         def partition(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
             total = None
             for record_batch in batches:
@@ -109,10 +103,10 @@ class _ScoreReducer:
                     stats = function(anomaly_scores(model, decode_batch(payload, modalities)))
                     total = stats if total is None else merge(total, stats)
             if total is not None:
-                yield pa.RecordBatch.from_pydict({"stats": [_encode(total)]})
+                yield pa.RecordBatch.from_pydict({"stats": [encode_arrays(total)]})
 
         rows = self.data.payload.mapInArrow(partition, "stats binary").collect()
-        results = [_decode(row.stats) for row in rows]
+        results = [decode_arrays(row.stats) for row in rows]
         total = results[0]
         for stats in results[1:]:
             total = merge(total, stats)
@@ -179,13 +173,13 @@ def _lerp(a: float, b: float, t: float) -> float:
     return b - difference * (1 - t) if t >= 0.5 else a + difference * t
 
 
-def training_threshold(model: MultimodalGaussianMixture, data: CachedBlocks,
+def training_threshold(model: MultimodalGaussianMixture | FusionModel, data: CachedBlocks,
                        contamination: float, *, bins: int = 1024,
                        max_collect: int = 100_000) -> TrainingScores:
     """Exact (1 - contamination) quantile of the anomaly scores of all cached rows.
 
     Args:
-        model: the fitted mixture.
+        model: the fitted mixture, or a fitted :class:`FusionModel`.
         data: the cached training blocks (not unpersisted here).
         contamination: in (0, 0.5).
         bins: counts per histogram pass (each pass divides the candidate range by about this).
@@ -245,11 +239,10 @@ def score_schema(detector: AnomalyDetector, id_field: T.StructField,
 
 
 def _responsibility_column(detector: AnomalyDetector, batch: Batch) -> pa.ListArray:
-    model = detector.model
-    _, log_resp = normalise_log_prob(weighted_log_prob(batch, model.params, model.modalities))
-    n, k = log_resp.shape
+    resp = detector.responsibilities(batch)
+    n, k = resp.shape
     offsets = pa.array(np.arange(0, n * k + 1, k, dtype=np.int32))
-    return pa.ListArray.from_arrays(offsets, pa.array(np.exp(log_resp).ravel()))
+    return pa.ListArray.from_arrays(offsets, pa.array(resp.ravel()))
 
 
 def score_dataframe(df: DataFrame, detector: AnomalyDetector, *, id_column: str = "id",
@@ -266,6 +259,7 @@ def score_dataframe(df: DataFrame, detector: AnomalyDetector, *, id_column: str 
     arrow_schema = pa.schema([pa.field(f.name, _arrow_type(f.dataType)) for f in schema.fields])
     names = detector.output_columns()
 
+    @spark_task
     def score_partition(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for record_batch in batches:
             if record_batch.num_rows == 0:

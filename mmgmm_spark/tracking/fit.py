@@ -35,6 +35,7 @@ from mmgmm_spark.checkpoint import (
 from mmgmm_spark.core.batch import Batch
 from mmgmm_spark.core.em import IterationReport
 from mmgmm_spark.detector import AnomalyDetector, modality_column
+from mmgmm_spark.fusion import Preprocessing
 from mmgmm_spark.model import MultimodalGaussianMixture, _is_spark_dataframe
 from mmgmm_spark.reliability import (
     ModelNotLoggedError,
@@ -179,57 +180,83 @@ class FitRun:
 @dataclass
 class _Trained:
     detector: AnomalyDetector
+    mixture: MultimodalGaussianMixture  # the detector's model, or the mixture inside it
     n_rows: int
     mean_log_likelihood: float
-    sample: Batch  # rows for plots and the input example
+    sample: Batch  # input rows for plots and the input example
     data_path: str
+    n_parameters: int  # of the mixture and any preprocessing, for BIC/AIC
 
 
 def _fit_in_memory(model: MultimodalGaussianMixture, data: Mapping[str, np.ndarray],
                    contamination: float, logger: MetricLogger,
-                   checkpointer: Checkpointer | None = None,
-                   resume: Checkpoint | None = None) -> _Trained:
+                   checkpointer: Checkpointer | None = None, resume: Checkpoint | None = None,
+                   preprocessing: Preprocessing | None = None) -> _Trained:
+    mixture_data = data if preprocessing is None else preprocessing.transform_arrays(data)
     if checkpointer is None:
-        model.fit(data, on_iteration=logger)
+        model.fit(mixture_data, on_iteration=logger)
     else:
-        fit_with_checkpoints(model, data, checkpointer, resume=resume, on_iteration=logger)
-    batch = model._batch(data)
-    scores = -model.score_samples(data)
-    detector = AnomalyDetector(model, contamination)
+        fit_with_checkpoints(model, mixture_data, checkpointer, resume=resume,
+                             on_iteration=logger)
+    fitted = model if preprocessing is None else preprocessing.model(model, len(
+        next(iter(data.values()))))
+    batch = fitted._batch(data)
+    scores = -fitted.score_samples(data)
+    detector = AnomalyDetector(fitted, contamination)
     detector.set_threshold(scores)
     if batch.n_rows > PLOT_ROWS:
         batch = batch.take(np.random.default_rng(0).choice(batch.n_rows, PLOT_ROWS, False))
-    return _Trained(detector, len(scores), float(-scores.mean()), batch, "in-memory")
+    return _Trained(detector, model, len(scores), float(-scores.mean()), batch, "in-memory",
+                    _n_parameters(model, preprocessing))
+
+
+def _n_parameters(model: MultimodalGaussianMixture, preprocessing: Preprocessing | None) -> int:
+    return model.n_parameters() + (0 if preprocessing is None else preprocessing.n_parameters())
 
 
 def _fit_on_spark(model: MultimodalGaussianMixture, data: Any, contamination: float,
                   logger: MetricLogger, spark_options: dict[str, Any],
-                  checkpointer: Checkpointer | None = None,
-                  resume: Checkpoint | None = None) -> _Trained:
-    from mmgmm_spark.spark.data import CachedBlocks
-    from mmgmm_spark.spark.score import fit_detector
+                  checkpointer: Checkpointer | None = None, resume: Checkpoint | None = None,
+                  preprocessing: Preprocessing | None = None) -> _Trained:
+    """Cache the input rows (unless given cached), fit, threshold, sample, unpersist.
 
+    With ``preprocessing`` the mixture is fitted on a second cache of the transformed rows
+    and the threshold is taken over the input rows' log-density (preprocessing included).
+    """
+    from mmgmm_spark.spark.data import CachedBlocks
+    from mmgmm_spark.spark.fit import fit_cached
+    from mmgmm_spark.spark.score import training_threshold
+
+    inputs = model.modalities if preprocessing is None else preprocessing.modalities
     owned = not isinstance(data, CachedBlocks)
     cache_keys = ("source", "rows_per_block", "use_rdd")
     cached = data if not owned else CachedBlocks(
-        data, model.modalities, spark_options.get("source", "DataFrame"),
+        data, tuple(inputs), spark_options.get("source", "DataFrame"),
         spark_options.get("rows_per_block", 65_536), spark_options.get("use_rdd"))
     fit_options = {k: v for k, v in spark_options.items() if k not in cache_keys}
     if checkpointer is not None:
         fit_options |= {"checkpointer": checkpointer, "resume": resume}
+    transformed = None
     try:
-        detector, scores = fit_detector(model, cached, contamination, on_iteration=logger,
-                                        **fit_options)
+        if preprocessing is not None:
+            transformed = cached.mapped(preprocessing.transform, tuple(model.modalities))
+        fit_cached(model, transformed or cached, on_iteration=logger, **fit_options)
+        fitted = model if preprocessing is None else preprocessing.model(model, cached.n_rows)
+        scores = training_threshold(fitted, cached, contamination)
         sample = cached.sample(PLOT_ROWS, seed=0)
     finally:
+        if transformed is not None:
+            transformed.unpersist()
         if owned:
             cached.unpersist()
-    return _Trained(detector, scores.n_rows, scores.mean_log_likelihood, sample, "spark")
+    detector = AnomalyDetector(fitted, contamination, scores.threshold)
+    return _Trained(detector, model, scores.n_rows, scores.mean_log_likelihood, sample, "spark",
+                    _n_parameters(model, preprocessing))
 
 
-def _log_plots(detector: AnomalyDetector, sample: Batch) -> None:
-    model = detector.model
-    columns = detector.score_batch(sample)
+def _log_plots(trained: _Trained) -> None:
+    detector, model = trained.detector, trained.mixture
+    columns = detector.score_batch(trained.sample)
     figures = {
         "plots/convergence.png": plots.convergence_curve(model.lower_bounds_),
         "plots/component_weights.png": plots.component_weights(model.weights_),
@@ -237,7 +264,7 @@ def _log_plots(detector: AnomalyDetector, sample: Batch) -> None:
                                                            detector.threshold),
         "plots/top_anomalies_by_modality.png": plots.modality_contributions(
             columns["anomaly_score"],
-            {m.name: columns[modality_column(m.name)] for m in model.modalities}),
+            {m.name: columns[modality_column(m.name)] for m in detector.modalities}),
     }
     for path, figure in figures.items():
         mlflow.log_figure(figure, path)
@@ -246,15 +273,15 @@ def _log_plots(detector: AnomalyDetector, sample: Batch) -> None:
 
 def final_metrics(trained: _Trained) -> dict[str, float]:
     """Lower bound, final mean log-likelihood, BIC, AIC, iterations, convergence, weights."""
-    model = trained.detector.model
+    model = trained.mixture
     return {
         "lower_bound": float(model.lower_bound_),
         "final_mean_log_likelihood": trained.mean_log_likelihood,
-        **information_criteria(trained.mean_log_likelihood, trained.n_rows, model.n_parameters()),
+        **information_criteria(trained.mean_log_likelihood, trained.n_rows, trained.n_parameters),
         "n_iter": float(model.n_iter_), "converged": float(model.converged_),
         "min_component_weight": float(model.weights_.min()),
         "n_collapsed_components": float(len(model.collapsed_components_)),
-        "n_parameters": float(model.n_parameters()),
+        "n_parameters": float(trained.n_parameters),
         "threshold": float(trained.detector.threshold),
     }
 
@@ -361,7 +388,7 @@ def _finish(config: TrackingConfig, trained: _Trained, logger: MetricLogger,
                                                "data_path": trained.data_path}),
                     retry, "Logging run parameters")
     call_with_retry(lambda: mlflow.log_metrics(metrics), retry, "Logging final metrics")
-    call_with_retry(lambda: _log_plots(trained.detector, trained.sample), retry, "Logging plots")
+    call_with_retry(lambda: _log_plots(trained), retry, "Logging plots")
     result = FitRun(run_id, trained.detector, metrics)
     if log_model:
         result.model_uri, result.model_version, result.decision = call_with_retry(
@@ -376,7 +403,8 @@ def tracked_fit(model: MultimodalGaussianMixture, data: Any, *, contamination: f
                 holdout: Mapping[str, np.ndarray] | None = None, run_name: str | None = None,
                 log_model: bool = True, nested: bool = False,
                 checkpoint_dir: str | None = None, resume_run_id: str | None = None,
-                retry: RetryPolicy | None = None, **spark_options: Any) -> FitRun:
+                retry: RetryPolicy | None = None, preprocessing: Preprocessing | None = None,
+                **spark_options: Any) -> FitRun:
     """Fit ``model`` as one MLflow run and (optionally) log and register the detector.
 
     Args:
@@ -398,6 +426,9 @@ def tracked_fit(model: MultimodalGaussianMixture, data: Any, *, contamination: f
         retry: backoff for logging after the fit (default :class:`RetryPolicy`). If logging
             still fails, the detector is saved under ``<work_dir>/unlogged/`` and
             :class:`mmgmm_spark.reliability.ModelNotLoggedError` names the directory.
+        preprocessing: fitted per-modality preprocessing (:class:`Preprocessing`): ``data``
+            holds the input rows, ``model`` is the mixture of the transformed rows
+            (:meth:`Preprocessing.mixture_modalities`), and the logged detector applies both.
         spark_options: ``source``, ``rows_per_block``, ``use_rdd``, ``tree_depth``,
             ``init_sample_rows`` for the Spark path.
     """
@@ -411,7 +442,8 @@ def tracked_fit(model: MultimodalGaussianMixture, data: Any, *, contamination: f
                                               resume_run_id)
         if resume is None:  # a resumed run has them (the checkpoint checked the model's)
             params, tags = table_params(table_versions or {})
-            params = {**model_params(model, contamination), **params}
+            params = {**model_params(model, contamination), **params,
+                      **(preprocessing.params() if preprocessing is not None else {})}
             call_with_retry(lambda: (mlflow.log_params(params), mlflow.set_tags(tags)), retry,
                             "Logging run parameters")
         logger = MetricLogger(client, run_id, model.n_init)
@@ -419,9 +451,10 @@ def tracked_fit(model: MultimodalGaussianMixture, data: Any, *, contamination: f
             logger.resume(resume.progress.restart)
         if _is_spark_dataframe(data) or type(data).__name__ == "CachedBlocks":
             trained = _fit_on_spark(model, data, contamination, logger, spark_options,
-                                    checkpointer, resume)
+                                    checkpointer, resume, preprocessing)
         else:
-            trained = _fit_in_memory(model, data, contamination, logger, checkpointer, resume)
+            trained = _fit_in_memory(model, data, contamination, logger, checkpointer, resume,
+                                     preprocessing)
         try:
             result = _finish(config, trained, logger, holdout, run_id, log_model, retry)
         except Exception as error:
