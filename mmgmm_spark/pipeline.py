@@ -153,9 +153,6 @@ def train(spark: SparkSession, config: AppConfig, resume_run_id: str | None = No
     if sweep is not None and resume_run_id is not None:
         raise ConfigError("--resume works for a single fit; remove model.sweep (or run the "
                           "sweep again without --resume).")
-    if sweep is not None and config.preprocessing.enabled:
-        raise ConfigError("model.sweep with preprocessing is not supported yet: set "
-                          "model.n_components (or remove the preprocessing section).")
     if resume_run_id is not None:
         config = pinned_to_run(config, resume_run_id)
     features = read_features(spark, config)
@@ -166,11 +163,6 @@ def train(spark: SparkSession, config: AppConfig, resume_run_id: str | None = No
                      "source": ", ".join(m.table for m in config.data.modalities)}
     common = {"contamination": config.scoring.contamination, "config": tracking_config(config),
               "table_versions": features.versions, "holdout": holdout}
-    if sweep is not None:
-        result = select_model(training, features.modalities, sweep.n_components,
-                              covariance_types=sweep.covariance_types or None,
-                              model_options=_model_options(config), **common, **spark_options)
-        return result.best_fit
     data, preprocessing = training, None
     if config.preprocessing.enabled:   # fitted on the cached input rows, cached again inside
         data = CachedBlocks(training, tuple(features.modalities), spark_options["source"])
@@ -179,6 +171,11 @@ def train(spark: SparkSession, config: AppConfig, resume_run_id: str | None = No
             preprocessing = fit_preprocessing(data, fusion_config(config),
                                               spark_options["source"], config.model.tree_depth)
             _log_preprocessing(preprocessing)
+        if sweep is not None:
+            return select_model(data, features.modalities, sweep.n_components,
+                                covariance_types=sweep.covariance_types or None,
+                                model_options=_model_options(config),
+                                preprocessing=preprocessing, **common, **spark_options).best_fit
         modalities = (features.modalities if preprocessing is None
                       else preprocessing.mixture_modalities())
         model = MultimodalGaussianMixture(modalities, config.model.n_components,

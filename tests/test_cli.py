@@ -287,6 +287,11 @@ def test_train_and_score_with_preprocessing(ingested: Workspace, capsys) -> None
     np.testing.assert_allclose(rows["log_likelihood"], expected, rtol=1e-9)
     assert rows.loc[ws.ids[3::10], "b_log_likelihood"].isna().all()
 
+    swept = cli(capsys, "train", "--config", ws.config, *overrides,
+                "--set", "model.sweep.n_components=[1, 2]")
+    assert swept.code == 0, swept.err
+    assert re.search(r"registered version 2", swept.out), swept.out
+
 
 def test_evaluate_with_labels(trained: Workspace, capsys) -> None:
     ws = trained

@@ -16,7 +16,7 @@ from mmgmm_spark.spark.arrow import arrow_table
 from mmgmm_spark.spark.data import CachedBlocks
 from mmgmm_spark.spark.preprocess import fit_preprocessing, modality_moments
 from mmgmm_spark.synthetic import generate
-from mmgmm_spark.tracking import TrackingConfig, tracked_fit
+from mmgmm_spark.tracking import TrackingConfig, select_model, tracked_fit
 
 pytestmark = pytest.mark.spark
 
@@ -122,3 +122,24 @@ def test_tracked_spark_fit_with_preprocessing_equals_in_memory_and_closed_form(
     assert spark_fit.metrics["final_mean_log_likelihood"] == pytest.approx(expected.mean(),
                                                                            rel=1e-9)
     assert spark.sparkContext._jsc.sc().getPersistentRDDs().size() == 0
+
+
+def test_bic_sweep_with_preprocessing_scores_input_rows(spark, data, tracking, monkeypatch):
+    """Every candidate's BIC is that of the input rows' density (closed form), lowest wins."""
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    cached = CachedBlocks(spark.createDataFrame(arrow_table(data)), MODALITIES, "test rows")
+    try:
+        preprocessing = fit_preprocessing(cached, FusionConfig(projection=None, standardise=True),
+                                          "test rows")
+        result = select_model(cached, MODALITIES, [1, 3], config=tracking, register=False,
+                              preprocessing=preprocessing,
+                              model_options={"max_iter": 30, "random_state": 0})
+    finally:
+        cached.unpersist()
+    fused = result.best_fit.detector.model
+    n = len(data["wide"])
+    expected_bic = (-2 * _reference_log_density(fused, data).sum()
+                    + fused.mixtures_["joint"].n_parameters() * np.log(n))
+    assert result.best.bic == pytest.approx(expected_bic, rel=1e-9)
+    assert result.best.bic == min(c.bic for c in result.candidates)
+    assert result.best.n_components == 3

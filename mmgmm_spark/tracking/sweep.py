@@ -12,6 +12,7 @@ import mlflow
 import numpy as np
 
 from mmgmm_spark.core.modality import Modality
+from mmgmm_spark.fusion import Preprocessing
 from mmgmm_spark.model import MultimodalGaussianMixture, _is_spark_dataframe
 from mmgmm_spark.tracking import plots
 from mmgmm_spark.tracking.config import TrackingConfig, tracking
@@ -60,7 +61,7 @@ def select_model(data: Any, modalities: Sequence[Modality], n_components: Sequen
                  table_versions: Mapping[str, Any] | None = None,
                  holdout: Mapping[str, np.ndarray] | None = None, register: bool = True,
                  run_name: str = "model-selection", model_options: Mapping[str, Any] | None = None,
-                 **spark_options: Any) -> SweepResult:
+                 preprocessing: Preprocessing | None = None, **spark_options: Any) -> SweepResult:
     """Fit every (K, covariance configuration) and keep the lowest BIC.
 
     Args:
@@ -73,6 +74,8 @@ def select_model(data: Any, modalities: Sequence[Modality], n_components: Sequen
             n_init, random_state...), shared by every candidate.
         register: log the winner's detector on the parent run, register it and run the
             champion check (see :func:`tracked_fit`).
+        preprocessing: fitted preprocessing in front of every candidate (see
+            :func:`tracked_fit`); ``modalities`` are then the input modalities.
     """
     config = config or TrackingConfig()
     configurations = [dict(c) for c in (covariance_types or [{}])]
@@ -93,14 +96,17 @@ def select_model(data: Any, modalities: Sequence[Modality], n_components: Sequen
                                "sweep.n_configurations": len(configurations), **params})
             mlflow.set_tags(tags)
             candidates, fits = [], []
+            mixture_modalities = (modalities if preprocessing is None
+                                  else preprocessing.mixture_modalities())
             for covariances in configurations:
-                mods = _with_covariances(modalities, covariances)
+                mods = _with_covariances(mixture_modalities, covariances)
                 resolved = {m.name: m.covariance_type for m in mods}
                 for k in n_components:
                     model = MultimodalGaussianMixture(mods, k, **options)
                     fit = tracked_fit(model, data, contamination=contamination, config=config,
                                       table_versions=table_versions, log_model=False,
-                                      nested=True, run_name=f"K={k} {resolved}", **spark_options)
+                                      nested=True, run_name=f"K={k} {resolved}",
+                                      preprocessing=preprocessing, **spark_options)
                     candidates.append(Candidate(k, resolved, fit.metrics["bic"], fit.run_id))
                     fits.append(fit)
             index = int(np.argmin([c.bic for c in candidates]))
