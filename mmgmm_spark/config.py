@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -103,18 +103,26 @@ class PreprocessingConfig(Section):
     """Per-modality preprocessing fitted on the training rows and stored in the model.
 
     ``standardise``: centre and scale every feature. ``projection``: PCA to q dimensions per
-    modality (an int, capped at the modality's width; "auto": keep every dimension when there
-    are at least ``rows_per_dim`` rows per dimension, else the fewest components explaining
-    ``variance``); null: none. The discarded directions stay in the density as isotropic
-    noise (``residual``) so reconstruction error counts in the anomaly score.
+    modality (an int, capped at the modality's width; "auto": all principal components when
+    there are at least ``rows_per_dim`` rows per dimension, else the fewest explaining
+    ``variance``); null: none. The discarded directions always stay in the density as
+    isotropic noise, so reconstruction error counts in the anomaly score and log-likelihoods
+    (hence the champion check) stay comparable across settings.
     """
 
     standardise: bool = False
-    projection: Annotated[int, Field(ge=1)] | Literal["auto"] | None = None
+    projection: int | str | None = None
     whiten: bool = True
-    residual: bool = True
     variance: float = Field(0.95, gt=0, le=1)
     rows_per_dim: int = Field(10, ge=1)
+
+    @field_validator("projection", mode="before")
+    @classmethod
+    def _projection(cls, value: Any) -> Any:
+        if value is None or value == "auto" or (
+                isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+            return value
+        raise ValueError(f"must be an integer >= 1, 'auto' or null, got {value!r}")
 
     @property
     def enabled(self) -> bool:

@@ -39,6 +39,7 @@ cluster                      most probable component          most probable comp
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -564,23 +565,32 @@ class Preprocessing:
         return sum(p.n_parameters() for p in self.preprocessors.values())
 
     def params(self) -> dict[str, Any]:
-        """What to log with the fit: the settings and each modality's input/output width."""
-        c = self.config
-        out: dict[str, Any] = {"preprocessing.standardise": c.standardise,
-                               "preprocessing.projection": c.projection,
-                               "preprocessing.whiten": c.whiten,
-                               "preprocessing.residual": c.residual}
+        """What to log with the fit: the settings and each modality's input width (the
+        mixture's ``modality.<name>.dim`` is its width after preprocessing)."""
+        out = preprocessing_params(self.config)
         for m in self.modalities:
             out[f"modality.{m.name}.input_dim"] = m.dim
         return out
 
     def model(self, mixture: MultimodalGaussianMixture, n_train_rows: int) -> FusionModel:
         """The fitted :class:`FusionModel` of these preprocessors and ``mixture``."""
-        fused = FusionModel(list(self.modalities), self.config)
+        config = dataclasses.replace(
+            self.config, n_components=(mixture.n_components,),
+            covariance_types=tuple(dict.fromkeys(m.covariance_type for m in mixture.modalities)))
+        fused = FusionModel(list(self.modalities), config)
         fused.preprocessors_ = dict(self.preprocessors)
         fused.mixtures_ = {JOINT: mixture}
         fused.n_train_rows_ = int(n_train_rows)
         return fused
+
+
+PREPROCESSING_PREFIX = "preprocessing."
+
+
+def preprocessing_params(config: FusionConfig) -> dict[str, Any]:
+    """The preprocessing settings of ``config`` as run parameters (``preprocessing.*``)."""
+    keys = ("standardise", "projection", "whiten", "residual", "variance", "rows_per_dim")
+    return {PREPROCESSING_PREFIX + key: getattr(config, key) for key in keys}
 
 
 def _capped(q: int | str | None, width: int) -> int | str | None:

@@ -20,7 +20,12 @@ from mmgmm_spark.config import AppConfig, ConfigError
 from mmgmm_spark.core.batch import DataValidationError
 from mmgmm_spark.core.modality import Modality
 from mmgmm_spark.evaluation import evaluate_scores, log_evaluation
-from mmgmm_spark.fusion import FusionConfig, Preprocessing
+from mmgmm_spark.fusion import (
+    PREPROCESSING_PREFIX,
+    FusionConfig,
+    Preprocessing,
+    preprocessing_params,
+)
 from mmgmm_spark.model import MultimodalGaussianMixture
 from mmgmm_spark.reliability import RetryPolicy
 from mmgmm_spark.spark.arrow import batch_from_arrow
@@ -109,7 +114,7 @@ def fusion_config(config: AppConfig) -> FusionConfig:
         strategy="joint", n_components=(m.n_components,),
         covariance_types=tuple(sorted({x.covariance_type for x in config.data.modalities})),
         projection=p.projection, standardise=p.standardise, whiten=p.whiten,
-        residual=p.residual, variance=p.variance, rows_per_dim=p.rows_per_dim,
+        variance=p.variance, rows_per_dim=p.rows_per_dim, min_weight=0.0,
         reg_covar=m.reg_covar, max_iter=m.max_iter, tol=m.tol, n_init=m.n_init,
         init_params=m.init_params, random_state=m.seed)
 
@@ -134,7 +139,14 @@ def pinned_to_run(config: AppConfig, run_id: str) -> AppConfig:
                 f"run {run_id} read version {logged['version']}; a resumed fit must read the "
                 "same data.")
         modality["version"] = logged["version"]
-    return AppConfig.model_validate(document)
+    pinned = AppConfig.model_validate(document)
+    used = {k: v for k, v in run.data.params.items() if k.startswith(PREPROCESSING_PREFIX)}
+    wanted = ({k: str(v) for k, v in preprocessing_params(fusion_config(pinned)).items()}
+              if pinned.preprocessing.enabled else {})
+    if used != wanted:
+        raise ConfigError(f"Run {run_id} was trained with preprocessing {used or 'none'}, the "
+                          f"config asks for {wanted or 'none'}; resume with the run's settings.")
+    return pinned
 
 
 def train(spark: SparkSession, config: AppConfig, resume_run_id: str | None = None,

@@ -28,7 +28,8 @@ settings = pipeline.tracking_config(config)
 with tracking(settings):
     model_name, model_version = resolve_registered(settings.client(), config.model_uri())
     detector = load_detector(f"models:/{model_name}/{model_version}")
-model = detector.model
+# a model trained with `preprocessing:` is a FusionModel around one joint mixture
+model = getattr(detector.model, "mixtures_", {"joint": detector.model})["joint"]
 print(f"{config.model_uri()} -> {model_name} version {model_version}: "
       f"K={len(model.weights_)}, threshold {detector.threshold:.3f}, "
       f"contamination {detector.contamination}")

@@ -270,6 +270,10 @@ def test_train_and_score_with_preprocessing(ingested: Workspace, capsys) -> None
                  "--set", f"scoring.output_table={table}"]
     trained = cli(capsys, "train", "--config", ws.config, *overrides)
     assert trained.code == 0, trained.err
+    run_id = re.search(r"run (\w+): registered", trained.out).group(1)
+    other = cli(capsys, "train", "--config", ws.config, *overrides,
+                "--set", "preprocessing.projection=1", "--resume", run_id)
+    assert_user_error(other, run_id, "preprocessing", "'preprocessing.projection': '1'")
     scored = cli(capsys, "score", "--config", ws.config, *overrides)
     assert scored.code == 0, scored.err
 
@@ -286,6 +290,11 @@ def test_train_and_score_with_preprocessing(ingested: Workspace, capsys) -> None
     rows = read_delta(table).set_index("id").loc[ws.ids]
     np.testing.assert_allclose(rows["log_likelihood"], expected, rtol=1e-9)
     assert rows.loc[ws.ids[3::10], "b_log_likelihood"].isna().all()
+
+    for bad in ("true", "0", "x"):
+        rejected = cli(capsys, "train", "--config", ws.config,
+                       "--set", f"preprocessing.projection={bad}")
+        assert_user_error(rejected, "preprocessing.projection", "'auto' or null")
 
     swept = cli(capsys, "train", "--config", ws.config, *overrides,
                 "--set", "model.sweep.n_components=[1, 2]")

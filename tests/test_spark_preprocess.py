@@ -143,3 +143,4 @@ def test_bic_sweep_with_preprocessing_scores_input_rows(spark, data, tracking, m
     assert result.best.bic == pytest.approx(expected_bic, rel=1e-9)
     assert result.best.bic == min(c.bic for c in result.candidates)
     assert result.best.n_components == 3
+    assert fused.config.n_components == (3,)          # the saved config names the chosen K

@@ -38,4 +38,6 @@ def fit_preprocessing(data: CachedBlocks, config: FusionConfig, source: str,
     try:
         return Preprocessing.from_moments(list(data.modalities), moments, config)
     except ValueError as error:
-        raise DataValidationError(f"{source}: {error}") from None
+        raise DataValidationError(
+            f"{source}: {error} Add training rows that observe it, drop the modality, or "
+            "remove the preprocessing section.") from None

@@ -93,7 +93,8 @@ def select_model(data: Any, modalities: Sequence[Modality], n_components: Sequen
                 experiment_id=experiment_id, run_name=run_name) as parent:
             params, tags = table_params(table_versions or {})
             mlflow.log_params({"sweep.n_components": ",".join(map(str, n_components)),
-                               "sweep.n_configurations": len(configurations), **params})
+                               "sweep.n_configurations": len(configurations), **params,
+                               **(preprocessing.params() if preprocessing is not None else {})})
             mlflow.set_tags(tags)
             candidates, fits = [], []
             mixture_modalities = (modalities if preprocessing is None
