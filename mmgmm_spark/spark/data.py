@@ -141,6 +141,14 @@ def invalid_row_counts(frame: DataFrame, modalities: tuple[Modality, ...]) -> di
     return {name: int(row[i]) for i, name in enumerate(checks) if row[i]}
 
 
+def payload_batches(record_batches: Iterator[pa.RecordBatch],
+                    modalities: tuple[Modality, ...]) -> Iterator[Batch]:
+    """The decoded batches of one partition of a cached payload DataFrame (DataFrame-only)."""
+    for record_batch in record_batches:
+        for payload in record_batch.column("payload").to_pylist():
+            yield decode_batch(payload, modalities)
+
+
 def _sampler(fraction: float, seed: int) -> Callable[[int, Batch], Batch]:
     def sample(index: int, batch: Batch) -> Batch:
         if fraction >= 1.0:
@@ -206,9 +214,8 @@ class CachedBlocks:
             from pyspark import TaskContext
 
             partition = TaskContext.get().partitionId()
-            payloads = (p for rb in record_batches for p in rb.column("payload").to_pylist())
-            for offset, payload in enumerate(payloads):
-                result = function(block_index(partition, offset), decode_batch(payload, modalities))
+            for offset, batch in enumerate(payload_batches(record_batches, modalities)):
+                result = function(block_index(partition, offset), batch)
                 yield pa.RecordBatch.from_pydict(
                     {"n_rows": [result.n_rows], "payload": [encode_batch(result, modalities)]})
 
@@ -234,9 +241,8 @@ class CachedBlocks:
         @spark_task
         def partition(record_batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
             total = zero
-            for record_batch in record_batches:
-                for payload in record_batch.column("payload").to_pylist():
-                    total = merge(total, function(decode_batch(payload, modalities)))
+            for batch in payload_batches(record_batches, modalities):
+                total = merge(total, function(batch))
             yield pa.RecordBatch.from_pydict({"result": [encode_arrays(to_arrays(total))]})
 
         with translated_errors():
@@ -259,11 +265,10 @@ class CachedBlocks:
 
         @spark_task
         def apply(record_batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-            for record_batch in record_batches:
-                for payload in record_batch.column("payload").to_pylist():
-                    result = function(decode_batch(payload, source))
-                    yield pa.RecordBatch.from_pydict(
-                        {"n_rows": [result.n_rows], "payload": [encode_batch(result, modalities)]})
+            for batch in payload_batches(record_batches, source):
+                result = function(batch)
+                yield pa.RecordBatch.from_pydict(
+                    {"n_rows": [result.n_rows], "payload": [encode_batch(result, modalities)]})
 
         derived.payload = self.payload.mapInArrow(apply, PAYLOAD_SCHEMA).persist(
             StorageLevel.MEMORY_AND_DISK)

@@ -30,8 +30,13 @@ from mmgmm_spark.core.em import IterationCallback
 from mmgmm_spark.detector import AnomalyDetector
 from mmgmm_spark.fusion import FusionModel
 from mmgmm_spark.model import MultimodalGaussianMixture
-from mmgmm_spark.spark.arrow import batch_from_arrow, decode_arrays, decode_batch, encode_arrays
-from mmgmm_spark.spark.data import CachedBlocks, _features_column, translated_errors
+from mmgmm_spark.spark.arrow import batch_from_arrow, decode_arrays, encode_arrays
+from mmgmm_spark.spark.data import (
+    CachedBlocks,
+    _features_column,
+    payload_batches,
+    translated_errors,
+)
 from mmgmm_spark.spark.fit import fit_cached
 from mmgmm_spark.spark.tasks import spark_task
 
@@ -98,10 +103,9 @@ class _ScoreReducer:
         @spark_task
         def partition(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
             total = None
-            for record_batch in batches:
-                for payload in record_batch.column("payload").to_pylist():
-                    stats = function(anomaly_scores(model, decode_batch(payload, modalities)))
-                    total = stats if total is None else merge(total, stats)
+            for batch in payload_batches(batches, modalities):
+                stats = function(anomaly_scores(model, batch))
+                total = stats if total is None else merge(total, stats)
             if total is not None:
                 yield pa.RecordBatch.from_pydict({"stats": [encode_arrays(total)]})
 
