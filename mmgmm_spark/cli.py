@@ -46,7 +46,8 @@ def cmd_demo(args: argparse.Namespace, config: AppConfig) -> int:
     tables = write_demo_tables(spark, config, labels_table, n_rows=args.rows, seed=args.seed)
     for name, write in tables.modalities.items():
         _step(f"  {name}: {write.table} (version {write.version})")
-    _step(f"Training K={config.model.n_components} on Spark, tracked in MLflow")
+    _step(f"Training K={config.model.n_components} ({config.model.fusion} fusion) on Spark, "
+          "tracked in MLflow")
     fit = pipeline.train(spark, config)
     _step(f"  run {fit.run_id}: model version {fit.model_version}, "
           f"{fit.decision.reason if fit.decision else 'not registered'}")
@@ -66,12 +67,13 @@ def print_demo_report(report, config: AppConfig, scores_table: str) -> None:
     print(f"AUROC {m['auroc']:.4f}   average precision {m['average_precision']:.4f}   "
           f"precision@threshold {m['precision_at_threshold']:.3f}   "
           f"recall@threshold {m['recall_at_threshold']:.3f}")
-    print("\nAUROC by anomaly kind     joint multimodal model   per-modality detector")
+    print(f"\nAUROC by anomaly kind     {config.model.fusion + ' multimodal model':>22s}   "
+          "per-modality detector")
     for kind, value in report.auroc_by_kind.items():
         print(f"  {kind:22s}  {value:22.4f}   "
               f"{report.per_modality_detector_auroc_by_kind[kind]:21.4f}")
-    print("  (cross_modal rows are normal in every modality alone: only the joint model "
-          "sees them)")
+    print("  (cross_modal rows are normal in every modality alone: a model of the modalities "
+          "together (joint, early) sees them)")
     print("\nTop anomalies (per-modality surprise = z-score of -log p(modality)):")
     print(report.top_anomalies.to_string(index=False))
     uri = config.tracking_uri()

@@ -44,14 +44,14 @@ import json
 import logging
 import os
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from itertools import product
 from typing import Any
 
 import numpy as np
 
-from mmgmm_spark.core.batch import Batch, batch_from_arrays
+from mmgmm_spark.core.batch import Batch, Block, batch_from_arrays
 from mmgmm_spark.core.densities import Centred, log_gaussian_density, logsumexp_rows
 from mmgmm_spark.core.modality import COVARIANCE_TYPES, Modality, check_modalities
 from mmgmm_spark.core.params import DegenerateComponentError, GaussianBlock
@@ -353,8 +353,18 @@ class FusionModel:
         """(n,) the fused log-likelihood (the negative is the anomaly score)."""
         return self.columns(data)["log_likelihood"]
 
+    def log_density(self, data: ArrayData) -> np.ndarray:
+        """(n,) log-density of the rows in input units: ``log_likelihood`` for ``joint`` and
+        ``early``; for ``late`` the sum over observed modalities of their own mixtures'
+        log-densities (the density of independent modalities, comparable across strategies)."""
+        columns = self.columns(data)
+        if self.strategy != "late":
+            return columns["log_likelihood"]
+        return np.nansum(np.stack([columns[m.name] for m in self.modalities], axis=1), axis=1)
+
     def score(self, data: ArrayData) -> float:
-        return float(self.score_samples(data).mean())
+        """Mean :meth:`log_density` of the rows (what the champion check compares)."""
+        return float(self.log_density(data).mean())
 
     def _projected(self, dense: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return {name: p.transform(dense[name]) for name, p in self.preprocessors_.items()}
@@ -513,18 +523,19 @@ class FusionModel:
 
 @dataclass(frozen=True)
 class Preprocessing:
-    """Preprocessing fitted in front of one ``joint`` mixture of fixed K (the Spark jobs' model).
+    """Preprocessing fitted in front of the mixture(s) of one strategy (the Spark jobs' model).
 
     :class:`FusionModel` selects K and the preprocessing by BIC in memory; on Spark the jobs
-    fit the preprocessing from distributed :class:`Moments`, then one mixture on the
-    transformed rows, and :meth:`model` assembles the same saved/scored :class:`FusionModel`.
+    fit the preprocessing from distributed :class:`Moments` (or take the identity), then the
+    mixture on the transformed rows, and :meth:`model` (``joint``, ``early``) or
+    :func:`late_model` assembles the same saved/scored :class:`FusionModel`.
 
     Attributes:
         modalities: the input modalities (raw widths; covariance type and weight are the
             mixture's).
         preprocessors: {modality: fitted :class:`ModalityPreprocessor`}.
-        config: strategy ``joint``; its standardise (True/False), projection and
-            preprocessing options were used, and it is saved with the model.
+        config: its strategy, standardise (True/False), projection and preprocessing options
+            were used; it is saved with the model.
     """
 
     modalities: tuple[Modality, ...]
@@ -535,9 +546,8 @@ class Preprocessing:
     def from_moments(cls, modalities: list[Modality], moments: Mapping[str, Moments],
                      config: FusionConfig) -> Preprocessing:
         """Fit every modality's preprocessor from the moments of its training rows."""
-        if config.strategy != "joint" or config.standardise == "auto":
-            raise ValueError("Preprocessing from moments needs strategy 'joint' and "
-                             "standardise true or false.")
+        if config.standardise == "auto":
+            raise ValueError("Preprocessing from moments needs standardise true or false.")
         preprocessors = {}
         for m in modalities:
             try:
@@ -548,43 +558,138 @@ class Preprocessing:
                 raise ValueError(f"Preprocessing of modality '{m.name}': {error}") from None
         return cls(tuple(modalities), preprocessors, config)
 
+    @classmethod
+    def identity(cls, modalities: list[Modality], config: FusionConfig) -> Preprocessing:
+        """No preprocessing (for ``early``/``late`` without standardisation or projection)."""
+        config = dataclasses.replace(config, standardise=False, projection=None)
+        return cls(tuple(modalities), {m.name: ModalityPreprocessor.identity(m.dim)
+                                       for m in modalities}, config)
+
+    @property
+    def strategy(self) -> str:
+        return self.config.strategy
+
     def mixture_modalities(self) -> list[Modality]:
-        """The mixture's modalities: each input modality at its transformed width."""
+        """The mixture's modalities: each input modality at its transformed width (``joint``),
+        or the one concatenated block (``early``, see :func:`early_covariance_type`)."""
+        if self.strategy == "early":
+            width = sum(p.output_dim for p in self.preprocessors.values())
+            return [Modality(EARLY, width, early_covariance_type(self.modalities))]
         return [Modality(m.name, self.preprocessors[m.name].output_dim, m.covariance_type,
                          m.weight) for m in self.modalities]
 
+    def for_modality(self, name: str) -> Preprocessing:
+        """The ``joint`` preprocessing of modality ``name`` alone (one mixture of ``late``)."""
+        modality = next(m for m in self.modalities if m.name == name)
+        return Preprocessing((dataclasses.replace(modality, weight=1.0),),
+                             {name: self.preprocessors[name]},
+                             dataclasses.replace(self.config, strategy="joint"))
+
     def transform(self, batch: Batch) -> Batch:
-        """Rows of input ``batch`` as the mixture sees them (missing stays missing)."""
-        return preprocess_batch(batch, self.preprocessors)
+        """Rows of input ``batch`` as the mixture sees them (missing stays missing; ``early``:
+        only the rows observing every modality, concatenated into one block)."""
+        transformed = preprocess_batch(batch, self.preprocessors)
+        if self.strategy == "early":
+            return concatenated(transformed, [m.name for m in self.modalities])
+        return transformed
 
     def transform_arrays(self, data: ArrayData) -> dict[str, np.ndarray]:
-        """{modality: (n, q)} from {modality: (n, d)} (NaN rows stay NaN)."""
-        return {name: p.transform(data[name]) for name, p in self.preprocessors.items()}
+        """{modality: (n, q)} from {modality: (n, d)} (NaN rows stay NaN; ``early``: the
+        complete rows as one (n_complete, sum q) block)."""
+        transformed = {name: p.transform(data[name]) for name, p in self.preprocessors.items()}
+        if self.strategy == "early":
+            complete = np.logical_and.reduce([~np.isnan(x).all(axis=1)
+                                              for x in transformed.values()])
+            return {EARLY: np.hstack([transformed[m.name][complete] for m in self.modalities])}
+        return transformed
 
     def n_parameters(self) -> int:
         return sum(p.n_parameters() for p in self.preprocessors.values())
 
     def params(self) -> dict[str, Any]:
-        """What to log with the fit: the settings and each modality's input width (the
-        mixture's ``modality.<name>.dim`` is its width after preprocessing)."""
-        out = preprocessing_params(self.config)
+        """What to log with the fit: the strategy, the settings and each modality's input
+        width (the mixture's ``modality.<name>.dim`` is its width after preprocessing)."""
+        out = {FUSION_PARAM: self.strategy, **preprocessing_params(self.config)}
         for m in self.modalities:
             out[f"modality.{m.name}.input_dim"] = m.dim
         return out
 
     def model(self, mixture: MultimodalGaussianMixture, n_train_rows: int) -> FusionModel:
-        """The fitted :class:`FusionModel` of these preprocessors and ``mixture``."""
-        config = dataclasses.replace(
-            self.config, n_components=(mixture.n_components,),
-            covariance_types=tuple(dict.fromkeys(m.covariance_type for m in mixture.modalities)))
-        fused = FusionModel(list(self.modalities), config)
+        """The fitted ``joint`` or ``early`` :class:`FusionModel` of these preprocessors and
+        ``mixture``."""
+        fused = FusionModel(list(self.modalities), _fitted_config(self.config, [mixture]))
         fused.preprocessors_ = dict(self.preprocessors)
-        fused.mixtures_ = {JOINT: mixture}
+        fused.mixtures_ = {EARLY if self.strategy == "early" else JOINT: mixture}
         fused.n_train_rows_ = int(n_train_rows)
         return fused
 
 
+@dataclass(frozen=True)
+class LatePart:
+    """One modality's fitted piece of a ``late`` model.
+
+    Attributes:
+        model: the ``joint`` :class:`FusionModel` of that modality alone.
+        mean, std: mean and (population) standard deviation of its log-likelihood over the
+            training rows observing the modality.
+    """
+
+    model: FusionModel
+    mean: float
+    std: float
+
+
+def late_model(preprocessing: Preprocessing, parts: Mapping[str, LatePart],
+               n_train_rows: int) -> FusionModel:
+    """The fitted ``late`` :class:`FusionModel` of one fitted part per modality."""
+    mixtures = {name: part.model.mixtures_[JOINT] for name, part in parts.items()}
+    fused = FusionModel(list(preprocessing.modalities),
+                        _fitted_config(preprocessing.config, list(mixtures.values())))
+    fused.preprocessors_ = {name: part.model.preprocessors_[name] for name, part in parts.items()}
+    fused.mixtures_ = mixtures
+    fused.late_stats_ = {name: (part.mean, max(part.std, 1e-12)) for name, part in parts.items()}
+    fused.n_train_rows_ = int(n_train_rows)
+    return fused
+
+
+def _fitted_config(config: FusionConfig,
+                   mixtures: list[MultimodalGaussianMixture]) -> FusionConfig:
+    """``config`` naming the K and covariance types the fitted ``mixtures`` have."""
+    return dataclasses.replace(
+        config, n_components=tuple(dict.fromkeys(m.n_components for m in mixtures)),
+        covariance_types=tuple(dict.fromkeys(x.covariance_type for m in mixtures
+                                             for x in m.modalities)))
+
+
+def early_covariance_type(modalities: tuple[Modality, ...] | list[Modality]) -> str:
+    """Covariance type of the ``early`` block: the modalities' type when they all have the
+    same, else ``full`` (the concatenated block of the scikit-learn approach)."""
+    types = {m.covariance_type for m in modalities}
+    return types.pop() if len(types) == 1 else "full"
+
+
+def concatenated(batch: Batch, names: list[str]) -> Batch:
+    """The rows of ``batch`` observing every modality, blocks ``names`` side by side as the
+    one ``early`` block."""
+    complete = batch.take(np.flatnonzero(batch.complete_rows()))
+    values = np.hstack([complete.blocks[name].values for name in names])
+    return Batch(complete.n_rows, {EARLY: Block(np.ones(complete.n_rows, dtype=bool), values)})
+
+
+def observing(name: str) -> Callable[[Batch], Batch]:
+    """A function keeping, of a batch, only block ``name`` and the rows observing it."""
+
+    def restrict(batch: Batch) -> Batch:
+        block = batch.blocks[name]
+        n_rows = block.values.shape[0]
+        return Batch(n_rows, {name: Block(np.ones(n_rows, dtype=bool), block.values)})
+
+    return restrict
+
+
 PREPROCESSING_PREFIX = "preprocessing."
+FUSION_PARAM = "fusion"
+"""Run parameter naming the strategy of a fit with a :class:`Preprocessing`."""
 
 
 def preprocessing_params(config: FusionConfig) -> dict[str, Any]:

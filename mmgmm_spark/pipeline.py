@@ -21,6 +21,7 @@ from mmgmm_spark.core.batch import DataValidationError
 from mmgmm_spark.core.modality import Modality
 from mmgmm_spark.evaluation import evaluate_scores, log_evaluation
 from mmgmm_spark.fusion import (
+    FUSION_PARAM,
     PREPROCESSING_PREFIX,
     FusionConfig,
     Preprocessing,
@@ -42,6 +43,7 @@ from mmgmm_spark.tracking import (
     tracked_fit,
 )
 from mmgmm_spark.tracking import tracking as tracking_context
+from mmgmm_spark.tracking.late import tracked_late_fit
 from mmgmm_spark.tracking.scoring import RegisteredDetector, load_registered
 
 log = logging.getLogger(__name__)
@@ -108,15 +110,22 @@ def _model_options(config: AppConfig) -> dict:
 
 
 def fusion_config(config: AppConfig) -> FusionConfig:
-    """The saved description of a preprocessed ``joint`` model built from ``config``."""
+    """The saved description of a preprocessed or ``early``/``late`` model built from
+    ``config``."""
     p, m = config.preprocessing, config.model
     return FusionConfig(
-        strategy="joint", n_components=(m.n_components,),
+        strategy=m.fusion, n_components=(m.n_components,),
         covariance_types=tuple(sorted({x.covariance_type for x in config.data.modalities})),
         projection=p.projection, standardise=p.standardise, whiten=p.whiten,
         variance=p.variance, rows_per_dim=p.rows_per_dim, min_weight=0.0,
         reg_covar=m.reg_covar, max_iter=m.max_iter, tol=m.tol, n_init=m.n_init,
         init_params=m.init_params, random_state=m.seed)
+
+
+def uses_preprocessing(config: AppConfig) -> bool:
+    """Whether the fit puts a :class:`Preprocessing` (and a fusion model) in front of the
+    mixture: with a ``preprocessing`` section, or a fusion other than ``joint``."""
+    return config.preprocessing.enabled or config.model.fusion != "joint"
 
 
 CHECKPOINT_DIR = "checkpoints"
@@ -140,9 +149,11 @@ def pinned_to_run(config: AppConfig, run_id: str) -> AppConfig:
                 "same data.")
         modality["version"] = logged["version"]
     pinned = AppConfig.model_validate(document)
-    used = {k: v for k, v in run.data.params.items() if k.startswith(PREPROCESSING_PREFIX)}
-    wanted = ({k: str(v) for k, v in preprocessing_params(fusion_config(pinned)).items()}
-              if pinned.preprocessing.enabled else {})
+    used = {k: v for k, v in run.data.params.items()
+            if k.startswith(PREPROCESSING_PREFIX) or k == FUSION_PARAM}
+    wanted = ({FUSION_PARAM: pinned.model.fusion,
+               **{k: str(v) for k, v in preprocessing_params(fusion_config(pinned)).items()}}
+              if uses_preprocessing(pinned) else {})
     if used != wanted:
         raise ConfigError(f"Run {run_id} was trained with preprocessing {used or 'none'}, the "
                           f"config asks for {wanted or 'none'}; resume with the run's settings.")
@@ -159,12 +170,17 @@ def train(spark: SparkSession, config: AppConfig, resume_run_id: str | None = No
     the Delta versions the run logged, and ends equal to an uninterrupted fit. Logging is
     retried per ``retry``; if it still fails the detector is saved under ``<work_dir>/unlogged``
     and :class:`mmgmm_spark.reliability.ModelNotLoggedError` says where. A sweep
-    (``model.sweep``) runs without checkpoints and cannot be resumed.
+    (``model.sweep``) runs without checkpoints and cannot be resumed. ``model.fusion`` early
+    fits one mixture of the concatenated modalities; late one mixture per modality, each a
+    nested run of one parent run (see :func:`mmgmm_spark.tracking.late.tracked_late_fit`).
     """
-    sweep = config.model.sweep
-    if sweep is not None and resume_run_id is not None:
-        raise ConfigError("--resume works for a single fit; remove model.sweep (or run the "
-                          "sweep again without --resume).")
+    sweep, strategy = config.model.sweep, config.model.fusion
+    if resume_run_id is not None and (sweep is not None or strategy == "late"):
+        raise ConfigError("--resume works for a single joint or early fit, not with "
+                          "model.sweep or model.fusion late: run the fit again without --resume.")
+    if sweep is not None and strategy == "late":
+        raise ConfigError("model.sweep selects one mixture by BIC: use it with model.fusion "
+                          "joint or early (late fits one mixture per modality).")
     if resume_run_id is not None:
         config = pinned_to_run(config, resume_run_id)
     features = read_features(spark, config)
@@ -176,13 +192,18 @@ def train(spark: SparkSession, config: AppConfig, resume_run_id: str | None = No
     common = {"contamination": config.scoring.contamination, "config": tracking_config(config),
               "table_versions": features.versions, "holdout": holdout}
     data, preprocessing = training, None
-    if config.preprocessing.enabled:   # fitted on the cached input rows, cached again inside
+    if uses_preprocessing(config):   # fitted on the cached input rows, cached again inside
         data = CachedBlocks(training, tuple(features.modalities), spark_options["source"])
     try:
-        if config.preprocessing.enabled:
-            preprocessing = fit_preprocessing(data, fusion_config(config),
-                                              spark_options["source"], config.model.tree_depth)
-            _log_preprocessing(preprocessing)
+        if uses_preprocessing(config):
+            preprocessing = _preprocessing(data, config, spark_options["source"])
+        if strategy == "late":
+            models = {m.name: MultimodalGaussianMixture(
+                preprocessing.for_modality(m.name).mixture_modalities(),
+                config.model.n_components, **_model_options(config))
+                for m in features.modalities}
+            return tracked_late_fit(models, data, preprocessing, retry=retry, **common,
+                                    **spark_options)
         if sweep is not None:
             return select_model(data, features.modalities, sweep.n_components,
                                 covariance_types=sweep.covariance_types or None,
@@ -200,11 +221,16 @@ def train(spark: SparkSession, config: AppConfig, resume_run_id: str | None = No
             data.unpersist()
 
 
-def _log_preprocessing(preprocessing: Preprocessing) -> None:
+def _preprocessing(data: CachedBlocks, config: AppConfig, source: str) -> Preprocessing:
+    """The configured preprocessing fitted on ``data`` (the identity when none is set)."""
+    if not config.preprocessing.enabled:
+        return Preprocessing.identity(list(data.modalities), fusion_config(config))
+    preprocessing = fit_preprocessing(data, fusion_config(config), source,
+                                      config.model.tree_depth)
     for m in preprocessing.modalities:
-        p = preprocessing.preprocessors[m.name]
         log.info("Preprocessing '%s': %d -> %d dimensions (standardised: %s)", m.name, m.dim,
-                 p.output_dim, preprocessing.config.standardise)
+                 preprocessing.preprocessors[m.name].output_dim, config.preprocessing.standardise)
+    return preprocessing
 
 
 def _describe_modalities(dims: dict[str, int]) -> str:
@@ -243,6 +269,11 @@ def score(spark: SparkSession, config: AppConfig, scoring_run_id: str | None = N
     """Score every entity with the configured model URI and write the Delta output table."""
     features = read_features(spark, config)
     registered = load_matching_model(config, features)
+    strategy = getattr(registered.detector.model, "strategy", "joint")
+    if config.scoring.include_responsibilities and strategy != "joint":
+        raise ConfigError(f"scoring.include_responsibilities: model {config.model_uri()} uses "
+                          f"'{strategy}' fusion, which has no single set of components; set "
+                          "it false.")
     try:
         return score_registered(
             spark, features.df, config.scoring.output_table, config.model_uri(),

@@ -161,6 +161,11 @@ class ModalityPreprocessor:
         return cls(mean, scale, components, kept, noise, whiten, residual, n,
                    all_explained_variance=eigenvalues)
 
+    @classmethod
+    def identity(cls, dim: int) -> ModalityPreprocessor:
+        """The preprocessor that changes nothing (no standardisation, no projection)."""
+        return cls(np.zeros(dim), np.ones(dim))
+
     # ------------------------------------------------------------------------ applying
     @property
     def input_dim(self) -> int:

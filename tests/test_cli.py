@@ -302,6 +302,59 @@ def test_train_and_score_with_preprocessing(ingested: Workspace, capsys) -> None
     assert re.search(r"registered version 2", swept.out), swept.out
 
 
+def test_train_and_score_with_late_and_early_fusion(ingested: Workspace, capsys) -> None:
+    """model.fusion late: one registered late model whose scores in the table equal what it
+    computes in memory; early with a covariance sweep of its concatenated block; the
+    combinations that cannot work are refused with the setting named."""
+    from mmgmm_spark.fusion import EARLY
+    from mmgmm_spark.tracking import TrackingConfig, load_detector, tracking
+
+    ws = ingested
+    name, table = "cli-late", ws.table("late_scores")
+    overrides = ["--set", "model.fusion=late", "--set", "model.n_components=1",
+                 "--set", f"tracking.registered_model={name}",
+                 "--set", f"scoring.output_table={table}"]
+    trained = cli(capsys, "train", "--config", ws.config, *overrides)
+    assert trained.code == 0, trained.err
+    run_id = re.search(r"run (\w+): registered", trained.out).group(1)
+    assert_user_error(cli(capsys, "train", "--config", ws.config, *overrides, "--resume", run_id),
+                      "--resume", "late")
+    assert_user_error(cli(capsys, "train", "--config", ws.config, *overrides,
+                          "--set", "model.sweep.n_components=[1, 2]"), "model.sweep", "late")
+    assert_user_error(cli(capsys, "score", "--config", ws.config, *overrides,
+                          "--set", "scoring.include_responsibilities=true"),
+                      "include_responsibilities", "late")
+    assert cli(capsys, "score", "--config", ws.config, *overrides).code == 0
+
+    store = TrackingConfig(work_dir=str(ws.work), tracking_uri=ws.tracking_uri(),
+                           experiment="cli-tests")
+    with tracking(store):
+        late = load_detector(f"models:/{name}@champion").model
+    assert late.strategy == "late" and sorted(late.mixtures_) == ["a", "b", "c"]
+    b = np.full_like(ws.data["b"], np.nan)
+    b[ws.b_rows] = ws.data["b"][ws.b_rows]
+    inputs = {"a": ws.data["a"], "b": b, "c": ws.data["c"]}
+    columns = late.columns(inputs)
+    rows = read_delta(table).set_index("id").loc[ws.ids]
+    np.testing.assert_allclose(rows["log_likelihood"], columns["log_likelihood"], rtol=1e-9)
+    np.testing.assert_allclose(rows["a_log_likelihood"], columns["a"], rtol=1e-9)
+    assert rows.loc[ws.ids[3::10], "b_log_likelihood"].isna().all()
+
+    early = cli(capsys, "train", "--config", ws.config, *overrides, "--set", "model.fusion=early",
+                "--set", "model.sweep.n_components=[1, 2]",
+                "--set", f"model.sweep.covariance_types=[{{{EARLY}: diag}}, {{{EARLY}: full}}]")
+    assert early.code == 0, early.err
+    with tracking(store):
+        version = re.search(r"registered version (\d+)", early.out).group(1)
+        fused = load_detector(f"models:/{name}/{version}").model
+    assert fused.strategy == "early"
+    assert [(m.name, m.dim) for m in fused.mixtures_[EARLY].modalities] == [(EARLY, 7)]
+    wrong = cli(capsys, "train", "--config", ws.config, *overrides, "--set", "model.fusion=early",
+                "--set", "model.sweep.n_components=[1]",
+                "--set", "model.sweep.covariance_types=[{a: diag}]")
+    assert_user_error(wrong, "'a'", EARLY)
+
+
 def test_evaluate_with_labels(trained: Workspace, capsys) -> None:
     ws = trained
     assert cli(capsys, "score", "--config", ws.config).code == 0

@@ -90,6 +90,10 @@ def test_late_score_is_the_hand_computed_combination(two_views) -> None:
     np.testing.assert_allclose(columns["b"], _gaussian_ll(test["b"], two_views["b"]),
                                rtol=1e-7)
     assert np.isnan(columns["a"][:5]).all()
+    ll = {name: _gaussian_ll(test[name], two_views[name]) for name in test}
+    density = np.where(np.arange(20) < 5, ll["b"], ll["a"] + ll["b"])   # independent views
+    np.testing.assert_allclose(model.log_density(test), density, rtol=1e-7)
+    assert model.score(test) == pytest.approx(density.mean(), rel=1e-7)
 
 
 def test_bic_selects_the_number_of_clusters_without_labels(two_views) -> None:

@@ -172,13 +172,10 @@ class CachedBlocks:
         if self.use_rdd:
             self.rdd = payload.rdd.map(lambda row: decode_batch(row.payload, modalities))
             self.rdd.persist(StorageLevel.MEMORY_AND_DISK)
-            count = lambda: self.rdd.map(lambda b: b.n_rows).sum()  # noqa: E731
         else:
             self.payload = payload.persist(StorageLevel.MEMORY_AND_DISK)
-            count = lambda: self.payload.agg(F.sum("n_rows")).first()[0] or 0  # noqa: E731
         try:
-            with translated_errors():
-                self.n_rows = int(count())      # validates every row and fills the cache
+            self.n_rows = self._count()      # validates every row and fills the cache
             if self.n_rows == 0:
                 raise DataValidationError(f"{source}: no rows. Check the input tables or filter.")
         except DataValidationError as error:
@@ -192,6 +189,13 @@ class CachedBlocks:
         except Exception:
             self.unpersist()
             raise
+
+    def _count(self) -> int:
+        """Rows over all cached batches (the pass that fills the cache)."""
+        with translated_errors():
+            if self.rdd is not None:
+                return int(self.rdd.map(lambda b: b.n_rows).sum())
+            return int(self.payload.agg(F.sum("n_rows")).first()[0] or 0)
 
     def map_batches(self, function: Callable[[int, Batch], Batch]) -> list[Batch]:
         """Apply ``function(block_index, batch)`` to every cached batch; collect the results.
@@ -251,15 +255,15 @@ class CachedBlocks:
 
     def mapped(self, function: Callable[[Batch], Batch],
                modalities: tuple[Modality, ...]) -> CachedBlocks:
-        """A cache of ``function(batch)`` for every batch (same rows; blocks of ``modalities``).
-
-        Lazy: filled by its first pass. Unpersist both caches when done.
+        """A cache of ``function(batch)`` for every batch (blocks of ``modalities``; the
+        function may drop rows). Filled and counted here; unpersist both caches when done.
         """
         derived = object.__new__(CachedBlocks)
-        derived.modalities, derived.use_rdd, derived.n_rows = modalities, self.use_rdd, self.n_rows
+        derived.modalities, derived.use_rdd = modalities, self.use_rdd
         derived.rdd = derived.payload = None
         if self.rdd is not None:
             derived.rdd = self.rdd.map(spark_task(function)).persist(StorageLevel.MEMORY_AND_DISK)
+            derived.n_rows = derived._count()
             return derived
         source = self.modalities
 
@@ -272,6 +276,7 @@ class CachedBlocks:
 
         derived.payload = self.payload.mapInArrow(apply, PAYLOAD_SCHEMA).persist(
             StorageLevel.MEMORY_AND_DISK)
+        derived.n_rows = derived._count()
         return derived
 
     def sample(self, max_rows: int, seed: int) -> Batch:

@@ -54,12 +54,14 @@ class TrainingScores:
             ``np.quantile(scores, 1 - contamination)``).
         n_rows: n.
         mean_log_likelihood: mean log-likelihood of the rows under the fitted parameters.
+        std_log_likelihood: their standard deviation (population, ``np.std``).
         passes: Spark jobs run over the cached blocks.
     """
 
     threshold: float
     n_rows: int
     mean_log_likelihood: float
+    std_log_likelihood: float
     passes: int
 
 
@@ -122,14 +124,21 @@ class _ScoreReducer:
 
 
 def _summary(scores: np.ndarray) -> Stats:
-    finite = np.isfinite(scores)
-    return (np.array([scores.size, np.count_nonzero(~finite)]), np.array([scores[finite].sum()]),
-            np.array([scores[finite].min(initial=np.inf)]),
-            np.array([scores[finite].max(initial=-np.inf)]))
+    """(rows, non-finite rows), sum, min, max and centred sum of squares of the finite scores."""
+    finite = scores[np.isfinite(scores)]
+    squares = float(((finite - finite.mean()) ** 2).sum()) if finite.size else 0.0
+    return (np.array([scores.size, scores.size - finite.size]), np.array([finite.sum()]),
+            np.array([finite.min(initial=np.inf)]), np.array([finite.max(initial=-np.inf)]),
+            np.array([squares]))
 
 
 def _merge_summary(a: Stats, b: Stats) -> Stats:
-    return a[0] + b[0], a[1] + b[1], np.minimum(a[2], b[2]), np.maximum(a[3], b[3])
+    """Chan et al.'s pairwise merge of the centred sums of squares."""
+    n_a, n_b = a[0][0] - a[0][1], b[0][0] - b[0][1]
+    squares = a[4] + b[4]
+    if n_a and n_b:
+        squares = squares + (a[1] / n_a - b[1] / n_b) ** 2 * (n_a * n_b / (n_a + n_b))
+    return a[0] + b[0], a[1] + b[1], np.minimum(a[2], b[2]), np.maximum(a[3], b[3]), squares
 
 
 def _histogram(lo: float, hi: float, bins: int) -> Callable[[np.ndarray], Stats]:
@@ -193,7 +202,7 @@ def training_threshold(model: MultimodalGaussianMixture | FusionModel, data: Cac
         raise ValueError(f"contamination must be in (0, 0.5), got {contamination!r}.")
     reducer = _ScoreReducer(model, data)
     try:
-        (n, bad), (total,), (lo,), (hi,) = reducer.reduce(_summary, _merge_summary)
+        (n, bad), (total,), (lo,), (hi,), (squares,) = reducer.reduce(_summary, _merge_summary)
         if bad:
             raise ValueError(f"{bad} training rows have a non-finite anomaly score.")
         position = (int(n) - 1) * (1.0 - contamination)
@@ -202,7 +211,8 @@ def training_threshold(model: MultimodalGaussianMixture | FusionModel, data: Cac
         above = below if rank + 1 >= n else _order_statistic(
             reducer, rank + 1, lo, hi, int(n), bins, max_collect)
         threshold = _lerp(below, above, position - rank)
-        return TrainingScores(threshold, int(n), float(-total / n), reducer.passes)
+        return TrainingScores(threshold, int(n), float(-total / n), float(np.sqrt(squares / n)),
+                              reducer.passes)
     finally:
         reducer.close()
 

@@ -163,6 +163,7 @@ class FitRun:
     Attributes:
         run_id: the MLflow run.
         detector: the fitted detector (threshold set).
+        n_rows: training rows.
         metrics: the final metrics logged.
         model_uri: the logged model (``models:/m-...``) or None.
         model_version: registered version or None.
@@ -171,6 +172,7 @@ class FitRun:
 
     run_id: str
     detector: AnomalyDetector
+    n_rows: int
     metrics: dict[str, float] = field(default_factory=dict)
     model_uri: str | None = None
     model_version: str | None = None
@@ -183,6 +185,7 @@ class _Trained:
     mixture: MultimodalGaussianMixture  # the detector's model, or the mixture inside it
     n_rows: int
     mean_log_likelihood: float
+    std_log_likelihood: float
     sample: Batch  # input rows for plots and the input example
     data_path: str
     n_parameters: int  # of the mixture and any preprocessing, for BIC/AIC
@@ -206,8 +209,8 @@ def _fit_in_memory(model: MultimodalGaussianMixture, data: Mapping[str, np.ndarr
     detector.set_threshold(scores)
     if batch.n_rows > PLOT_ROWS:
         batch = batch.take(np.random.default_rng(0).choice(batch.n_rows, PLOT_ROWS, False))
-    return _Trained(detector, model, len(scores), float(-scores.mean()), batch, "in-memory",
-                    _n_parameters(model, preprocessing))
+    return _Trained(detector, model, len(scores), float(-scores.mean()), float(scores.std()),
+                    batch, "in-memory", _n_parameters(model, preprocessing))
 
 
 def _n_parameters(model: MultimodalGaussianMixture, preprocessing: Preprocessing | None) -> int:
@@ -250,22 +253,31 @@ def _fit_on_spark(model: MultimodalGaussianMixture, data: Any, contamination: fl
         if owned:
             cached.unpersist()
     detector = AnomalyDetector(fitted, contamination, scores.threshold)
-    return _Trained(detector, model, scores.n_rows, scores.mean_log_likelihood, sample, "spark",
-                    _n_parameters(model, preprocessing))
+    return _Trained(detector, model, scores.n_rows, scores.mean_log_likelihood,
+                    scores.std_log_likelihood, sample, "spark", _n_parameters(model, preprocessing))
 
 
 def _log_plots(trained: _Trained) -> None:
-    detector, model = trained.detector, trained.mixture
-    columns = detector.score_batch(trained.sample)
-    figures = {
-        "plots/convergence.png": plots.convergence_curve(model.lower_bounds_),
-        "plots/component_weights.png": plots.component_weights(model.weights_),
+    model = trained.mixture
+    log_figures({"plots/convergence.png": plots.convergence_curve(model.lower_bounds_),
+                 "plots/component_weights.png": plots.component_weights(model.weights_),
+                 **score_figures(trained.detector, trained.sample)})
+
+
+def score_figures(detector: AnomalyDetector, sample: Batch) -> dict[str, Any]:
+    """Histogram of the anomaly scores of ``sample`` and the top anomalies by modality."""
+    columns = detector.score_batch(sample)
+    return {
         "plots/score_histogram.png": plots.score_histogram(columns["anomaly_score"],
                                                            detector.threshold),
         "plots/top_anomalies_by_modality.png": plots.modality_contributions(
             columns["anomaly_score"],
             {m.name: columns[modality_column(m.name)] for m in detector.modalities}),
     }
+
+
+def log_figures(figures: Mapping[str, Any]) -> None:
+    """Log each figure to the active run at its artefact path, then close it."""
     for path, figure in figures.items():
         mlflow.log_figure(figure, path)
         plt.close(figure)
@@ -277,6 +289,7 @@ def final_metrics(trained: _Trained) -> dict[str, float]:
     return {
         "lower_bound": float(model.lower_bound_),
         "final_mean_log_likelihood": trained.mean_log_likelihood,
+        "final_log_likelihood_std": trained.std_log_likelihood,
         **information_criteria(trained.mean_log_likelihood, trained.n_rows, trained.n_parameters),
         "n_iter": float(model.n_iter_), "converged": float(model.converged_),
         "min_component_weight": float(model.weights_.min()),
@@ -389,7 +402,7 @@ def _finish(config: TrackingConfig, trained: _Trained, logger: MetricLogger,
                     retry, "Logging run parameters")
     call_with_retry(lambda: mlflow.log_metrics(metrics), retry, "Logging final metrics")
     call_with_retry(lambda: _log_plots(trained), retry, "Logging plots")
-    result = FitRun(run_id, trained.detector, metrics)
+    result = FitRun(run_id, trained.detector, trained.n_rows, metrics)
     if log_model:
         result.model_uri, result.model_version, result.decision = call_with_retry(
             lambda: register_detector(config, trained.detector, trained.sample, holdout, run_id),

@@ -11,8 +11,9 @@ import matplotlib.pyplot as plt
 import mlflow
 import numpy as np
 
+from mmgmm_spark.config import ConfigError
 from mmgmm_spark.core.modality import Modality
-from mmgmm_spark.fusion import Preprocessing
+from mmgmm_spark.fusion import EARLY, Preprocessing
 from mmgmm_spark.model import MultimodalGaussianMixture, _is_spark_dataframe
 from mmgmm_spark.tracking import plots
 from mmgmm_spark.tracking.config import TrackingConfig, tracking
@@ -50,6 +51,13 @@ class SweepResult:
 
 def _with_covariances(modalities: Sequence[Modality],
                       covariance_types: Mapping[str, str]) -> list[Modality]:
+    names = [m.name for m in modalities]
+    unknown = sorted(set(covariance_types) - set(names))
+    if unknown:
+        raise ConfigError(
+            f"model.sweep.covariance_types names {', '.join(map(repr, unknown))}, not a "
+            f"modality of the mixture {names}; name those (with model.fusion early the "
+            f"mixture has one block, '{EARLY}').")
     return [dataclasses.replace(m, covariance_type=covariance_types.get(m.name,
                                                                         m.covariance_type))
             for m in modalities]
@@ -80,6 +88,9 @@ def select_model(data: Any, modalities: Sequence[Modality], n_components: Sequen
     config = config or TrackingConfig()
     configurations = [dict(c) for c in (covariance_types or [{}])]
     options = dict(model_options or {})
+    mixture_modalities = (modalities if preprocessing is None
+                          else preprocessing.mixture_modalities())
+    variants = [_with_covariances(mixture_modalities, c) for c in configurations]
     cached = None
     if _is_spark_dataframe(data):
         from mmgmm_spark.spark.data import CachedBlocks
@@ -97,10 +108,7 @@ def select_model(data: Any, modalities: Sequence[Modality], n_components: Sequen
                                **(preprocessing.params() if preprocessing is not None else {})})
             mlflow.set_tags(tags)
             candidates, fits = [], []
-            mixture_modalities = (modalities if preprocessing is None
-                                  else preprocessing.mixture_modalities())
-            for covariances in configurations:
-                mods = _with_covariances(mixture_modalities, covariances)
+            for mods in variants:
                 resolved = {m.name: m.covariance_type for m in mods}
                 for k in n_components:
                     model = MultimodalGaussianMixture(mods, k, **options)

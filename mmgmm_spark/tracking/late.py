@@ -1,0 +1,113 @@
+"""The ``late`` fusion strategy on Spark as one MLflow run: a nested fit per modality.
+
+Each modality's mixture is fitted (with its preprocessing) on the cached rows that observe
+it, as a nested run of its own (per-iteration metrics, plots). The parent run assembles the
+``late`` :class:`mmgmm_spark.fusion.FusionModel` from the nested fits' mixtures and their
+log-likelihood means and standard deviations, takes the exact training threshold of the fused
+score over all rows, and logs, registers and champion-checks that detector.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import mlflow
+import numpy as np
+
+from mmgmm_spark.detector import AnomalyDetector
+from mmgmm_spark.fusion import LatePart, Preprocessing, late_model, observing
+from mmgmm_spark.model import MultimodalGaussianMixture
+from mmgmm_spark.reliability import RetryPolicy, call_with_retry
+from mmgmm_spark.spark.data import CachedBlocks
+from mmgmm_spark.spark.score import training_threshold
+from mmgmm_spark.tracking.config import TrackingConfig, tracking
+from mmgmm_spark.tracking.fit import (
+    PLOT_ROWS,
+    FitRun,
+    _mlflow_run,
+    information_criteria,
+    log_figures,
+    register_detector,
+    score_figures,
+    table_params,
+    tracked_fit,
+)
+
+
+def tracked_late_fit(models: Mapping[str, MultimodalGaussianMixture], data: CachedBlocks,
+                     preprocessing: Preprocessing, *, contamination: float = 0.01,
+                     config: TrackingConfig | None = None,
+                     table_versions: Mapping[str, Any] | None = None,
+                     holdout: Mapping[str, np.ndarray] | None = None,
+                     run_name: str = "late-fusion", retry: RetryPolicy | None = None,
+                     **spark_options: Any) -> FitRun:
+    """Fit one mixture per modality, track everything, log and register the ``late`` detector.
+
+    Args:
+        models: {modality: unfitted one-modality mixture of its transformed rows
+            (``preprocessing.for_modality(name).mixture_modalities()``)}.
+        data: the cached input rows (all modalities; not unpersisted here).
+        preprocessing: fitted preprocessing of every modality, strategy ``late``.
+        contamination, config, table_versions, holdout, retry: as for :func:`tracked_fit`.
+        spark_options: ``tree_depth``, ``init_sample_rows`` for every nested fit.
+
+    Returns:
+        The parent run's :class:`FitRun` (BIC and mean log-likelihood of the density of
+        independent modalities that ``late`` assumes; the threshold of the fused score).
+    """
+    config = config or TrackingConfig()
+    retry = retry or RetryPolicy()
+    with tracking(config) as experiment_id, _mlflow_run(experiment_id, run_name, False,
+                                                        None) as run:
+        params, tags = table_params(table_versions or {})
+        call_with_retry(lambda: (mlflow.log_params({**preprocessing.params(), **params,
+                                                    "contamination": contamination}),
+                                 mlflow.set_tags(tags)), retry, "Logging run parameters")
+        fits = {name: _fit_modality(name, model, data, preprocessing, contamination, config,
+                                    table_versions, spark_options)
+                for name, model in models.items()}
+        parts = {name: LatePart(fit.detector.model, fit.metrics["final_mean_log_likelihood"],
+                                fit.metrics["final_log_likelihood_std"])
+                 for name, fit in fits.items()}
+        fused = late_model(preprocessing, parts, data.n_rows)
+        scores = training_threshold(fused, data, contamination)
+        detector = AnomalyDetector(fused, contamination, scores.threshold)
+        metrics = _late_metrics(fits, data.n_rows, scores.threshold)
+        sample = data.sample(PLOT_ROWS, seed=0)
+        call_with_retry(lambda: (mlflow.log_params({"n_rows": data.n_rows,
+                                                    "data_path": "spark"}),
+                                 mlflow.log_metrics(metrics),
+                                 log_figures(score_figures(detector, sample))),
+                        retry, "Logging final metrics")
+        result = FitRun(run.info.run_id, detector, data.n_rows, metrics)
+        result.model_uri, result.model_version, result.decision = call_with_retry(
+            lambda: register_detector(config, detector, sample, holdout, run.info.run_id),
+            retry, "Logging the model")
+        return result
+
+
+def _fit_modality(name: str, model: MultimodalGaussianMixture, data: CachedBlocks,
+                  preprocessing: Preprocessing, contamination: float, config: TrackingConfig,
+                  table_versions: Mapping[str, Any] | None,
+                  spark_options: Mapping[str, Any]) -> FitRun:
+    """The nested run of modality ``name``'s mixture, on the cached rows observing it."""
+    single = preprocessing.for_modality(name)
+    rows = data.mapped(observing(name), single.modalities)
+    try:
+        return tracked_fit(model, rows, contamination=contamination, config=config,
+                           table_versions=table_versions, log_model=False, nested=True,
+                           run_name=f"late: {name}", preprocessing=single, **spark_options)
+    finally:
+        rows.unpersist()
+
+
+def _late_metrics(fits: Mapping[str, FitRun], n_rows: int, threshold: float
+                  ) -> dict[str, float]:
+    """Mean log-likelihood (sum of each modality's over the rows observing it, per row),
+    BIC/AIC with every mixture's parameters, and the fused score's threshold."""
+    total = sum(fit.n_rows * fit.metrics["final_mean_log_likelihood"] for fit in fits.values())
+    n_parameters = int(sum(fit.metrics["n_parameters"] for fit in fits.values()))
+    return {"final_mean_log_likelihood": total / n_rows,
+            **information_criteria(total / n_rows, n_rows, n_parameters),
+            "n_parameters": float(n_parameters), "threshold": float(threshold)}
