@@ -73,10 +73,28 @@ class DataConfig(Section):
         return self
 
 
+def _projection(value: Any) -> Any:
+    """A projection setting: an int >= 1, "auto" or None (true is not 1)."""
+    if value is None or value == "auto" or (
+            isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+        return value
+    raise ValueError(f"must be an integer >= 1, 'auto' or null, got {value!r}")
+
+
 class SweepConfig(Section):
+    """Candidates chosen among by BIC: every K x covariance configuration x preprocessing
+    (``standardise`` x ``projection`` values; empty: the ``preprocessing`` section's)."""
+
     n_components: list[int] = Field(min_length=1)
     covariance_types: list[dict[str, Literal["full", "tied", "diag", "spherical"]]] = Field(
         default_factory=list)
+    standardise: list[bool] = Field(default_factory=list)
+    projection: list[int | str | None] = Field(default_factory=list)
+
+    @field_validator("projection", mode="before")
+    @classmethod
+    def _projections(cls, value: Any) -> Any:
+        return [_projection(v) for v in value] if isinstance(value, list) else value
 
 
 class ModelConfig(Section):
@@ -124,14 +142,7 @@ class PreprocessingConfig(Section):
     @field_validator("projection", mode="before")
     @classmethod
     def _projection(cls, value: Any) -> Any:
-        if value is None or value == "auto" or (
-                isinstance(value, int) and not isinstance(value, bool) and value >= 1):
-            return value
-        raise ValueError(f"must be an integer >= 1, 'auto' or null, got {value!r}")
-
-    @property
-    def enabled(self) -> bool:
-        return self.standardise or self.projection is not None
+        return _projection(value)
 
 
 class ScoringConfig(Section):

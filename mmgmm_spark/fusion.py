@@ -606,6 +606,12 @@ class Preprocessing:
     def n_parameters(self) -> int:
         return sum(p.n_parameters() for p in self.preprocessors.values())
 
+    def label(self) -> str:
+        """Metric-name-safe settings, e.g. ``standardise-true_projection-8``."""
+        q = self.config.projection
+        return (f"standardise-{str(bool(self.config.standardise)).lower()}"
+                f"_projection-{'none' if q is None else q}")
+
     def params(self) -> dict[str, Any]:
         """What to log with the fit: the strategy, the settings and each modality's input
         width (the mixture's ``modality.<name>.dim`` is its width after preprocessing)."""

@@ -6,10 +6,12 @@ the ``spark`` session built once by :func:`mmgmm_spark.spark.session.build_spark
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
 from dataclasses import dataclass
+from itertools import product
 
 import numpy as np
 from mlflow.exceptions import MlflowException
@@ -31,7 +33,7 @@ from mmgmm_spark.model import MultimodalGaussianMixture
 from mmgmm_spark.reliability import RetryPolicy
 from mmgmm_spark.spark.arrow import batch_from_arrow
 from mmgmm_spark.spark.data import CachedBlocks
-from mmgmm_spark.spark.preprocess import fit_preprocessing
+from mmgmm_spark.spark.preprocess import fit_preprocessing_options
 from mmgmm_spark.spark.score import ScoringResult, read_and_join
 from mmgmm_spark.storage import read_table
 from mmgmm_spark.tracking import (
@@ -122,10 +124,21 @@ def fusion_config(config: AppConfig) -> FusionConfig:
         init_params=m.init_params, random_state=m.seed)
 
 
+def preprocessing_grid(config: AppConfig) -> list[tuple[bool, int | str | None]]:
+    """(standardise, projection) settings to fit: the ``preprocessing`` section's, or every
+    combination of ``model.sweep.standardise`` x ``model.sweep.projection`` values."""
+    p, sweep = config.preprocessing, config.model.sweep
+    standardise = sweep.standardise if sweep is not None and sweep.standardise else [p.standardise]
+    projection = sweep.projection if sweep is not None and sweep.projection else [p.projection]
+    return list(product(standardise, projection))
+
+
 def uses_preprocessing(config: AppConfig) -> bool:
     """Whether the fit puts a :class:`Preprocessing` (and a fusion model) in front of the
-    mixture: with a ``preprocessing`` section, or a fusion other than ``joint``."""
-    return config.preprocessing.enabled or config.model.fusion != "joint"
+    mixture: with standardisation or a projection to fit, or a fusion other than ``joint``."""
+    return config.model.fusion != "joint" or any(
+        standardise or projection is not None
+        for standardise, projection in preprocessing_grid(config))
 
 
 CHECKPOINT_DIR = "checkpoints"
@@ -191,12 +204,13 @@ def train(spark: SparkSession, config: AppConfig, resume_run_id: str | None = No
                      "source": ", ".join(m.table for m in config.data.modalities)}
     common = {"contamination": config.scoring.contamination, "config": tracking_config(config),
               "table_versions": features.versions, "holdout": holdout}
-    data, preprocessing = training, None
+    data, options = training, []
     if uses_preprocessing(config):   # fitted on the cached input rows, cached again inside
         data = CachedBlocks(training, tuple(features.modalities), spark_options["source"])
     try:
         if uses_preprocessing(config):
-            preprocessing = _preprocessing(data, config, spark_options["source"])
+            options = _preprocessing_options(data, config, spark_options["source"])
+        preprocessing = options[0] if options else None
         if strategy == "late":
             models = {m.name: MultimodalGaussianMixture(
                 preprocessing.for_modality(m.name).mixture_modalities(),
@@ -208,7 +222,8 @@ def train(spark: SparkSession, config: AppConfig, resume_run_id: str | None = No
             return select_model(data, features.modalities, sweep.n_components,
                                 covariance_types=sweep.covariance_types or None,
                                 model_options=_model_options(config),
-                                preprocessing=preprocessing, **common, **spark_options).best_fit
+                                preprocessing=options or None, **common,
+                                **spark_options).best_fit
         modalities = (features.modalities if preprocessing is None
                       else preprocessing.mixture_modalities())
         model = MultimodalGaussianMixture(modalities, config.model.n_components,
@@ -221,16 +236,22 @@ def train(spark: SparkSession, config: AppConfig, resume_run_id: str | None = No
             data.unpersist()
 
 
-def _preprocessing(data: CachedBlocks, config: AppConfig, source: str) -> Preprocessing:
-    """The configured preprocessing fitted on ``data`` (the identity when none is set)."""
-    if not config.preprocessing.enabled:
-        return Preprocessing.identity(list(data.modalities), fusion_config(config))
-    preprocessing = fit_preprocessing(data, fusion_config(config), source,
-                                      config.model.tree_depth)
-    for m in preprocessing.modalities:
-        log.info("Preprocessing '%s': %d -> %d dimensions (standardised: %s)", m.name, m.dim,
-                 preprocessing.preprocessors[m.name].output_dim, config.preprocessing.standardise)
-    return preprocessing
+def _preprocessing_options(data: CachedBlocks, config: AppConfig,
+                           source: str) -> list[Preprocessing]:
+    """The preprocessing of every :func:`preprocessing_grid` setting, fitted on ``data`` in
+    one pass (the identity when nothing is to be fitted)."""
+    base = fusion_config(config)
+    grid = preprocessing_grid(config)
+    if grid == [(False, None)]:
+        return [Preprocessing.identity(list(data.modalities), base)]
+    options = fit_preprocessing_options(
+        data, [dataclasses.replace(base, standardise=s, projection=q) for s, q in grid], source,
+        config.model.tree_depth)
+    for preprocessing in options:
+        log.info("Preprocessing %s: %s", preprocessing.label(), ", ".join(
+            f"'{m.name}' {m.dim} -> {preprocessing.preprocessors[m.name].output_dim}"
+            for m in preprocessing.modalities))
+    return options
 
 
 def _describe_modalities(dims: dict[str, int]) -> str:

@@ -26,6 +26,7 @@ import pytest
 import yaml
 from conftest import copy_empty_mlflow_store
 from deltalake import DeltaTable, write_deltalake
+from mlflow import MlflowClient
 
 from mmgmm_spark.cli import main
 
@@ -109,8 +110,6 @@ def write_modality(path: Path, ids, features, *, value_type: pa.DataType | None 
 
 
 def registered_versions(ws: Workspace, name: str = MODEL) -> int:
-    from mlflow import MlflowClient
-
     client = MlflowClient(tracking_uri=ws.tracking_uri(), registry_uri=ws.tracking_uri())
     return len(client.search_model_versions(f"name='{name}'"))
 
@@ -227,8 +226,6 @@ def test_ingest_formats_keep_ids_and_values(ingested: Workspace) -> None:
 
 
 def test_train_registers_the_champion(trained: Workspace) -> None:
-    from mlflow import MlflowClient
-
     client = MlflowClient(tracking_uri=trained.tracking_uri(),
                           registry_uri=trained.tracking_uri())
     assert str(client.get_model_version_by_alias(MODEL, "champion").version) == "1"
@@ -297,9 +294,21 @@ def test_train_and_score_with_preprocessing(ingested: Workspace, capsys) -> None
         assert_user_error(rejected, "preprocessing.projection", "'auto' or null")
 
     swept = cli(capsys, "train", "--config", ws.config, *overrides,
-                "--set", "model.sweep.n_components=[1, 2]")
+                "--set", "model.sweep.n_components=[1, 2]",
+                "--set", "model.sweep.projection=[1, null]")
     assert swept.code == 0, swept.err
     assert re.search(r"registered version 2", swept.out), swept.out
+    client = MlflowClient(tracking_uri=ws.tracking_uri(), registry_uri=ws.tracking_uri())
+    parent = client.get_run(client.get_model_version(name, "2").run_id)
+    assert parent.data.params["sweep.preprocessing"] == (
+        "standardise-true_projection-1;standardise-true_projection-none")
+    bics = {key: value for key, value in parent.data.metrics.items() if key.startswith("bic/")}
+    assert len(bics) == 4 and parent.data.metrics["best_bic"] == min(bics.values())
+    best = min(bics, key=bics.get)
+    with tracking(store):
+        chosen = load_detector(f"models:/{name}/2").model
+    widths = {p.output_dim for p in chosen.preprocessors_.values()}
+    assert widths == ({1} if best.endswith("projection-1") else {3, 2}), (best, widths)
 
 
 def test_train_and_score_with_late_and_early_fusion(ingested: Workspace, capsys) -> None:
@@ -611,8 +620,6 @@ def test_score_rejects_modalities_that_do_not_match_the_model(trained: Workspace
 
 # ----------------------------------------------------------------------------- resume
 def _metric_history(ws: Workspace, run_id: str) -> list[tuple[int, float]]:
-    from mlflow import MlflowClient
-
     client = MlflowClient(tracking_uri=ws.tracking_uri(), registry_uri=ws.tracking_uri())
     return sorted((m.step, m.value)
                   for m in client.get_metric_history(run_id, "mean_log_likelihood"))
@@ -648,8 +655,6 @@ def test_train_resume_continues_a_killed_training_run(ingested: Workspace) -> No
                  "--set", "tracking.experiment=resume-killed"]) == 0
     assert main(["train", "--config", str(ws.config), *sets,
                  "--set", "tracking.experiment=resume-reference"]) == 0
-    from mlflow import MlflowClient
-
     client = MlflowClient(tracking_uri=ws.tracking_uri())
     reference = client.search_runs(
         [client.get_experiment_by_name("resume-reference").experiment_id])[0].info.run_id

@@ -76,6 +76,31 @@ def test_each_iteration_is_a_named_spark_job_and_cache_is_released(spark, data, 
     assert spark.sparkContext._jsc.sc().getPersistentRDDs().size() == 0
 
 
+@pytest.mark.parametrize("use_rdd", [True, False], ids=["rdd", "dataframe-only"])
+def test_cached_blocks_serve_models_of_other_covariance_types(spark, data, use_rdd):
+    """Blocks cached for one set of covariance types fit a model of others (a sweep reuses
+    one cache): the statistics follow the model, equal to the in-memory fit."""
+    from mmgmm_spark.spark.data import CachedBlocks
+    from mmgmm_spark.spark.fit import fit_cached
+
+    other = [Modality(m.name, m.dim, "diag" if m.covariance_type == "full" else "full")
+             for m in MODALITIES]
+    cached = CachedBlocks(spark.createDataFrame(arrow_table(data.features)), tuple(MODALITIES),
+                          "test rows", use_rdd=use_rdd)
+    try:
+        with pytest.warns(UserWarning):
+            model = fit_cached(MultimodalGaussianMixture(other, K, tol=0, max_iter=4,
+                                                         random_state=0), cached)
+        with pytest.raises(ValueError, match="do not match the cached blocks"):
+            fit_cached(MultimodalGaussianMixture(other[:2], K), cached)
+    finally:
+        cached.unpersist()
+    with pytest.warns(UserWarning):
+        ref = MultimodalGaussianMixture(other, K, tol=0, max_iter=4, random_state=0).fit(
+            data.features, on_iteration=None)
+    np.testing.assert_allclose(model.lower_bounds_, ref.lower_bounds_, rtol=1e-9)
+
+
 def test_float32_and_vector_columns_are_accepted(spark, data, start):
     """array<float> and Spark ML vectors give the array<double> result (float32-rounded data)."""
     from pyspark.ml.functions import array_to_vector

@@ -14,7 +14,11 @@ from mmgmm_spark import Modality, MultimodalGaussianMixture
 from mmgmm_spark.fusion import FusionConfig, FusionModel
 from mmgmm_spark.spark.arrow import arrow_table
 from mmgmm_spark.spark.data import CachedBlocks
-from mmgmm_spark.spark.preprocess import fit_preprocessing, modality_moments
+from mmgmm_spark.spark.preprocess import (
+    fit_preprocessing,
+    fit_preprocessing_options,
+    modality_moments,
+)
 from mmgmm_spark.synthetic import generate
 from mmgmm_spark.tracking import TrackingConfig, select_model, tracked_fit
 
@@ -144,3 +148,61 @@ def test_bic_sweep_with_preprocessing_scores_input_rows(spark, data, tracking, m
     assert result.best.bic == min(c.bic for c in result.candidates)
     assert result.best.n_components == 3
     assert fused.config.n_components == (3,)          # the saved config names the chosen K
+
+
+def _reference_projected_log_density(fused: FusionModel, data, q: int) -> np.ndarray:
+    """log p(x) of StandardScaler + whitened PCA(q) + joint mixture, by scikit-learn and scipy:
+    the mixture's density of the whitened scores, the Jacobians of scaling and whitening, and
+    isotropic N(0, noise_variance_) for the reconstruction error in the d - q dropped
+    directions."""
+    mixture = fused.mixtures_["joint"]
+    n = len(data["wide"])
+    joint = np.tile(np.log(mixture.weights_), (n, 1))
+    for m in MODALITIES:
+        rows = ~np.isnan(data[m.name]).all(axis=1)
+        scaler = StandardScaler().fit(data[m.name][rows])
+        z = scaler.transform(data[m.name][rows])
+        pca = PCA(q, whiten=True).fit(z)
+        t = pca.transform(z)
+        t *= np.sign((t * fused.preprocessors_[m.name].transform(data[m.name][rows])).sum(axis=0))
+        error = ((z - pca.inverse_transform(pca.transform(z))) ** 2).sum(axis=1)
+        rest = m.dim - q
+        jacobian = (-np.log(scaler.scale_).sum() - 0.5 * np.log(pca.explained_variance_).sum()
+                    - 0.5 * (error / pca.noise_variance_
+                             + rest * np.log(2 * np.pi * pca.noise_variance_)))
+        for k in range(mixture.n_components):
+            covariance = mixture.covariances_[m.name][k]
+            if m.covariance_type == "diag":
+                covariance = np.diag(covariance)
+            joint[rows, k] += m.weight * (multivariate_normal(
+                mixture.means_[m.name][k], covariance).logpdf(t) + jacobian)
+    return logsumexp(joint, axis=1)
+
+
+def test_bic_sweep_chooses_among_preprocessing_options(spark, data, tracking, monkeypatch):
+    """Candidates with and without a PCA projection, all fitted from one moments pass: each
+    BIC is that of the input rows' density by an independent closed form, lowest wins."""
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    cached = CachedBlocks(spark.createDataFrame(arrow_table(data)), MODALITIES, "test rows")
+    try:
+        options = fit_preprocessing_options(
+            cached, [FusionConfig(projection=None, standardise=True),
+                     FusionConfig(projection=2, standardise=True)], "test rows")
+        result = select_model(cached, MODALITIES, [2], config=tracking, register=False,
+                              preprocessing=options,
+                              model_options={"max_iter": 20, "random_state": 0})
+    finally:
+        cached.unpersist()
+    assert [c.preprocessing for c in result.candidates] == [
+        "standardise-true_projection-none", "standardise-true_projection-2"]
+    n = len(data["wide"])
+    for candidate, reference in zip(result.candidates, (
+            _reference_log_density, lambda f, d: _reference_projected_log_density(f, d, 2)),
+            strict=True):
+        fused = candidate.fit.detector.model
+        n_parameters = (fused.mixtures_["joint"].n_parameters()
+                        + sum(p.n_parameters() for p in fused.preprocessors_.values()))
+        expected = -2 * reference(fused, data).sum() + n_parameters * np.log(n)
+        assert candidate.bic == pytest.approx(expected, rel=1e-9)
+    assert result.best.bic == min(c.bic for c in result.candidates)
+    assert spark.sparkContext._jsc.sc().getPersistentRDDs().size() == 0

@@ -13,6 +13,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from mmgmm_spark.core.em import IterationCallback
+from mmgmm_spark.core.modality import Modality
 from mmgmm_spark.core.params import MixtureParams
 from mmgmm_spark.core.stats import SufficientStats, accumulate_stats
 from mmgmm_spark.spark.data import CachedBlocks
@@ -30,17 +31,27 @@ JOB_GROUP = "mmgmm-spark-em"
 
 
 class SparkStatsPass:
-    """``params -> SufficientStats`` over all cached rows; each call is one named Spark job."""
+    """``params -> SufficientStats`` over all cached rows; each call is one named Spark job.
 
-    def __init__(self, data: CachedBlocks, n_components: int, tree_depth: int = 2) -> None:
+    ``modalities`` are the model's (their covariance types decide the statistics; the cache's
+    own modalities only have to match them in names and widths).
+    """
+
+    def __init__(self, data: CachedBlocks, modalities: tuple[Modality, ...], n_components: int,
+                 tree_depth: int = 2) -> None:
+        cached = [(m.name, m.dim) for m in data.modalities]
+        if [(m.name, m.dim) for m in modalities] != cached:
+            raise ValueError(f"The model's modalities {[m.name for m in modalities]} do not "
+                             f"match the cached blocks' (name, width) {cached}.")
         self.data = data
+        self.modalities = tuple(modalities)
         self.n_components = n_components
         self.tree_depth = tree_depth
         self.passes = 0
 
     def __call__(self, params: MixtureParams) -> SufficientStats:
         self.passes += 1
-        modalities, k = self.data.modalities, self.n_components
+        modalities, k = self.modalities, self.n_components
         codec = (lambda stats: (stats.to_vector(),),
                  lambda arrays: SufficientStats.from_vector(arrays[0], modalities, k))
         zero = SufficientStats.zero(modalities, k)
@@ -77,7 +88,7 @@ def fit_cached(model: MultimodalGaussianMixture, data: CachedBlocks, *,
     sample = data.sample(init_sample_rows, seed=seed)
     log.info("Fitting K=%d on %d rows (%s path, init sample %d rows)", model.n_components,
              data.n_rows, "RDD" if data.rdd is not None else "DataFrame-only", sample.n_rows)
-    stats_pass = SparkStatsPass(data, model.n_components, tree_depth)
+    stats_pass = SparkStatsPass(data, model.modalities, model.n_components, tree_depth)
     initials = lambda _: model.initial_params(sample, rng)  # noqa: E731
     if checkpointer is None and resume is None:
         result = model.fit_em(initials, stats_pass, on_iteration)

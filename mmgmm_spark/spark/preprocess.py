@@ -34,9 +34,16 @@ def modality_moments(data: CachedBlocks, tree_depth: int = 2) -> dict[str, Momen
 def fit_preprocessing(data: CachedBlocks, config: FusionConfig, source: str,
                       tree_depth: int = 2) -> Preprocessing:
     """Per-modality preprocessing fitted on all cached rows (one Spark pass)."""
+    return fit_preprocessing_options(data, [config], source, tree_depth)[0]
+
+
+def fit_preprocessing_options(data: CachedBlocks, configs: list[FusionConfig], source: str,
+                              tree_depth: int = 2) -> list[Preprocessing]:
+    """The preprocessing of each config, all fitted from one Spark pass's moments."""
     moments = modality_moments(data, tree_depth)
     try:
-        return Preprocessing.from_moments(list(data.modalities), moments, config)
+        return [Preprocessing.from_moments(list(data.modalities), moments, config)
+                for config in configs]
     except ValueError as error:
         raise DataValidationError(
             f"{source}: {error} Add training rows that observe it, drop the modality, or "

@@ -220,11 +220,13 @@ def _n_parameters(model: MultimodalGaussianMixture, preprocessing: Preprocessing
 def _fit_on_spark(model: MultimodalGaussianMixture, data: Any, contamination: float,
                   logger: MetricLogger, spark_options: dict[str, Any],
                   checkpointer: Checkpointer | None = None, resume: Checkpoint | None = None,
-                  preprocessing: Preprocessing | None = None) -> _Trained:
+                  preprocessing: Preprocessing | None = None,
+                  transformed: Any = None) -> _Trained:
     """Cache the input rows (unless given cached), fit, threshold, sample, unpersist.
 
     With ``preprocessing`` the mixture is fitted on a second cache of the transformed rows
-    and the threshold is taken over the input rows' log-density (preprocessing included).
+    (``transformed`` when given) and the threshold is taken over the input rows'
+    log-density (preprocessing included).
     """
     from mmgmm_spark.spark.data import CachedBlocks
     from mmgmm_spark.spark.fit import fit_cached
@@ -239,16 +241,16 @@ def _fit_on_spark(model: MultimodalGaussianMixture, data: Any, contamination: fl
     fit_options = {k: v for k, v in spark_options.items() if k not in cache_keys}
     if checkpointer is not None:
         fit_options |= {"checkpointer": checkpointer, "resume": resume}
-    transformed = None
+    owned_transform = preprocessing is not None and transformed is None
     try:
-        if preprocessing is not None:
+        if owned_transform:
             transformed = cached.mapped(preprocessing.transform, tuple(model.modalities))
         fit_cached(model, transformed or cached, on_iteration=logger, **fit_options)
         fitted = model if preprocessing is None else preprocessing.model(model, cached.n_rows)
         scores = training_threshold(fitted, cached, contamination)
         sample = cached.sample(PLOT_ROWS, seed=0)
     finally:
-        if transformed is not None:
+        if owned_transform and transformed is not None:
             transformed.unpersist()
         if owned:
             cached.unpersist()
@@ -417,7 +419,7 @@ def tracked_fit(model: MultimodalGaussianMixture, data: Any, *, contamination: f
                 log_model: bool = True, nested: bool = False,
                 checkpoint_dir: str | None = None, resume_run_id: str | None = None,
                 retry: RetryPolicy | None = None, preprocessing: Preprocessing | None = None,
-                **spark_options: Any) -> FitRun:
+                transformed: Any = None, **spark_options: Any) -> FitRun:
     """Fit ``model`` as one MLflow run and (optionally) log and register the detector.
 
     Args:
@@ -442,6 +444,9 @@ def tracked_fit(model: MultimodalGaussianMixture, data: Any, *, contamination: f
         preprocessing: fitted per-modality preprocessing (:class:`Preprocessing`): ``data``
             holds the input rows, ``model`` is the mixture of the transformed rows
             (:meth:`Preprocessing.mixture_modalities`), and the logged detector applies both.
+        transformed: on Spark, ``data``'s rows already transformed by ``preprocessing`` and
+            cached (:meth:`CachedBlocks.mapped`; the caller unpersists them); default:
+            cached here for this fit.
         spark_options: ``source``, ``rows_per_block``, ``use_rdd``, ``tree_depth``,
             ``init_sample_rows`` for the Spark path.
     """
@@ -464,7 +469,7 @@ def tracked_fit(model: MultimodalGaussianMixture, data: Any, *, contamination: f
             logger.resume(resume.progress.restart)
         if _is_spark_dataframe(data) or type(data).__name__ == "CachedBlocks":
             trained = _fit_on_spark(model, data, contamination, logger, spark_options,
-                                    checkpointer, resume, preprocessing)
+                                    checkpointer, resume, preprocessing, transformed)
         else:
             trained = _fit_in_memory(model, data, contamination, logger, checkpointer, resume,
                                      preprocessing)

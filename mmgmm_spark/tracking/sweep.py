@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import matplotlib.pyplot as plt
@@ -22,21 +23,26 @@ from mmgmm_spark.tracking.fit import FitRun, register_detector, table_params, tr
 
 @dataclass(frozen=True)
 class Candidate:
-    """One fitted configuration: K, {modality: covariance type}, its BIC and nested run."""
+    """One fitted configuration: K, {modality: covariance type}, the preprocessing (its
+    :meth:`Preprocessing.label`, "" for none), its BIC, nested run and fit."""
 
     n_components: int
     covariance_types: dict[str, str]
     bic: float
     run_id: str
+    preprocessing: str = ""
+    fit: FitRun | None = field(default=None, repr=False, compare=False)
 
     @property
     def key(self) -> str:
         """Metric-name-safe configuration label, e.g. ``image-full_text-diag``."""
-        return "_".join(f"{name}-{cov}" for name, cov in self.covariance_types.items())
+        covariances = "_".join(f"{name}-{cov}" for name, cov in self.covariance_types.items())
+        return f"{covariances}/{self.preprocessing}" if self.preprocessing else covariances
 
     @property
     def label(self) -> str:
-        return ",".join(f"{name}:{cov}" for name, cov in self.covariance_types.items())
+        covariances = ",".join(f"{name}:{cov}" for name, cov in self.covariance_types.items())
+        return f"{covariances} {self.preprocessing}" if self.preprocessing else covariances
 
 
 @dataclass
@@ -69,8 +75,9 @@ def select_model(data: Any, modalities: Sequence[Modality], n_components: Sequen
                  table_versions: Mapping[str, Any] | None = None,
                  holdout: Mapping[str, np.ndarray] | None = None, register: bool = True,
                  run_name: str = "model-selection", model_options: Mapping[str, Any] | None = None,
-                 preprocessing: Preprocessing | None = None, **spark_options: Any) -> SweepResult:
-    """Fit every (K, covariance configuration) and keep the lowest BIC.
+                 preprocessing: Preprocessing | Sequence[Preprocessing] | None = None,
+                 **spark_options: Any) -> SweepResult:
+    """Fit every (preprocessing, covariance configuration, K) and keep the lowest BIC.
 
     Args:
         data: as for :func:`tracked_fit`; a Spark DataFrame is cached once for all candidates.
@@ -83,14 +90,17 @@ def select_model(data: Any, modalities: Sequence[Modality], n_components: Sequen
         register: log the winner's detector on the parent run, register it and run the
             champion check (see :func:`tracked_fit`).
         preprocessing: fitted preprocessing in front of every candidate (see
-            :func:`tracked_fit`); ``modalities`` are then the input modalities.
+            :func:`tracked_fit`), or several to choose among (their BICs are all of the
+            input rows' density); ``modalities`` are then the input modalities. On Spark the
+            transformed rows of each are cached once for all its candidates.
     """
     config = config or TrackingConfig()
     configurations = [dict(c) for c in (covariance_types or [{}])]
     options = dict(model_options or {})
-    mixture_modalities = (modalities if preprocessing is None
-                          else preprocessing.mixture_modalities())
-    variants = [_with_covariances(mixture_modalities, c) for c in configurations]
+    fronts = ([preprocessing] if isinstance(preprocessing, Preprocessing)
+              else list(preprocessing or [None]))
+    variants = [(front, [_with_covariances(_mixture_modalities(modalities, front), c)
+                         for c in configurations]) for front in fronts]
     cached = None
     if _is_spark_dataframe(data):
         from mmgmm_spark.spark.data import CachedBlocks
@@ -105,21 +115,25 @@ def select_model(data: Any, modalities: Sequence[Modality], n_components: Sequen
             params, tags = table_params(table_versions or {})
             mlflow.log_params({"sweep.n_components": ",".join(map(str, n_components)),
                                "sweep.n_configurations": len(configurations), **params,
-                               **(preprocessing.params() if preprocessing is not None else {})})
+                               **_preprocessing_params(fronts)})
             mlflow.set_tags(tags)
-            candidates, fits = [], []
-            for mods in variants:
-                resolved = {m.name: m.covariance_type for m in mods}
-                for k in n_components:
-                    model = MultimodalGaussianMixture(mods, k, **options)
-                    fit = tracked_fit(model, data, contamination=contamination, config=config,
-                                      table_versions=table_versions, log_model=False,
-                                      nested=True, run_name=f"K={k} {resolved}",
-                                      preprocessing=preprocessing, **spark_options)
-                    candidates.append(Candidate(k, resolved, fit.metrics["bic"], fit.run_id))
-                    fits.append(fit)
-            index = int(np.argmin([c.bic for c in candidates]))
-            best, best_fit = candidates[index], fits[index]
+            candidates = []
+            for front, mixture_variants in variants:
+                label = "" if front is None or len(fronts) == 1 else front.label()
+                with _transformed(data, front) as transformed:
+                    for mods in mixture_variants:
+                        resolved = {m.name: m.covariance_type for m in mods}
+                        for k in n_components:
+                            model = MultimodalGaussianMixture(mods, k, **options)
+                            fit = tracked_fit(
+                                model, data, contamination=contamination, config=config,
+                                table_versions=table_versions, log_model=False, nested=True,
+                                run_name=f"K={k} {resolved} {label}".rstrip(),
+                                preprocessing=front, transformed=transformed, **spark_options)
+                            candidates.append(Candidate(k, resolved, fit.metrics["bic"],
+                                                        fit.run_id, label, fit))
+            best = min(candidates, key=lambda c: c.bic)
+            best_fit = best.fit
             mlflow.log_params({"best_n_components": best.n_components,
                                "best_covariance_types": best.label, "best_run_id": best.run_id})
             mlflow.log_metrics({"best_bic": best.bic, **{
@@ -138,6 +152,35 @@ def select_model(data: Any, modalities: Sequence[Modality], n_components: Sequen
     finally:
         if cached is not None:
             cached.unpersist()
+
+
+def _mixture_modalities(modalities: Sequence[Modality],
+                        preprocessing: Preprocessing | None) -> list[Modality]:
+    return list(modalities) if preprocessing is None else preprocessing.mixture_modalities()
+
+
+def _preprocessing_params(fronts: list[Preprocessing | None]) -> dict[str, Any]:
+    """The parent run's preprocessing params: the one used, or the labels of those tried."""
+    if fronts == [None]:
+        return {}
+    if len(fronts) == 1:
+        return fronts[0].params()
+    return {"sweep.preprocessing": ";".join(front.label() for front in fronts)}
+
+
+@contextlib.contextmanager
+def _transformed(data: Any, preprocessing: Preprocessing | None) -> Iterator[Any]:
+    """Cached transformed rows of cached ``data`` for the candidates of ``preprocessing``
+    (None in memory or without preprocessing), unpersisted afterwards."""
+    if preprocessing is None or type(data).__name__ != "CachedBlocks":
+        yield None
+        return
+    transformed = data.mapped(preprocessing.transform,
+                              tuple(preprocessing.mixture_modalities()))
+    try:
+        yield transformed
+    finally:
+        transformed.unpersist()
 
 
 def _sample(fit: FitRun, data: Any):
