@@ -28,22 +28,26 @@ settings = pipeline.tracking_config(config)
 with tracking(settings):
     model_name, model_version = resolve_registered(settings.client(), config.model_uri())
     detector = load_detector(f"models:/{model_name}/{model_version}")
-# a model trained with `preprocessing:` is a FusionModel around one joint mixture
-model = getattr(detector.model, "mixtures_", {"joint": detector.model})["joint"]
+# a model trained with `preprocessing:` or `model.fusion` early/late is a FusionModel around
+# its mixture(s): "joint", "early", or one per modality for late
+mixtures = getattr(detector.model, "mixtures_", {"joint": detector.model})
 print(f"{config.model_uri()} -> {model_name} version {model_version}: "
-      f"K={len(model.weights_)}, threshold {detector.threshold:.3f}, "
-      f"contamination {detector.contamination}")
-for m in model.modalities:
-    print(f"  {m.name}: dim {m.dim}, {m.covariance_type} covariance, weight {m.weight}")
+      f"threshold {detector.threshold:.3f}, contamination {detector.contamination}")
+for key, model in mixtures.items():
+    print(f"mixture '{key}': K={len(model.weights_)}")
+    for m in model.modalities:
+        print(f"  {m.name}: dim {m.dim}, {m.covariance_type} covariance, weight {m.weight}")
 
 # COMMAND ----------
 
-weights_figure = plots.component_weights(model.weights_)
-plt.show()
+for key, model in mixtures.items():
+    weights_figure = plots.component_weights(model.weights_)
+    weights_figure.suptitle(f"mixture '{key}'")
+    plt.show()
 
 # COMMAND ----------
 
-means = model.means_
+means = {name: values for model in mixtures.values() for name, values in model.means_.items()}
 figure, axes = plt.subplots(1, len(means), figsize=(4 * len(means), 3), squeeze=False)
 for axis, (name, values) in zip(axes[0], means.items(), strict=True):
     image = axis.imshow(values, aspect="auto", cmap="coolwarm")

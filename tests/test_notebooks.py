@@ -163,3 +163,20 @@ def test_04_score(swept: dict, project: Path) -> None:
     assert list(top.columns[-2:]) == ["a_log_likelihood", "b_log_likelihood"]
     assert top["anomaly_score"].is_monotonic_decreasing
     assert top["anomaly_score"].iloc[0] == pytest.approx(scores["anomaly_score"].max())
+
+
+def test_03_inspect_model_of_late_fusion(swept: dict, project: Path) -> None:
+    """03 on a late-fusion champion: one mixture per modality, each shown."""
+    from mmgmm_spark import pipeline
+    from mmgmm_spark.config import load_config
+
+    overrides = ["model.fusion=late", "tracking.registered_model=nb-late"]
+    config = load_config("conf/local.yaml", overrides)
+    pipeline.train(notebook_support.spark_for(config), config)
+    widgets = FakeWidgets({"overrides": "; ".join(overrides)})
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(notebook_support, "_dbutils", lambda: SimpleNamespace(widgets=widgets))
+        ns = run_notebook("03_inspect_model.py")
+    assert ns["model_name"] == "nb-late"
+    assert sorted(ns["mixtures"]) == ["a", "b"] and set(ns["means"]) == {"a", "b"}
+    assert len(ns["scores"]["anomaly_score"]) == N_ROWS
