@@ -376,9 +376,8 @@ class FusionModel:
     def _joint_columns(self, dense: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         mixture = self.mixtures_[JOINT]
         projected, residuals = self._projected(dense), self._residuals(dense)
-        log_prob = mixture.predict_proba(projected)
         total = mixture.score_samples(projected)
-        out = {"cluster": log_prob.argmax(axis=1).astype(np.int32)}
+        out = {"cluster": mixture.predict(projected).astype(np.int32)}
         for m in self.modalities:
             total = total + m.weight * np.nan_to_num(residuals[m.name])
         out["log_likelihood"] = total

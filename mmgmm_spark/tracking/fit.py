@@ -452,6 +452,8 @@ def tracked_fit(model: MultimodalGaussianMixture, data: Any, *, contamination: f
     """
     config = config or TrackingConfig()
     retry = retry or RetryPolicy()
+    fit_params = {**model_params(model, contamination),
+                  **(preprocessing.params() if preprocessing is not None else {})}
     with tracking(config) as experiment_id, _mlflow_run(
             experiment_id, run_name, nested, resume_run_id) as run:
         run_id = run.info.run_id
@@ -460,8 +462,7 @@ def tracked_fit(model: MultimodalGaussianMixture, data: Any, *, contamination: f
                                               resume_run_id)
         if resume is None:  # a resumed run has them (the checkpoint checked the model's)
             params, tags = table_params(table_versions or {})
-            params = {**model_params(model, contamination), **params,
-                      **(preprocessing.params() if preprocessing is not None else {})}
+            params = {**fit_params, **params}
             call_with_retry(lambda: (mlflow.log_params(params), mlflow.set_tags(tags)), retry,
                             "Logging run parameters")
         logger = MetricLogger(client, run_id, model.n_init)
@@ -477,8 +478,7 @@ def tracked_fit(model: MultimodalGaussianMixture, data: Any, *, contamination: f
             result = _finish(config, trained, logger, holdout, run_id, log_model, retry)
         except Exception as error:
             path = save_unlogged(trained.detector, config.work_dir, run_id,
-                                 {"metrics": final_metrics(trained),
-                                  "params": model_params(model, contamination)})
+                                 {"metrics": final_metrics(trained), "params": fit_params})
             log.error("Run %s: the fitted model could not be logged (%s); saved at %s",
                       run_id, error, path)
             raise ModelNotLoggedError(path, run_id, error) from error

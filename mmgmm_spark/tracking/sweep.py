@@ -47,7 +47,11 @@ class Candidate:
 
 @dataclass
 class SweepResult:
-    """The parent run, all candidates, and the winner (lowest BIC) with its registration."""
+    """The parent run, all candidates, and the winner (lowest BIC) with its registration.
+
+    ``best_fit`` is the winner's fit; when registered, its ``run_id`` is the parent run's,
+    where the model is logged (the nested run is ``best.run_id``).
+    """
 
     run_id: str
     candidates: list[Candidate]
@@ -143,7 +147,8 @@ def select_model(data: Any, modalities: Sequence[Modality], n_components: Sequen
                                      (best.n_components, best.label))
             mlflow.log_figure(figure, "plots/bic_vs_k.png")
             plt.close(figure)
-            if register:
+            if register:            # the model is logged on the parent run
+                best_fit = dataclasses.replace(best_fit, run_id=parent.info.run_id)
                 sample = _sample(best_fit, data)
                 best_fit.model_uri, best_fit.model_version, best_fit.decision = (
                     register_detector(config, best_fit.detector, sample, holdout,
