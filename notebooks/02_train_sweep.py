@@ -23,16 +23,17 @@ if "spark" not in globals():  # predefined on Databricks
 # COMMAND ----------
 
 fit = pipeline.train(spark, config)
-print(f"best run {fit.run_id}: registered version {fit.model_version}; "
+print(f"sweep run {fit.run_id}: registered version {fit.model_version}; "
       f"{fit.decision.reason if fit.decision else 'not registered'}")
 
 # COMMAND ----------
 
 client = pipeline.tracking_config(config).client()
-sweep_run = client.get_run(client.get_run(fit.run_id).data.tags["mlflow.parentRunId"])
+sweep_run = client.get_run(fit.run_id)      # the parent run: the model is logged there
 chosen_k = int(sweep_run.data.params["best_n_components"])
 bic = pd.DataFrame([
-    {"n_components": int(key.split("/")[1][1:]), "covariances": key.split("/")[2], "bic": value}
+    {"n_components": int(key.split("/")[1][1:]), "covariances": "/".join(key.split("/")[2:]),
+     "bic": value}
     for key, value in sweep_run.data.metrics.items() if key.startswith("bic/")
 ]).sort_values(["covariances", "n_components"])
 print(f"chosen K = {chosen_k} (lowest BIC {sweep_run.data.metrics['best_bic']:.1f})")
