@@ -193,6 +193,8 @@ def trained(ingested: Workspace) -> Workspace:
                              capture_output=True, text=True, env=env, timeout=600)
     assert process.returncode == 0, process.stderr[-3000:]
     assert re.search(r"run \w+: registered version 1;", process.stdout), process.stdout
+    assert not (ws.root / "mlruns").exists()          # artefacts stay beside the store
+    assert (ws.work / "mlartifacts").is_dir()
     return ws
 
 

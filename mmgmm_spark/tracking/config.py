@@ -2,8 +2,8 @@
 
 Resolution of the tracking URI: an explicit ``tracking_uri`` argument, else the
 ``MLFLOW_TRACKING_URI`` environment variable, else a local SQLite file
-``<work_dir>/mlflow.db`` (artifacts in ``<work_dir>/mlartifacts``). The registry uses the
-same store.
+``<work_dir>/mlflow.db``. Experiments created in a SQLite store keep their artifacts in
+``mlartifacts/`` beside the database file. The registry uses the same store.
 """
 
 from __future__ import annotations
@@ -61,10 +61,17 @@ def ensure_experiment(config: TrackingConfig) -> str:
     experiment = client.get_experiment_by_name(config.experiment)
     if experiment is not None:
         return experiment.experiment_id
-    location = None
-    if config.is_default_store():
-        location = (Path(config.work_dir).resolve() / "mlartifacts").as_uri()
-    return client.create_experiment(config.experiment, artifact_location=location)
+    return client.create_experiment(config.experiment,
+                                    artifact_location=_local_artifacts(config.resolved_uri()))
+
+
+def _local_artifacts(uri: str) -> str | None:
+    """``mlartifacts/`` beside a SQLite store's file (MLflow's own default is ``./mlruns`` of
+    the current directory); None for servers, which choose their artifact store."""
+    prefix = "sqlite:///"
+    if not uri.startswith(prefix):
+        return None
+    return (Path(uri[len(prefix):]).resolve().parent / "mlartifacts").as_uri()
 
 
 @contextlib.contextmanager
