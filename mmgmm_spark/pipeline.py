@@ -187,6 +187,30 @@ def train(spark: SparkSession, config: AppConfig, resume_run_id: str | None = No
     fits one mixture of the concatenated modalities; late one mixture per modality, each a
     nested run of one parent run (see :func:`mmgmm_spark.tracking.late.tracked_late_fit`).
     """
+    _check_train_options(config, resume_run_id)
+    if resume_run_id is not None:
+        config = pinned_to_run(config, resume_run_id)
+    features = read_features(spark, config)
+    training = features.df.where(~_holdout_bucket(config))
+    spark_options = {"init_sample_rows": config.model.init_sample_rows,
+                     "tree_depth": config.model.tree_depth,
+                     "source": ", ".join(m.table for m in config.data.modalities)}
+    common = {"contamination": config.scoring.contamination, "config": tracking_config(config),
+              "table_versions": features.versions, "holdout": holdout_arrays(features, config),
+              **spark_options}
+    if not uses_preprocessing(config):
+        return _fit(training, features.modalities, config, [], resume_run_id, retry, common)
+    # preprocessing is fitted on the cached input rows; the fits cache the transformed rows
+    data = CachedBlocks(training, tuple(features.modalities), spark_options["source"])
+    try:
+        options = _preprocessing_options(data, config, spark_options["source"])
+        return _fit(data, features.modalities, config, options, resume_run_id, retry, common)
+    finally:
+        data.unpersist()
+
+
+def _check_train_options(config: AppConfig, resume_run_id: str | None) -> None:
+    """Refuse the combinations :func:`train` cannot run, naming the settings."""
     sweep, strategy = config.model.sweep, config.model.fusion
     if resume_run_id is not None and (sweep is not None or strategy == "late"):
         raise ConfigError("--resume works for a single joint or early fit, not with "
@@ -194,46 +218,31 @@ def train(spark: SparkSession, config: AppConfig, resume_run_id: str | None = No
     if sweep is not None and strategy == "late":
         raise ConfigError("model.sweep selects one mixture by BIC: use it with model.fusion "
                           "joint or early (late fits one mixture per modality).")
-    if resume_run_id is not None:
-        config = pinned_to_run(config, resume_run_id)
-    features = read_features(spark, config)
-    training = features.df.where(~_holdout_bucket(config))
-    holdout = holdout_arrays(features, config)
-    spark_options = {"init_sample_rows": config.model.init_sample_rows,
-                     "tree_depth": config.model.tree_depth,
-                     "source": ", ".join(m.table for m in config.data.modalities)}
-    common = {"contamination": config.scoring.contamination, "config": tracking_config(config),
-              "table_versions": features.versions, "holdout": holdout}
-    data, options = training, []
-    if uses_preprocessing(config):   # fitted on the cached input rows, cached again inside
-        data = CachedBlocks(training, tuple(features.modalities), spark_options["source"])
-    try:
-        if uses_preprocessing(config):
-            options = _preprocessing_options(data, config, spark_options["source"])
-        preprocessing = options[0] if options else None
-        if strategy == "late":
-            models = {m.name: MultimodalGaussianMixture(
-                preprocessing.for_modality(m.name).mixture_modalities(),
-                config.model.n_components, **_model_options(config))
-                for m in features.modalities}
-            return tracked_late_fit(models, data, preprocessing, retry=retry, **common,
-                                    **spark_options)
-        if sweep is not None:
-            return select_model(data, features.modalities, sweep.n_components,
-                                covariance_types=sweep.covariance_types or None,
-                                model_options=_model_options(config),
-                                preprocessing=options or None, **common,
-                                **spark_options).best_fit
-        modalities = (features.modalities if preprocessing is None
-                      else preprocessing.mixture_modalities())
-        model = MultimodalGaussianMixture(modalities, config.model.n_components,
-                                          **_model_options(config))
-        return tracked_fit(model, data, resume_run_id=resume_run_id, retry=retry,
-                           checkpoint_dir=os.path.join(config.work_dir, CHECKPOINT_DIR),
-                           preprocessing=preprocessing, **common, **spark_options)
-    finally:
-        if data is not training:
-            data.unpersist()
+
+
+def _fit(data: DataFrame | CachedBlocks, modalities: list[Modality], config: AppConfig,
+         options: list[Preprocessing], resume_run_id: str | None, retry: RetryPolicy | None,
+         common: dict) -> FitRun:
+    """The tracked fit, late fit or sweep the config asks for, on the training rows."""
+    model_options, k = _model_options(config), config.model.n_components
+    preprocessing = options[0] if options else None
+    if config.model.fusion == "late":
+        models = {m.name: MultimodalGaussianMixture(
+            preprocessing.for_modality(m.name).mixture_modalities(), k, **model_options)
+            for m in modalities}
+        return tracked_late_fit(models, data, preprocessing, retry=retry, **common)
+    sweep = config.model.sweep
+    if sweep is not None:
+        return select_model(data, modalities, sweep.n_components,
+                            covariance_types=sweep.covariance_types or None,
+                            model_options=model_options, preprocessing=options or None,
+                            **common).best_fit
+    mixture_modalities = (modalities if preprocessing is None
+                          else preprocessing.mixture_modalities())
+    return tracked_fit(MultimodalGaussianMixture(mixture_modalities, k, **model_options), data,
+                       resume_run_id=resume_run_id, retry=retry,
+                       checkpoint_dir=os.path.join(config.work_dir, CHECKPOINT_DIR),
+                       preprocessing=preprocessing, **common)
 
 
 def _preprocessing_options(data: CachedBlocks, config: AppConfig,
