@@ -83,9 +83,11 @@ def _projection(value: Any) -> Any:
 
 class SweepConfig(Section):
     """Candidates chosen among by BIC: every K x covariance configuration x preprocessing
-    (``standardise`` x ``projection`` values; empty: the ``preprocessing`` section's)."""
+    (``standardise`` x ``projection`` values). An empty list takes the single setting
+    (``model.n_components``, the modalities' covariance types, the ``preprocessing``
+    section's)."""
 
-    n_components: list[int] = Field(min_length=1)
+    n_components: list[int] = Field(default_factory=list)
     covariance_types: list[dict[str, Literal["full", "tied", "diag", "spherical"]]] = Field(
         default_factory=list)
     standardise: list[bool] = Field(default_factory=list)
@@ -95,6 +97,20 @@ class SweepConfig(Section):
     @classmethod
     def _projections(cls, value: Any) -> Any:
         return [_projection(v) for v in value] if isinstance(value, list) else value
+
+    @field_validator("n_components", "covariance_types", "standardise", "projection")
+    @classmethod
+    def _distinct(cls, value: list) -> list:
+        if any(value[i] in value[:i] for i in range(len(value))):
+            raise ValueError(f"values must be distinct, got {value}")
+        return value
+
+    @field_validator("n_components")
+    @classmethod
+    def _positive(cls, value: list[int]) -> list[int]:
+        if any(k < 1 for k in value):
+            raise ValueError(f"every K must be >= 1, got {value}")
+        return value
 
 
 class ModelConfig(Section):

@@ -216,7 +216,7 @@ class FusionModel:
                 self.preprocessors_[m.name] = chosen.preprocessors[m.name]
                 self.mixtures_[m.name] = chosen.mixture
             self.late_stats_ = {}
-            values = self._late_log_likelihoods(dense)
+            values, _ = self._late_log_likelihoods(dense)
             for name, column in values.items():
                 observed = column[~np.isnan(column)]
                 self.late_stats_[name] = (float(observed.mean()),
@@ -341,13 +341,17 @@ class FusionModel:
         return self._joint_columns(dense)
 
     def responsibilities(self, batch: Batch) -> np.ndarray:
-        """(n, K) component posteriors of the ``joint`` mixture (other strategies have
-        several mixtures or marginal components: not defined there)."""
+        """(n, K) component posteriors of the ``joint`` or ``early`` mixture (``early``: of
+        each row's observed coordinates). ``late`` has one mixture per modality: undefined."""
         self._check_fitted()
-        if self.strategy != "joint":
-            raise ValueError(f"Responsibilities are defined for 'joint' models, not "
-                             f"'{self.strategy}'; set scoring.include_responsibilities false.")
-        return self.mixtures_[JOINT].predict_proba(self._projected(_dense(batch)))
+        projected = self._projected(_dense(batch))
+        if self.strategy == "early":
+            joint = self._early_log_prob(projected)
+            return np.exp(joint - logsumexp_rows(joint)[:, None])
+        if self.strategy == "late":
+            raise ValueError("Responsibilities are not defined for 'late' models (one mixture "
+                             "per modality); set scoring.include_responsibilities false.")
+        return self.mixtures_[JOINT].predict_proba(projected)
 
     def score_samples(self, data: ArrayData) -> np.ndarray:
         """(n,) the fused log-likelihood (the negative is the anomaly score)."""
@@ -385,60 +389,66 @@ class FusionModel:
             out[name] = column + residuals[name]
         return out
 
-    def _early_columns(self, dense: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        mixture = self.mixtures_[EARLY]
-        projected, residuals = self._projected(dense), self._residuals(dense)
+    def _early_spans(self) -> dict[str, np.ndarray]:
+        """{modality: its column indices in the concatenated ``early`` block}."""
+        widths = [self.preprocessors_[m.name].output_dim for m in self.modalities]
+        starts = np.cumsum([0, *widths])
+        return {m.name: np.arange(starts[i], starts[i + 1])
+                for i, m in enumerate(self.modalities)}
+
+    def _early_log_prob(self, projected: dict[str, np.ndarray]) -> np.ndarray:
+        """(n, K) log pi_k + log N_k(x) of the ``early`` mixture, each row by the exact
+        marginal over the modalities it observes."""
+        mixture, spans = self.mixtures_[EARLY], self._early_spans()
         x = np.hstack([projected[m.name] for m in self.modalities])
-        spans, start = {}, 0
-        for m in self.modalities:
-            width = self.preprocessors_[m.name].output_dim
-            spans[m.name] = np.arange(start, start + width)
-            start += width
-        observed = {m.name: ~np.isnan(projected[m.name]).all(axis=1) for m in self.modalities}
-        pattern = np.stack([observed[m.name] for m in self.modalities], axis=1)
-        total = np.empty(len(x))
-        cluster = np.empty(len(x), dtype=np.int32)
+        pattern = np.stack([~np.isnan(projected[m.name]).all(axis=1) for m in self.modalities],
+                           axis=1)
+        out = np.empty((len(x), mixture.n_components))
         for key in np.unique(pattern, axis=0):
             rows = (pattern == key).all(axis=1)
             index = np.concatenate([spans[m.name] for m, seen in zip(self.modalities, key,
                                                                       strict=True) if seen])
-            joint = _marginal_log_prob(mixture, x[np.ix_(rows, index)], index)
-            total[rows] = logsumexp_rows(joint)
-            cluster[rows] = joint.argmax(axis=1)
-        out = {"log_likelihood": total + sum(np.nan_to_num(r) for r in residuals.values()),
-               "cluster": cluster}
+            out[rows] = _marginal_log_prob(mixture, x[np.ix_(rows, index)], index)
+        return out
+
+    def _early_columns(self, dense: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        mixture, spans = self.mixtures_[EARLY], self._early_spans()
+        projected, residuals = self._projected(dense), self._residuals(dense)
+        joint = self._early_log_prob(projected)
+        out = {"log_likelihood": logsumexp_rows(joint)
+               + sum(np.nan_to_num(r) for r in residuals.values()),
+               "cluster": joint.argmax(axis=1).astype(np.int32)}
         for m in self.modalities:
+            x = projected[m.name]
             column = np.full(len(x), np.nan)
-            rows = observed[m.name]
+            rows = ~np.isnan(x).all(axis=1)
             column[rows] = logsumexp_rows(_marginal_log_prob(
-                mixture, x[np.ix_(rows, spans[m.name])], spans[m.name])) + residuals[m.name][rows]
+                mixture, x[rows], spans[m.name])) + residuals[m.name][rows]
             out[m.name] = column
         return out
 
-    def _late_log_likelihoods(self, dense: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _late_log_likelihoods(self, dense: dict[str, np.ndarray]
+                              ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """Each modality's own mixture log-density (n,) (NaN where missing), and (n,) the
+        most probable component of the first observed modality's mixture."""
         projected, residuals = self._projected(dense), self._residuals(dense)
         out = {}
-        for m in self.modalities:
-            mixture = self.mixtures_[m.name]
+        cluster = np.full(len(next(iter(dense.values()))), -1, dtype=np.int32)
+        for m in reversed(self.modalities):                 # the first observed one wins
             column = np.full(len(projected[m.name]), np.nan)
             rows = ~np.isnan(projected[m.name]).all(axis=1)
             if rows.any():
-                column[rows] = (mixture.score_samples({m.name: projected[m.name][rows]})
-                                + residuals[m.name][rows])
+                log_likelihood, log_resp = self.mixtures_[m.name]._log_prob(
+                    {m.name: projected[m.name][rows]})
+                column[rows] = log_likelihood + residuals[m.name][rows]
+                cluster[rows] = log_resp.argmax(axis=1)
             out[m.name] = column
-        return out
+        return {m.name: out[m.name] for m in self.modalities}, cluster
 
     def _late_columns(self, dense: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        values = self._late_log_likelihoods(dense)
+        values, cluster = self._late_log_likelihoods(dense)
         standardised = np.stack([(values[name] - mean) / std
                                  for name, (mean, std) in self.late_stats_.items()], axis=1)
-        n = standardised.shape[0]
-        cluster = np.full(n, -1, dtype=np.int32)
-        projected = self._projected(dense)
-        for m in reversed(self.modalities):                 # the first observed one wins
-            rows = ~np.isnan(projected[m.name]).all(axis=1)
-            if rows.any():
-                cluster[rows] = self.mixtures_[m.name].predict({m.name: projected[m.name][rows]})
         fused = np.nansum(standardised, axis=1) / (~np.isnan(standardised)).sum(axis=1)
         return {"log_likelihood": fused, "cluster": cluster, **values}
 
@@ -591,6 +601,19 @@ class Preprocessing:
         if self.strategy == "early":
             return concatenated(transformed, [m.name for m in self.modalities])
         return transformed
+
+    def is_identity(self) -> bool:
+        """True when the mixture sees the input rows unchanged (no standardisation, no
+        projection, not ``early``)."""
+        return self.strategy != "early" and all(
+            p.components is None and not p.mean.any() and (p.scale == 1).all()
+            for p in self.preprocessors.values())
+
+    def describe_rows(self, source: str) -> str:
+        """What the mixture's rows of ``source`` are (for messages)."""
+        if self.strategy == "early":
+            return f"{source} (early fusion: the rows observing every modality)"
+        return source
 
     def transform_arrays(self, data: ArrayData) -> dict[str, np.ndarray]:
         """{modality: (n, q)} from {modality: (n, d)} (NaN rows stay NaN; ``early``: the

@@ -23,6 +23,7 @@ from mmgmm_spark.core.batch import DataValidationError
 from mmgmm_spark.core.modality import Modality
 from mmgmm_spark.evaluation import evaluate_scores, log_evaluation
 from mmgmm_spark.fusion import (
+    EARLY,
     FUSION_PARAM,
     PREPROCESSING_PREFIX,
     FusionConfig,
@@ -47,6 +48,7 @@ from mmgmm_spark.tracking import (
 from mmgmm_spark.tracking import tracking as tracking_context
 from mmgmm_spark.tracking.late import tracked_late_fit
 from mmgmm_spark.tracking.scoring import RegisteredDetector, load_registered
+from mmgmm_spark.tracking.sweep import check_covariance_names
 
 log = logging.getLogger(__name__)
 
@@ -210,7 +212,8 @@ def train(spark: SparkSession, config: AppConfig, resume_run_id: str | None = No
 
 
 def _check_train_options(config: AppConfig, resume_run_id: str | None) -> None:
-    """Refuse the combinations :func:`train` cannot run, naming the settings."""
+    """Refuse the combinations :func:`train` cannot run, naming the settings, before any
+    data is read."""
     sweep, strategy = config.model.sweep, config.model.fusion
     if resume_run_id is not None and (sweep is not None or strategy == "late"):
         raise ConfigError("--resume works for a single joint or early fit, not with "
@@ -218,6 +221,15 @@ def _check_train_options(config: AppConfig, resume_run_id: str | None) -> None:
     if sweep is not None and strategy == "late":
         raise ConfigError("model.sweep selects one mixture by BIC: use it with model.fusion "
                           "joint or early (late fits one mixture per modality).")
+    if config.scoring.include_responsibilities and strategy == "late":
+        raise ConfigError(_NO_RESPONSIBILITIES.format(what="model.fusion late"))
+    if sweep is not None:
+        names = [EARLY] if strategy == "early" else [m.name for m in config.data.modalities]
+        check_covariance_names(sweep.covariance_types, names)
+
+
+_NO_RESPONSIBILITIES = ("scoring.include_responsibilities: {what} has one mixture per "
+                        "modality, so no single set of components to report; set it false.")
 
 
 def _fit(data: DataFrame | CachedBlocks, modalities: list[Modality], config: AppConfig,
@@ -233,7 +245,7 @@ def _fit(data: DataFrame | CachedBlocks, modalities: list[Modality], config: App
         return tracked_late_fit(models, data, preprocessing, retry=retry, **common)
     sweep = config.model.sweep
     if sweep is not None:
-        return select_model(data, modalities, sweep.n_components,
+        return select_model(data, modalities, sweep.n_components or [k],
                             covariance_types=sweep.covariance_types or None,
                             model_options=model_options, preprocessing=options or None,
                             **common).best_fit
@@ -256,11 +268,18 @@ def _preprocessing_options(data: CachedBlocks, config: AppConfig,
     options = fit_preprocessing_options(
         data, [dataclasses.replace(base, standardise=s, projection=q) for s, q in grid], source,
         config.model.tree_depth)
+    distinct = {}
     for preprocessing in options:
-        log.info("Preprocessing %s: %s", preprocessing.label(), ", ".join(
-            f"'{m.name}' {m.dim} -> {preprocessing.preprocessors[m.name].output_dim}"
-            for m in preprocessing.modalities))
-    return options
+        widths = ", ".join(f"'{m.name}' {m.dim} -> {preprocessing.preprocessors[m.name].output_dim}"
+                           for m in preprocessing.modalities)
+        log.info("Preprocessing %s: %s", preprocessing.label(), widths)
+        same = tuple((p.components is None, p.output_dim)
+                     for p in preprocessing.preprocessors.values())
+        distinct.setdefault((preprocessing.config.standardise, same), preprocessing)
+    if len(distinct) < len(options):
+        log.info("Preprocessing options with equal results are fitted once: %s",
+                 ", ".join(p.label() for p in distinct.values()))
+    return list(distinct.values())
 
 
 def _describe_modalities(dims: dict[str, int]) -> str:
@@ -300,10 +319,9 @@ def score(spark: SparkSession, config: AppConfig, scoring_run_id: str | None = N
     features = read_features(spark, config)
     registered = load_matching_model(config, features)
     strategy = getattr(registered.detector.model, "strategy", "joint")
-    if config.scoring.include_responsibilities and strategy != "joint":
-        raise ConfigError(f"scoring.include_responsibilities: model {config.model_uri()} uses "
-                          f"'{strategy}' fusion, which has no single set of components; set "
-                          "it false.")
+    if config.scoring.include_responsibilities and strategy == "late":
+        raise ConfigError(_NO_RESPONSIBILITIES.format(
+            what=f"model {config.model_uri()} uses late fusion: it"))
     try:
         return score_registered(
             spark, features.df, config.scoring.output_table, config.model_uri(),

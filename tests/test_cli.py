@@ -294,6 +294,8 @@ def test_train_and_score_with_preprocessing(ingested: Workspace, capsys) -> None
         rejected = cli(capsys, "train", "--config", ws.config,
                        "--set", f"preprocessing.projection={bad}")
         assert_user_error(rejected, "preprocessing.projection", "'auto' or null")
+    repeated = cli(capsys, "train", "--config", ws.config, "--set", "model.sweep.projection=[2, 2]")
+    assert_user_error(repeated, "model.sweep.projection", "distinct")
 
     swept = cli(capsys, "train", "--config", ws.config, *overrides,
                 "--set", "model.sweep.n_components=[1, 2]",
@@ -360,6 +362,15 @@ def test_train_and_score_with_late_and_early_fusion(ingested: Workspace, capsys)
         fused = load_detector(f"models:/{name}/{version}").model
     assert fused.strategy == "early"
     assert [(m.name, m.dim) for m in fused.mixtures_[EARLY].modalities] == [(EARLY, 7)]
+    early_table = ws.table("early_scores")
+    scored = cli(capsys, "score", "--config", ws.config, *overrides,
+                 "--set", f"scoring.model_uri=models:/{name}/{version}",
+                 "--set", f"scoring.output_table={early_table}",
+                 "--set", "scoring.include_responsibilities=true")
+    assert scored.code == 0, scored.err
+    rows = read_delta(early_table).set_index("id").loc[ws.ids]
+    np.testing.assert_allclose(np.stack(rows["responsibilities"]),
+                               fused.responsibilities(fused._batch(inputs)), rtol=1e-9)
     wrong = cli(capsys, "train", "--config", ws.config, *overrides, "--set", "model.fusion=early",
                 "--set", "model.sweep.n_components=[1]",
                 "--set", "model.sweep.covariance_types=[{a: diag}]")

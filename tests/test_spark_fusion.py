@@ -13,7 +13,7 @@ from scipy.stats import multivariate_normal
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.mixture import GaussianMixture
 
-from mmgmm_spark import Modality, MultimodalGaussianMixture
+from mmgmm_spark import DataValidationError, Modality, MultimodalGaussianMixture
 from mmgmm_spark.fusion import EARLY, FusionConfig, FusionModel, Preprocessing
 from mmgmm_spark.spark.arrow import arrow_table
 from mmgmm_spark.spark.data import CachedBlocks
@@ -53,12 +53,12 @@ def observed_rows(x: np.ndarray) -> np.ndarray:
     return ~np.isnan(x).all(axis=1)
 
 
-def gaussian_mixture_log_density(x: np.ndarray, weights: np.ndarray, means: np.ndarray,
-                                 covariances: np.ndarray, index: np.ndarray) -> np.ndarray:
-    """(n,) log sum_k w_k N(x | mean_k[index], cov_k[index, index]) by scipy."""
-    return logsumexp([np.log(w) + multivariate_normal(mu[index], cov[np.ix_(index, index)])
-                      .logpdf(x) for w, mu, cov in zip(weights, means, covariances, strict=True)],
-                     axis=0)
+def weighted_log_probs(x: np.ndarray, mixture: GaussianMixture,
+                       index: np.ndarray) -> np.ndarray:
+    """(n, K) log w_k + log N(x | mean_k[index], cov_k[index, index]) by scipy."""
+    return np.stack([np.log(w) + multivariate_normal(mu[index], cov[np.ix_(index, index)])
+                     .logpdf(x) for w, mu, cov in zip(mixture.weights_, mixture.means_,
+                                                      mixture.covariances_, strict=True)], axis=1)
 
 
 def test_early_fusion_on_spark_equals_sklearn_on_concatenated_complete_rows(
@@ -91,12 +91,16 @@ def test_early_fusion_on_spark_equals_sklearn_on_concatenated_complete_rows(
     np.testing.assert_allclose(mixture.covariances_[EARLY], reference.covariances_, rtol=1e-7,
                                atol=1e-9)
     a_seen, b_seen = observed_rows(data["a"]), observed_rows(data["b"])
-    expected = np.empty(len(x))
+    joint = np.empty((len(x), 3))
     for rows, index in ((complete, np.arange(7)), (a_seen & ~b_seen, np.arange(4)),
                         (~a_seen & b_seen, np.arange(4, 7))):
-        expected[rows] = gaussian_mixture_log_density(
-            x[np.ix_(rows, index)], reference.weights_, reference.means_,
-            reference.covariances_, index)
+        joint[rows] = weighted_log_probs(x[np.ix_(rows, index)], reference, index)
+    expected = logsumexp(joint, axis=1)
+    responsibilities = fused.responsibilities(fused._batch(data))
+    np.testing.assert_allclose(responsibilities, np.exp(joint - expected[:, None]), rtol=1e-6,
+                               atol=1e-9)
+    np.testing.assert_allclose(responsibilities[complete], reference.predict_proba(x[complete]),
+                               rtol=1e-6, atol=1e-9)
     assert (~complete).sum() > 50
     np.testing.assert_allclose(fused.score_samples(data), expected, rtol=1e-7)
     assert fit.detector.threshold == pytest.approx(np.quantile(-expected, 0.95), rel=1e-7)
@@ -150,4 +154,27 @@ def test_late_fusion_on_spark_is_the_closed_form_combination(spark, data, tracki
         f"tags.mlflow.parentRunId = '{fit.run_id}'")
     assert sorted(r.info.run_name for r in children) == ["late: a", "late: b"]
     assert client.get_run(fit.run_id).data.params["fusion"] == "late"
+    assert spark.sparkContext._jsc.sc().getPersistentRDDs().size() == 0
+
+
+def test_too_few_rows_of_one_modality_is_named(spark, data, tracking, monkeypatch):
+    """late: a modality observed by fewer rows than K fails naming it; early: the rows that
+    observe every modality are counted, not all rows."""
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    a = data["a"][observed_rows(data["a"])]
+    sparse = {"a": a, "b": np.full((len(a), 3), np.nan)}
+    sparse["b"][:2] = 1.0
+    cached = CachedBlocks(spark.createDataFrame(arrow_table(sparse)), MODALITIES, "test rows")
+    try:
+        late = Preprocessing.identity(list(MODALITIES), FusionConfig("late"))
+        models = {m.name: MultimodalGaussianMixture(
+            late.for_modality(m.name).mixture_modalities(), 3, max_iter=3) for m in MODALITIES}
+        with pytest.raises(DataValidationError, match=r"rows observing 'b'.*2 rows, fewer than"):
+            tracked_late_fit(models, cached, late, config=tracking)
+        early = Preprocessing.identity(list(MODALITIES), FusionConfig("early"))
+        model = MultimodalGaussianMixture(early.mixture_modalities(), 3, max_iter=3)
+        with pytest.raises(DataValidationError, match=r"observing every modality.*2 rows"):
+            tracked_fit(model, cached, config=tracking, preprocessing=early, log_model=False)
+    finally:
+        cached.unpersist()
     assert spark.sparkContext._jsc.sc().getPersistentRDDs().size() == 0

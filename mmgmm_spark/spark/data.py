@@ -165,6 +165,7 @@ class CachedBlocks:
     def __init__(self, df: DataFrame, modalities: tuple[Modality, ...], source: str,
                  rows_per_block: int = 65_536, use_rdd: bool | None = None) -> None:
         self.modalities = modalities
+        self.source = source
         self.use_rdd = has_rdd_api(df.sparkSession) if use_rdd is None else use_rdd
         payload = modality_frame(df, modalities, source).mapInArrow(
             payload_mapper(modalities, source, rows_per_block), PAYLOAD_SCHEMA)
@@ -253,31 +254,40 @@ class CachedBlocks:
             rows = self.payload.mapInArrow(partition, "result binary").collect()
         return reduce(merge, (from_arrays(decode_arrays(row.result)) for row in rows), zero)
 
-    def mapped(self, function: Callable[[Batch], Batch],
-               modalities: tuple[Modality, ...]) -> CachedBlocks:
+    def mapped(self, function: Callable[[Batch], Batch], modalities: tuple[Modality, ...],
+               source: str | None = None) -> CachedBlocks:
         """A cache of ``function(batch)`` for every batch (blocks of ``modalities``; the
-        function may drop rows). Filled and counted here; unpersist both caches when done.
+        function may drop rows; ``source`` describes the rows, default this cache's). Filled
+        and counted here; unpersist both caches when done.
         """
         derived = object.__new__(CachedBlocks)
         derived.modalities, derived.use_rdd = modalities, self.use_rdd
+        derived.source = source or self.source
         derived.rdd = derived.payload = None
         if self.rdd is not None:
             derived.rdd = self.rdd.map(spark_task(function)).persist(StorageLevel.MEMORY_AND_DISK)
+        else:
+            derived.payload = self._mapped_payload(function, modalities)
+        try:
             derived.n_rows = derived._count()
-            return derived
-        source = self.modalities
+        except Exception:
+            derived.unpersist()
+            raise
+        return derived
+
+    def _mapped_payload(self, function: Callable[[Batch], Batch],
+                        modalities: tuple[Modality, ...]) -> DataFrame:
+        """The cached payload DataFrame of ``function(batch)`` (DataFrame-only path)."""
+        inputs = self.modalities
 
         @spark_task
         def apply(record_batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-            for batch in payload_batches(record_batches, source):
+            for batch in payload_batches(record_batches, inputs):
                 result = function(batch)
                 yield pa.RecordBatch.from_pydict(
                     {"n_rows": [result.n_rows], "payload": [encode_batch(result, modalities)]})
 
-        derived.payload = self.payload.mapInArrow(apply, PAYLOAD_SCHEMA).persist(
-            StorageLevel.MEMORY_AND_DISK)
-        derived.n_rows = derived._count()
-        return derived
+        return self.payload.mapInArrow(apply, PAYLOAD_SCHEMA).persist(StorageLevel.MEMORY_AND_DISK)
 
     def sample(self, max_rows: int, seed: int) -> Batch:
         """About ``max_rows`` rows drawn uniformly (all rows, in order, when there are fewer)."""

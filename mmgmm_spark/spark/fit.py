@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
+from mmgmm_spark.core.batch import DataValidationError
 from mmgmm_spark.core.em import IterationCallback
 from mmgmm_spark.core.modality import Modality
 from mmgmm_spark.core.params import MixtureParams
@@ -83,6 +84,10 @@ def fit_cached(model: MultimodalGaussianMixture, data: CachedBlocks, *,
     :class:`mmgmm_spark.checkpoint.Checkpoint`) continues an interrupted fit from its last
     completed iteration (see :mod:`mmgmm_spark.checkpoint`).
     """
+    if data.n_rows < model.n_components:
+        raise DataValidationError(
+            f"{data.source}: {data.n_rows} rows, fewer than n_components="
+            f"{model.n_components}. Lower n_components or add rows.")
     rng = model._random_state()
     seed = model.random_state if isinstance(model.random_state, int) else 0
     sample = data.sample(init_sample_rows, seed=seed)

@@ -241,10 +241,12 @@ def _fit_on_spark(model: MultimodalGaussianMixture, data: Any, contamination: fl
     fit_options = {k: v for k, v in spark_options.items() if k not in cache_keys}
     if checkpointer is not None:
         fit_options |= {"checkpointer": checkpointer, "resume": resume}
-    owned_transform = preprocessing is not None and transformed is None
+    owned_transform = (preprocessing is not None and transformed is None
+                       and not preprocessing.is_identity())
     try:
         if owned_transform:
-            transformed = cached.mapped(preprocessing.transform, tuple(model.modalities))
+            transformed = cached.mapped(preprocessing.transform, tuple(model.modalities),
+                                        preprocessing.describe_rows(cached.source))
         fit_cached(model, transformed or cached, on_iteration=logger, **fit_options)
         fitted = model if preprocessing is None else preprocessing.model(model, cached.n_rows)
         scores = training_threshold(fitted, cached, contamination)

@@ -18,7 +18,12 @@ import numpy as np
 from mmgmm_spark.detector import AnomalyDetector
 from mmgmm_spark.fusion import LatePart, Preprocessing, late_model, observing
 from mmgmm_spark.model import MultimodalGaussianMixture
-from mmgmm_spark.reliability import RetryPolicy, call_with_retry
+from mmgmm_spark.reliability import (
+    ModelNotLoggedError,
+    RetryPolicy,
+    call_with_retry,
+    save_unlogged,
+)
 from mmgmm_spark.spark.data import CachedBlocks
 from mmgmm_spark.spark.score import training_threshold
 from mmgmm_spark.tracking.config import TrackingConfig, tracking
@@ -28,6 +33,7 @@ from mmgmm_spark.tracking.fit import (
     _mlflow_run,
     information_criteria,
     log_figures,
+    model_params,
     register_detector,
     score_figures,
     table_params,
@@ -58,14 +64,15 @@ def tracked_late_fit(models: Mapping[str, MultimodalGaussianMixture], data: Cach
     """
     config = config or TrackingConfig()
     retry = retry or RetryPolicy()
+    params = _late_params(models, preprocessing, contamination)
     with tracking(config) as experiment_id, _mlflow_run(experiment_id, run_name, False,
                                                         None) as run:
-        params, tags = table_params(table_versions or {})
-        call_with_retry(lambda: (mlflow.log_params({**preprocessing.params(), **params,
-                                                    "contamination": contamination}),
+        run_id = run.info.run_id
+        versions, tags = table_params(table_versions or {})
+        call_with_retry(lambda: (mlflow.log_params({**params, **versions}),
                                  mlflow.set_tags(tags)), retry, "Logging run parameters")
         fits = {name: _fit_modality(name, model, data, preprocessing, contamination, config,
-                                    table_versions, spark_options)
+                                    table_versions, retry, spark_options)
                 for name, model in models.items()}
         parts = {name: LatePart(fit.detector.model, fit.metrics["final_mean_log_likelihood"],
                                 fit.metrics["final_log_likelihood_std"])
@@ -75,29 +82,46 @@ def tracked_late_fit(models: Mapping[str, MultimodalGaussianMixture], data: Cach
         detector = AnomalyDetector(fused, contamination, scores.threshold)
         metrics = _late_metrics(fits, data.n_rows, scores.threshold)
         sample = data.sample(PLOT_ROWS, seed=0)
-        call_with_retry(lambda: (mlflow.log_params({"n_rows": data.n_rows,
-                                                    "data_path": "spark"}),
-                                 mlflow.log_metrics(metrics),
-                                 log_figures(score_figures(detector, sample))),
-                        retry, "Logging final metrics")
-        result = FitRun(run.info.run_id, detector, data.n_rows, metrics)
-        result.model_uri, result.model_version, result.decision = call_with_retry(
-            lambda: register_detector(config, detector, sample, holdout, run.info.run_id),
-            retry, "Logging the model")
+        result = FitRun(run_id, detector, data.n_rows, metrics)
+        try:
+            call_with_retry(lambda: (mlflow.log_params({"n_rows": data.n_rows,
+                                                        "data_path": "spark"}),
+                                     mlflow.log_metrics(metrics),
+                                     log_figures(score_figures(detector, sample))),
+                            retry, "Logging final metrics")
+            result.model_uri, result.model_version, result.decision = call_with_retry(
+                lambda: register_detector(config, detector, sample, holdout, run_id),
+                retry, "Logging the model")
+        except Exception as error:
+            path = save_unlogged(detector, config.work_dir, run_id,
+                                 {"metrics": metrics, "params": params})
+            raise ModelNotLoggedError(path, run_id, error) from error
         return result
+
+
+def _late_params(models: Mapping[str, MultimodalGaussianMixture], preprocessing: Preprocessing,
+                 contamination: float) -> dict[str, Any]:
+    """Every mixture's modality and EM settings (shared ones once) and the preprocessing."""
+    params: dict[str, Any] = {}
+    for model in models.values():
+        params.update(model_params(model, contamination))
+    params["modalities"] = ",".join(models)
+    return {**params, **preprocessing.params()}
 
 
 def _fit_modality(name: str, model: MultimodalGaussianMixture, data: CachedBlocks,
                   preprocessing: Preprocessing, contamination: float, config: TrackingConfig,
-                  table_versions: Mapping[str, Any] | None,
+                  table_versions: Mapping[str, Any] | None, retry: RetryPolicy,
                   spark_options: Mapping[str, Any]) -> FitRun:
     """The nested run of modality ``name``'s mixture, on the cached rows observing it."""
     single = preprocessing.for_modality(name)
-    rows = data.mapped(observing(name), single.modalities)
+    rows = data.mapped(observing(name), single.modalities,
+                       f"{data.source} (late fusion: the rows observing '{name}')")
     try:
         return tracked_fit(model, rows, contamination=contamination, config=config,
                            table_versions=table_versions, log_model=False, nested=True,
-                           run_name=f"late: {name}", preprocessing=single, **spark_options)
+                           run_name=f"late: {name}", preprocessing=single, retry=retry,
+                           **spark_options)
     finally:
         rows.unpersist()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,11 +15,13 @@ import numpy as np
 
 from mmgmm_spark.config import ConfigError
 from mmgmm_spark.core.modality import Modality
-from mmgmm_spark.fusion import EARLY, Preprocessing
+from mmgmm_spark.fusion import EARLY, FUSION_PARAM, Preprocessing
 from mmgmm_spark.model import MultimodalGaussianMixture, _is_spark_dataframe
 from mmgmm_spark.tracking import plots
 from mmgmm_spark.tracking.config import TrackingConfig, tracking
 from mmgmm_spark.tracking.fit import FitRun, register_detector, table_params, tracked_fit
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -59,15 +62,21 @@ class SweepResult:
     best_fit: FitRun
 
 
-def _with_covariances(modalities: Sequence[Modality],
-                      covariance_types: Mapping[str, str]) -> list[Modality]:
-    names = [m.name for m in modalities]
-    unknown = sorted(set(covariance_types) - set(names))
+def check_covariance_names(configurations: Sequence[Mapping[str, str]],
+                           names: Sequence[str]) -> None:
+    """Raise :class:`ConfigError` when a covariance configuration names a modality that is
+    not one of the mixture's ``names``."""
+    unknown = sorted({name for c in configurations for name in c} - set(names))
     if unknown:
         raise ConfigError(
-            f"model.sweep.covariance_types names {', '.join(map(repr, unknown))}, not a "
-            f"modality of the mixture {names}; name those (with model.fusion early the "
-            f"mixture has one block, '{EARLY}').")
+            f"model.sweep.covariance_types names {', '.join(map(repr, unknown))}, which is not "
+            f"a modality of the mixture {list(names)}; use the mixture's modality names (under "
+            f"model.fusion early the mixture has one block, '{EARLY}').")
+
+
+def _with_covariances(modalities: Sequence[Modality],
+                      covariance_types: Mapping[str, str]) -> list[Modality]:
+    check_covariance_names([covariance_types], [m.name for m in modalities])
     return [dataclasses.replace(m, covariance_type=covariance_types.get(m.name,
                                                                         m.covariance_type))
             for m in modalities]
@@ -118,8 +127,8 @@ def select_model(data: Any, modalities: Sequence[Modality], n_components: Sequen
                 experiment_id=experiment_id, run_name=run_name) as parent:
             params, tags = table_params(table_versions or {})
             mlflow.log_params({"sweep.n_components": ",".join(map(str, n_components)),
-                               "sweep.n_configurations": len(configurations), **params,
-                               **_preprocessing_params(fronts)})
+                               "sweep.n_configurations": len(configurations) * len(fronts),
+                               **params, **_preprocessing_params(fronts)})
             mlflow.set_tags(tags)
             candidates = []
             for front, mixture_variants in variants:
@@ -138,8 +147,12 @@ def select_model(data: Any, modalities: Sequence[Modality], n_components: Sequen
                                                         fit.run_id, label, fit))
             best = min(candidates, key=lambda c: c.bic)
             best_fit = best.fit
+            log.info("Sweep: lowest BIC %.1f with K=%d, %s", best.bic, best.n_components,
+                     best.label)
             mlflow.log_params({"best_n_components": best.n_components,
-                               "best_covariance_types": best.label, "best_run_id": best.run_id})
+                               "best_covariance_types": best.label, "best_run_id": best.run_id,
+                               **({"best_preprocessing": best.preprocessing}
+                                  if best.preprocessing else {})})
             mlflow.log_metrics({"best_bic": best.bic, **{
                 f"bic/K{c.n_components}/{c.key}": c.bic
                 for c in candidates}})
@@ -170,18 +183,20 @@ def _preprocessing_params(fronts: list[Preprocessing | None]) -> dict[str, Any]:
         return {}
     if len(fronts) == 1:
         return fronts[0].params()
-    return {"sweep.preprocessing": ";".join(front.label() for front in fronts)}
+    return {FUSION_PARAM: fronts[0].strategy,
+            "sweep.preprocessing": ";".join(front.label() for front in fronts)}
 
 
 @contextlib.contextmanager
 def _transformed(data: Any, preprocessing: Preprocessing | None) -> Iterator[Any]:
     """Cached transformed rows of cached ``data`` for the candidates of ``preprocessing``
     (None in memory or without preprocessing), unpersisted afterwards."""
-    if preprocessing is None or type(data).__name__ != "CachedBlocks":
+    if (preprocessing is None or preprocessing.is_identity()
+            or type(data).__name__ != "CachedBlocks"):
         yield None
         return
-    transformed = data.mapped(preprocessing.transform,
-                              tuple(preprocessing.mixture_modalities()))
+    transformed = data.mapped(preprocessing.transform, tuple(preprocessing.mixture_modalities()),
+                              preprocessing.describe_rows(data.source))
     try:
         yield transformed
     finally:
