@@ -241,7 +241,9 @@ def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> 
         with open(path) as f:
             document = yaml.safe_load(f) or {}
     except FileNotFoundError:
-        raise ConfigError(f"Config file {source} does not exist.") from None
+        raise ConfigError(f"Config file {source} does not exist (relative paths start at "
+                          f"{os.getcwd()}): run from the project root, where conf/local.yaml "
+                          "is, or pass --config FILE.") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{source}: not valid YAML: {e}") from None
     if not isinstance(document, dict):
