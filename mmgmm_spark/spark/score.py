@@ -51,14 +51,14 @@ class TrainingScores:
 
     Attributes:
         threshold: (1 - contamination) quantile of the anomaly scores (equal to
-            ``np.quantile(scores, 1 - contamination)``).
+            ``np.quantile(scores, 1 - contamination)``); None from :func:`training_summary`.
         n_rows: n.
         mean_log_likelihood: mean log-likelihood of the rows under the fitted parameters.
         std_log_likelihood: their standard deviation (population, ``np.std``).
         passes: Spark jobs run over the cached blocks.
     """
 
-    threshold: float
+    threshold: float | None
     n_rows: int
     mean_log_likelihood: float
     std_log_likelihood: float
@@ -202,19 +202,38 @@ def training_threshold(model: MultimodalGaussianMixture | FusionModel, data: Cac
         raise ValueError(f"contamination must be in (0, 0.5), got {contamination!r}.")
     reducer = _ScoreReducer(model, data)
     try:
-        (n, bad), (total,), (lo,), (hi,), (squares,) = reducer.reduce(_summary, _merge_summary)
-        if bad:
-            raise ValueError(f"{bad} training rows have a non-finite anomaly score.")
-        position = (int(n) - 1) * (1.0 - contamination)
+        n, total, lo, hi, squares = _summarise(reducer)
+        position = (n - 1) * (1.0 - contamination)
         rank = int(np.floor(position))
-        below = _order_statistic(reducer, rank, lo, hi, int(n), bins, max_collect)
+        below = _order_statistic(reducer, rank, lo, hi, n, bins, max_collect)
         above = below if rank + 1 >= n else _order_statistic(
-            reducer, rank + 1, lo, hi, int(n), bins, max_collect)
+            reducer, rank + 1, lo, hi, n, bins, max_collect)
         threshold = _lerp(below, above, position - rank)
-        return TrainingScores(threshold, int(n), float(-total / n), float(np.sqrt(squares / n)),
+        return TrainingScores(threshold, n, float(-total / n), float(np.sqrt(squares / n)),
                               reducer.passes)
     finally:
         reducer.close()
+
+
+def training_summary(model: MultimodalGaussianMixture | FusionModel,
+                     data: CachedBlocks) -> TrainingScores:
+    """Mean and standard deviation of the log-likelihood of all cached rows in one pass,
+    without the threshold (``threshold`` None): for fits whose detector is not used."""
+    reducer = _ScoreReducer(model, data)
+    try:
+        n, total, _, _, squares = _summarise(reducer)
+        return TrainingScores(None, n, float(-total / n), float(np.sqrt(squares / n)),
+                              reducer.passes)
+    finally:
+        reducer.close()
+
+
+def _summarise(reducer: _ScoreReducer) -> tuple[int, float, float, float, float]:
+    """(rows, sum, min, max, centred sum of squares) of the scores; all must be finite."""
+    (n, bad), (total,), (lo,), (hi,), (squares,) = reducer.reduce(_summary, _merge_summary)
+    if bad:
+        raise ValueError(f"{bad} training rows have a non-finite anomaly score.")
+    return int(n), float(total), float(lo), float(hi), float(squares)
 
 
 def fit_detector(model: MultimodalGaussianMixture, data: CachedBlocks, contamination: float,

@@ -194,7 +194,8 @@ class _Trained:
 def _fit_in_memory(model: MultimodalGaussianMixture, data: Mapping[str, np.ndarray],
                    contamination: float, logger: MetricLogger,
                    checkpointer: Checkpointer | None = None, resume: Checkpoint | None = None,
-                   preprocessing: Preprocessing | None = None) -> _Trained:
+                   preprocessing: Preprocessing | None = None,
+                   with_threshold: bool = True) -> _Trained:
     mixture_data = data if preprocessing is None else preprocessing.transform_arrays(data)
     if checkpointer is None:
         model.fit(mixture_data, on_iteration=logger)
@@ -206,7 +207,8 @@ def _fit_in_memory(model: MultimodalGaussianMixture, data: Mapping[str, np.ndarr
     batch = fitted._batch(data)
     scores = -fitted.score_samples(data)
     detector = AnomalyDetector(fitted, contamination)
-    detector.set_threshold(scores)
+    if with_threshold:
+        detector.set_threshold(scores)
     if batch.n_rows > PLOT_ROWS:
         batch = batch.take(np.random.default_rng(0).choice(batch.n_rows, PLOT_ROWS, False))
     return _Trained(detector, model, len(scores), float(-scores.mean()), float(scores.std()),
@@ -220,8 +222,8 @@ def _n_parameters(model: MultimodalGaussianMixture, preprocessing: Preprocessing
 def _fit_on_spark(model: MultimodalGaussianMixture, data: Any, contamination: float,
                   logger: MetricLogger, spark_options: dict[str, Any],
                   checkpointer: Checkpointer | None = None, resume: Checkpoint | None = None,
-                  preprocessing: Preprocessing | None = None,
-                  transformed: Any = None) -> _Trained:
+                  preprocessing: Preprocessing | None = None, transformed: Any = None,
+                  with_threshold: bool = True) -> _Trained:
     """Cache the input rows (unless given cached), fit, threshold, sample, unpersist.
 
     With ``preprocessing`` the mixture is fitted on a second cache of the transformed rows
@@ -230,7 +232,7 @@ def _fit_on_spark(model: MultimodalGaussianMixture, data: Any, contamination: fl
     """
     from mmgmm_spark.spark.data import CachedBlocks
     from mmgmm_spark.spark.fit import fit_cached
-    from mmgmm_spark.spark.score import training_threshold
+    from mmgmm_spark.spark.score import training_summary, training_threshold
 
     inputs = model.modalities if preprocessing is None else preprocessing.modalities
     owned = not isinstance(data, CachedBlocks)
@@ -249,7 +251,8 @@ def _fit_on_spark(model: MultimodalGaussianMixture, data: Any, contamination: fl
                                         preprocessing.describe_rows(cached.source))
         fit_cached(model, transformed or cached, on_iteration=logger, **fit_options)
         fitted = model if preprocessing is None else preprocessing.model(model, cached.n_rows)
-        scores = training_threshold(fitted, cached, contamination)
+        scores = (training_threshold(fitted, cached, contamination) if with_threshold
+                  else training_summary(fitted, cached))
         sample = cached.sample(PLOT_ROWS, seed=0)
     finally:
         if owned_transform and transformed is not None:
@@ -299,7 +302,8 @@ def final_metrics(trained: _Trained) -> dict[str, float]:
         "min_component_weight": float(model.weights_.min()),
         "n_collapsed_components": float(len(model.collapsed_components_)),
         "n_parameters": float(trained.n_parameters),
-        "threshold": float(trained.detector.threshold),
+        **({} if trained.detector.threshold is None
+           else {"threshold": float(trained.detector.threshold)}),
     }
 
 
@@ -421,7 +425,8 @@ def tracked_fit(model: MultimodalGaussianMixture, data: Any, *, contamination: f
                 log_model: bool = True, nested: bool = False,
                 checkpoint_dir: str | None = None, resume_run_id: str | None = None,
                 retry: RetryPolicy | None = None, preprocessing: Preprocessing | None = None,
-                transformed: Any = None, **spark_options: Any) -> FitRun:
+                transformed: Any = None, threshold: bool = True,
+                **spark_options: Any) -> FitRun:
     """Fit ``model`` as one MLflow run and (optionally) log and register the detector.
 
     Args:
@@ -449,6 +454,9 @@ def tracked_fit(model: MultimodalGaussianMixture, data: Any, *, contamination: f
         transformed: on Spark, ``data``'s rows already transformed by ``preprocessing`` and
             cached (:meth:`CachedBlocks.mapped`; the caller unpersists them); default:
             cached here for this fit.
+        threshold: compute the exact training threshold (on Spark a few extra passes);
+            False: only the log-likelihood's mean and standard deviation, for fits whose
+            detector is not used as is (sweep candidates, late parts): its threshold is None.
         spark_options: ``source``, ``rows_per_block``, ``use_rdd``, ``tree_depth``,
             ``init_sample_rows`` for the Spark path.
     """
@@ -472,10 +480,11 @@ def tracked_fit(model: MultimodalGaussianMixture, data: Any, *, contamination: f
             logger.resume(resume.progress.restart)
         if _is_spark_dataframe(data) or type(data).__name__ == "CachedBlocks":
             trained = _fit_on_spark(model, data, contamination, logger, spark_options,
-                                    checkpointer, resume, preprocessing, transformed)
+                                    checkpointer, resume, preprocessing, transformed,
+                                    threshold)
         else:
             trained = _fit_in_memory(model, data, contamination, logger, checkpointer, resume,
-                                     preprocessing)
+                                     preprocessing, threshold)
         try:
             result = _finish(config, trained, logger, holdout, run_id, log_model, retry)
         except Exception as error:

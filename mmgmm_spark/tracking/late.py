@@ -121,7 +121,7 @@ def _fit_modality(name: str, model: MultimodalGaussianMixture, data: CachedBlock
         return tracked_fit(model, rows, contamination=contamination, config=config,
                            table_versions=table_versions, log_model=False, nested=True,
                            run_name=f"late: {name}", preprocessing=single, retry=retry,
-                           **spark_options)
+                           threshold=False, **spark_options)
     finally:
         rows.unpersist()
 

@@ -142,18 +142,20 @@ def select_model(data: Any, modalities: Sequence[Modality], n_components: Sequen
                                 model, data, contamination=contamination, config=config,
                                 table_versions=table_versions, log_model=False, nested=True,
                                 run_name=f"K={k} {resolved} {label}".rstrip(),
-                                preprocessing=front, transformed=transformed, **spark_options)
+                                preprocessing=front, transformed=transformed, threshold=False,
+                                **spark_options)
                             candidates.append(Candidate(k, resolved, fit.metrics["bic"],
                                                         fit.run_id, label, fit))
             best = min(candidates, key=lambda c: c.bic)
             best_fit = best.fit
+            _set_threshold(best_fit, data, contamination)
             log.info("Sweep: lowest BIC %.1f with K=%d, %s", best.bic, best.n_components,
                      best.label)
             mlflow.log_params({"best_n_components": best.n_components,
                                "best_covariance_types": best.label, "best_run_id": best.run_id,
                                **({"best_preprocessing": best.preprocessing}
                                   if best.preprocessing else {})})
-            mlflow.log_metrics({"best_bic": best.bic, **{
+            mlflow.log_metrics({"best_bic": best.bic, "threshold": best_fit.detector.threshold, **{
                 f"bic/K{c.n_components}/{c.key}": c.bic
                 for c in candidates}})
             figure = plots.bic_curve([(c.n_components, c.label, c.bic) for c in candidates],
@@ -170,6 +172,17 @@ def select_model(data: Any, modalities: Sequence[Modality], n_components: Sequen
     finally:
         if cached is not None:
             cached.unpersist()
+
+
+def _set_threshold(fit: FitRun, data: Any, contamination: float) -> None:
+    """The winner's exact training threshold (the candidates were fitted without one)."""
+    detector = fit.detector
+    if type(data).__name__ == "CachedBlocks":
+        from mmgmm_spark.spark.score import training_threshold
+
+        detector.threshold = training_threshold(detector.model, data, contamination).threshold
+    else:
+        detector.set_threshold(-detector.model.score_samples(data))
 
 
 def _mixture_modalities(modalities: Sequence[Modality],
