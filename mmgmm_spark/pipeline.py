@@ -242,7 +242,8 @@ def _fit(data: DataFrame | CachedBlocks, modalities: list[Modality], config: App
         models = {m.name: MultimodalGaussianMixture(
             preprocessing.for_modality(m.name).mixture_modalities(), k, **model_options)
             for m in modalities}
-        return tracked_late_fit(models, data, preprocessing, retry=retry, **common)
+        return tracked_late_fit(models, data, preprocessing, retry=retry,
+                                run_name=f"late K={k}", **common)
     sweep = config.model.sweep
     if sweep is not None:
         return select_model(data, modalities, sweep.n_components or [k],
@@ -252,7 +253,8 @@ def _fit(data: DataFrame | CachedBlocks, modalities: list[Modality], config: App
     mixture_modalities = (modalities if preprocessing is None
                           else preprocessing.mixture_modalities())
     return tracked_fit(MultimodalGaussianMixture(mixture_modalities, k, **model_options), data,
-                       resume_run_id=resume_run_id, retry=retry,
+                       run_name=f"{config.model.fusion} K={k}", resume_run_id=resume_run_id,
+                       retry=retry,
                        checkpoint_dir=os.path.join(config.work_dir, CHECKPOINT_DIR),
                        preprocessing=preprocessing, **common)
 

@@ -91,8 +91,9 @@ def fit_cached(model: MultimodalGaussianMixture, data: CachedBlocks, *,
     rng = model._random_state()
     seed = model.random_state if isinstance(model.random_state, int) else 0
     sample = data.sample(init_sample_rows, seed=seed)
-    log.info("Fitting K=%d on %d rows (%s path, init sample %d rows)", model.n_components,
-             data.n_rows, "RDD" if data.rdd is not None else "DataFrame-only", sample.n_rows)
+    log.info("Fitting K=%d on %d rows of %s (%s path, init sample %d rows)", model.n_components,
+             data.n_rows, data.source, "RDD" if data.rdd is not None else "DataFrame-only",
+             sample.n_rows)
     stats_pass = SparkStatsPass(data, model.modalities, model.n_components, tree_depth)
     initials = lambda _: model.initial_params(sample, rng)  # noqa: E731
     if checkpointer is None and resume is None:

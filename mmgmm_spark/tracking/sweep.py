@@ -44,8 +44,13 @@ class Candidate:
 
     @property
     def label(self) -> str:
-        covariances = ",".join(f"{name}:{cov}" for name, cov in self.covariance_types.items())
-        return f"{covariances} {self.preprocessing}" if self.preprocessing else covariances
+        return describe(self.covariance_types, self.preprocessing)
+
+
+def describe(covariance_types: Mapping[str, str], preprocessing: str = "") -> str:
+    """A configuration as text, e.g. ``image:full,text:diag standardise-true_projection-8``."""
+    covariances = ",".join(f"{name}:{cov}" for name, cov in covariance_types.items())
+    return f"{covariances} {preprocessing}" if preprocessing else covariances
 
 
 @dataclass
@@ -141,7 +146,7 @@ def select_model(data: Any, modalities: Sequence[Modality], n_components: Sequen
                             fit = tracked_fit(
                                 model, data, contamination=contamination, config=config,
                                 table_versions=table_versions, log_model=False, nested=True,
-                                run_name=f"K={k} {resolved} {label}".rstrip(),
+                                run_name=f"K={k} {describe(resolved, label)}",
                                 preprocessing=front, transformed=transformed, threshold=False,
                                 **spark_options)
                             candidates.append(Candidate(k, resolved, fit.metrics["bic"],
