@@ -39,12 +39,13 @@ cluster                      most probable component          most probable comp
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import os
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from itertools import product
 from typing import Any
@@ -54,7 +55,11 @@ import numpy as np
 from mmgmm_spark.core.batch import Batch, Block, batch_from_arrays
 from mmgmm_spark.core.densities import Centred, log_gaussian_density, logsumexp_rows
 from mmgmm_spark.core.modality import COVARIANCE_TYPES, Modality, check_modalities
-from mmgmm_spark.core.params import DegenerateComponentError, GaussianBlock
+from mmgmm_spark.core.params import (
+    DegenerateComponentError,
+    DegenerateComponentWarning,
+    GaussianBlock,
+)
 from mmgmm_spark.model import MultimodalGaussianMixture, NotFittedError
 from mmgmm_spark.model_io import load_model, save_model
 from mmgmm_spark.preprocessing import ModalityPreprocessor, Moments, preprocess_batch
@@ -601,6 +606,29 @@ class Preprocessing:
         if self.strategy == "early":
             return concatenated(transformed, [m.name for m in self.modalities])
         return transformed
+
+    @contextlib.contextmanager
+    def naming_coordinates(self) -> Iterator[None]:
+        """Inside: a degenerate-feature warning of the mixture gains a note that the feature
+        numbers of projected modalities count principal components, not input columns."""
+        projected = [name for name, p in self.preprocessors.items() if p.components is not None]
+        if not projected:
+            yield
+            return
+        caught: list[warnings.WarningMessage] = []
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("default")
+                yield
+        finally:
+            note = (f" (In {', '.join(map(repr, projected))} the features are principal "
+                    "components of the preprocessing, not input columns.)")
+            for w in caught:
+                message = str(w.message)
+                if issubclass(w.category, DegenerateComponentWarning) and any(
+                        f"'{name}'" in message for name in projected):
+                    message += note
+                warnings.warn_explicit(message, w.category, w.filename, w.lineno)
 
     def is_identity(self) -> bool:
         """True when the mixture sees the input rows unchanged (no standardisation, no

@@ -153,3 +153,30 @@ def test_detector_covers_every_strategy_in_one_artefact(two_views, strategy, tmp
     for name, values in columns.items():
         np.testing.assert_array_equal(again[name], values)
     assert not list(tmp_path.rglob("*.pkl")) and not list(tmp_path.rglob("*.pickle"))
+
+
+def test_degenerate_feature_warnings_say_projected_features_are_components() -> None:
+    """Inside naming_coordinates, a mixture warning about a projected modality gains the note;
+    other warnings pass unchanged, also when the fit fails."""
+    import warnings
+
+    from mmgmm_spark.core.params import DegenerateComponentWarning
+    from mmgmm_spark.fusion import Preprocessing
+    from mmgmm_spark.preprocessing import ModalityPreprocessor
+
+    rng = np.random.default_rng(0)
+    projected = ModalityPreprocessor.fit(rng.normal(size=(50, 3)), 2)
+    preprocessing = Preprocessing(tuple(MODALITIES), {"a": projected,
+                                                      "b": ModalityPreprocessor.identity(2)},
+                                  FusionConfig())
+    with pytest.warns(DegenerateComponentWarning) as seen, pytest.raises(RuntimeError):
+        with preprocessing.naming_coordinates():
+            warnings.warn("Modality 'a': feature(s) [1] have no variance",
+                          DegenerateComponentWarning)
+            warnings.warn("Modality 'b': feature(s) [0] have no variance",
+                          DegenerateComponentWarning)
+            raise RuntimeError("the fit failed")
+    messages = [str(w.message) for w in seen]
+    assert messages[0].endswith("In 'a' the features are principal components of the "
+                                "preprocessing, not input columns.)")
+    assert messages[1] == "Modality 'b': feature(s) [0] have no variance"

@@ -264,6 +264,17 @@ def _fit_on_spark(model: MultimodalGaussianMixture, data: Any, contamination: fl
                     scores.std_log_likelihood, sample, "spark", _n_parameters(model, preprocessing))
 
 
+def _fit(model: MultimodalGaussianMixture, data: Any, contamination: float,
+         logger: MetricLogger, spark_options: dict[str, Any], checkpointer: Checkpointer | None,
+         resume: Checkpoint | None, preprocessing: Preprocessing | None, transformed: Any,
+         threshold: bool) -> _Trained:
+    if _is_spark_dataframe(data) or type(data).__name__ == "CachedBlocks":
+        return _fit_on_spark(model, data, contamination, logger, spark_options, checkpointer,
+                             resume, preprocessing, transformed, threshold)
+    return _fit_in_memory(model, data, contamination, logger, checkpointer, resume,
+                          preprocessing, threshold)
+
+
 def _log_plots(trained: _Trained) -> None:
     model = trained.mixture
     log_figures({"plots/convergence.png": plots.convergence_curve(model.lower_bounds_),
@@ -478,13 +489,11 @@ def tracked_fit(model: MultimodalGaussianMixture, data: Any, *, contamination: f
         logger = MetricLogger(client, run_id, model.n_init)
         if resume is not None:
             logger.resume(resume.progress.restart)
-        if _is_spark_dataframe(data) or type(data).__name__ == "CachedBlocks":
-            trained = _fit_on_spark(model, data, contamination, logger, spark_options,
-                                    checkpointer, resume, preprocessing, transformed,
-                                    threshold)
-        else:
-            trained = _fit_in_memory(model, data, contamination, logger, checkpointer, resume,
-                                     preprocessing, threshold)
+        naming = (contextlib.nullcontext() if preprocessing is None
+                  else preprocessing.naming_coordinates())
+        with naming:
+            trained = _fit(model, data, contamination, logger, spark_options, checkpointer,
+                           resume, preprocessing, transformed, threshold)
         try:
             result = _finish(config, trained, logger, holdout, run_id, log_model, retry)
         except Exception as error:
