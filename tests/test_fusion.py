@@ -169,13 +169,13 @@ def test_degenerate_feature_warnings_say_projected_features_are_components() -> 
     preprocessing = Preprocessing(tuple(MODALITIES), {"a": projected,
                                                       "b": ModalityPreprocessor.identity(2)},
                                   FusionConfig())
-    with pytest.warns(DegenerateComponentWarning) as seen, pytest.raises(RuntimeError):
-        with preprocessing.naming_coordinates():
-            warnings.warn("Modality 'a': feature(s) [1] have no variance",
-                          DegenerateComponentWarning)
-            warnings.warn("Modality 'b': feature(s) [0] have no variance",
-                          DegenerateComponentWarning)
-            raise RuntimeError("the fit failed")
+    with (pytest.warns(DegenerateComponentWarning) as seen, pytest.raises(RuntimeError),
+          preprocessing.naming_coordinates()):
+        warnings.warn("Modality 'a': feature(s) [1] have no variance",
+                      DegenerateComponentWarning, stacklevel=1)
+        warnings.warn("Modality 'b': feature(s) [0] have no variance",
+                      DegenerateComponentWarning, stacklevel=1)
+        raise RuntimeError("the fit failed")
     messages = [str(w.message) for w in seen]
     assert messages[0].endswith("In 'a' the features are principal components of the "
                                 "preprocessing, not input columns.)")
