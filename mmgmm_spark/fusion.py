@@ -349,13 +349,13 @@ class FusionModel:
         """(n, K) component posteriors of the ``joint`` or ``early`` mixture (``early``: of
         each row's observed coordinates). ``late`` has one mixture per modality: undefined."""
         self._check_fitted()
+        if self.strategy == "late":
+            raise ValueError("Responsibilities are not defined for 'late' models (one mixture "
+                             "per modality); set scoring.include_responsibilities false.")
         projected = self._projected(_dense(batch))
         if self.strategy == "early":
             joint = self._early_log_prob(projected)
             return np.exp(joint - logsumexp_rows(joint)[:, None])
-        if self.strategy == "late":
-            raise ValueError("Responsibilities are not defined for 'late' models (one mixture "
-                             "per modality); set scoring.include_responsibilities false.")
         return self.mixtures_[JOINT].predict_proba(projected)
 
     def score_samples(self, data: ArrayData) -> np.ndarray:
@@ -365,7 +365,8 @@ class FusionModel:
     def log_density(self, data: ArrayData) -> np.ndarray:
         """(n,) log-density of the rows in input units: ``log_likelihood`` for ``joint`` and
         ``early``; for ``late`` the sum over observed modalities of their own mixtures'
-        log-densities (the density of independent modalities, comparable across strategies)."""
+        log-densities (the density of independent modalities). Comparable across strategies
+        when every ``joint`` modality weight is 1 (a weight scales its modality's term)."""
         columns = self.columns(data)
         if self.strategy != "late":
             return columns["log_likelihood"]
@@ -385,8 +386,8 @@ class FusionModel:
     def _joint_columns(self, dense: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         mixture = self.mixtures_[JOINT]
         projected, residuals = self._projected(dense), self._residuals(dense)
-        total = mixture.score_samples(projected)
-        out = {"cluster": mixture.predict(projected).astype(np.int32)}
+        total, log_resp = mixture._log_prob(projected)
+        out = {"cluster": log_resp.argmax(axis=1).astype(np.int32)}
         for m in self.modalities:
             total = total + m.weight * np.nan_to_num(residuals[m.name])
         out["log_likelihood"] = total
@@ -615,6 +616,7 @@ class Preprocessing:
         if not projected:
             yield
             return
+        blocks = [EARLY] if self.strategy == "early" else projected
         caught: list[warnings.WarningMessage] = []
         try:
             with warnings.catch_warnings(record=True) as caught:
@@ -626,7 +628,7 @@ class Preprocessing:
             for w in caught:
                 message = str(w.message)
                 if issubclass(w.category, DegenerateComponentWarning) and any(
-                        f"'{name}'" in message for name in projected):
+                        f"'{name}'" in message for name in blocks):
                     message += note
                 warnings.warn_explicit(message, w.category, w.filename, w.lineno)
 

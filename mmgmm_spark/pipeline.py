@@ -166,6 +166,8 @@ def pinned_to_run(config: AppConfig, run_id: str) -> AppConfig:
     pinned = AppConfig.model_validate(document)
     used = {k: v for k, v in run.data.params.items()
             if k.startswith(PREPROCESSING_PREFIX) or k == FUSION_PARAM}
+    if used and FUSION_PARAM not in used:     # logged before fusion strategies were params
+        used[FUSION_PARAM] = "joint"
     wanted = ({FUSION_PARAM: pinned.model.fusion,
                **{k: str(v) for k, v in preprocessing_params(fusion_config(pinned)).items()}}
               if uses_preprocessing(pinned) else {})

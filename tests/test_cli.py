@@ -675,3 +675,27 @@ def test_train_resume_continues_a_killed_training_run(ingested: Workspace) -> No
     assert [step for step, _ in finished] == list(range(1, 26))
     np.testing.assert_allclose([v for _, v in finished], [v for _, v in expected], rtol=1e-9)
     assert client.get_run(run_id).info.status == "FINISHED"
+
+
+def test_resume_accepts_a_run_logged_before_fusion_was_a_param(ingested: Workspace) -> None:
+    """Runs with preprocessing logged before ``fusion`` became a run param were joint fits:
+    --resume pins their tables instead of refusing them."""
+    from mmgmm_spark import pipeline
+    from mmgmm_spark.config import load_config
+    from mmgmm_spark.fusion import preprocessing_params
+    from mmgmm_spark.tracking.config import ensure_experiment
+
+    ws = ingested
+    config = load_config(ws.config, ["preprocessing.standardise=true"])
+    client = MlflowClient(tracking_uri=ws.tracking_uri(), registry_uri=ws.tracking_uri())
+    run_id = client.create_run(ensure_experiment(pipeline.tracking_config(config))).info.run_id
+    for key, value in preprocessing_params(pipeline.fusion_config(config)).items():
+        client.log_param(run_id, key, value)
+    client.set_tag(run_id, "mmgmm.delta_tables",
+                   json.dumps({name: {"version": 0} for name in DIMS}))
+    pinned = pipeline.pinned_to_run(config, run_id)
+    assert [m.version for m in pinned.data.modalities] == [0, 0, 0]
+    changed = load_config(ws.config, ["preprocessing.standardise=false",
+                                      "preprocessing.projection=2"])
+    with pytest.raises(ValueError, match="resume with the run's settings"):
+        pipeline.pinned_to_run(changed, run_id)

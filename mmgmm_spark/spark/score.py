@@ -53,7 +53,8 @@ class TrainingScores:
         threshold: (1 - contamination) quantile of the anomaly scores (equal to
             ``np.quantile(scores, 1 - contamination)``); None from :func:`training_summary`.
         n_rows: n.
-        mean_log_likelihood: mean log-likelihood of the rows under the fitted parameters.
+        mean_log_likelihood: mean log-likelihood of the rows under the fitted parameters
+            (of a ``late`` model: the mean fused, unitless score).
         std_log_likelihood: their standard deviation (population, ``np.std``).
         passes: Spark jobs run over the cached blocks.
     """
@@ -80,7 +81,8 @@ class _ScoreReducer:
     pass decodes the cached payloads and recomputes the scores (one E-step per pass).
     """
 
-    def __init__(self, model: MultimodalGaussianMixture, data: CachedBlocks) -> None:
+    def __init__(self, model: MultimodalGaussianMixture | FusionModel,
+                 data: CachedBlocks) -> None:
         self.data = data
         self.passes = 0
         self.scores = None
@@ -137,7 +139,7 @@ def _merge_summary(a: Stats, b: Stats) -> Stats:
     n_a, n_b = a[0][0] - a[0][1], b[0][0] - b[0][1]
     squares = a[4] + b[4]
     if n_a and n_b:
-        squares = squares + (a[1] / n_a - b[1] / n_b) ** 2 * (n_a * n_b / (n_a + n_b))
+        squares = squares + (a[1] / n_a - b[1] / n_b) ** 2 * (n_a / (n_a + n_b) * n_b)
     return a[0] + b[0], a[1] + b[1], np.minimum(a[2], b[2]), np.maximum(a[3], b[3]), squares
 
 

@@ -14,7 +14,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +34,7 @@ from mmgmm_spark.checkpoint import (
 )
 from mmgmm_spark.core.batch import Batch
 from mmgmm_spark.core.em import IterationReport
+from mmgmm_spark.core.modality import Modality
 from mmgmm_spark.detector import AnomalyDetector, modality_column
 from mmgmm_spark.fusion import Preprocessing
 from mmgmm_spark.model import MultimodalGaussianMixture, _is_spark_dataframe
@@ -243,12 +244,10 @@ def _fit_on_spark(model: MultimodalGaussianMixture, data: Any, contamination: fl
     fit_options = {k: v for k, v in spark_options.items() if k not in cache_keys}
     if checkpointer is not None:
         fit_options |= {"checkpointer": checkpointer, "resume": resume}
-    owned_transform = (preprocessing is not None and transformed is None
-                       and not preprocessing.is_identity())
+    owned_transform = preprocessing is not None and transformed is None
     try:
         if owned_transform:
-            transformed = cached.mapped(preprocessing.transform, tuple(model.modalities),
-                                        preprocessing.describe_rows(cached.source))
+            transformed = transformed_rows(cached, preprocessing, model.modalities)
         fit_cached(model, transformed or cached, on_iteration=logger, **fit_options)
         fitted = model if preprocessing is None else preprocessing.model(model, cached.n_rows)
         scores = (training_threshold(fitted, cached, contamination) if with_threshold
@@ -273,6 +272,16 @@ def _fit(model: MultimodalGaussianMixture, data: Any, contamination: float,
                              resume, preprocessing, transformed, threshold)
     return _fit_in_memory(model, data, contamination, logger, checkpointer, resume,
                           preprocessing, threshold)
+
+
+def transformed_rows(cached: Any, preprocessing: Preprocessing,
+                     modalities: Sequence[Modality]) -> Any:
+    """A cache of the rows of ``cached`` as the mixture (of ``modalities``) sees them, or None
+    when the preprocessing changes nothing; the caller unpersists it."""
+    if preprocessing.is_identity():
+        return None
+    return cached.mapped(preprocessing.transform, tuple(modalities),
+                         preprocessing.describe_rows(cached.source))
 
 
 def _log_plots(trained: _Trained) -> None:

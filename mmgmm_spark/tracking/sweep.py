@@ -19,7 +19,13 @@ from mmgmm_spark.fusion import EARLY, FUSION_PARAM, Preprocessing
 from mmgmm_spark.model import MultimodalGaussianMixture, _is_spark_dataframe
 from mmgmm_spark.tracking import plots
 from mmgmm_spark.tracking.config import TrackingConfig, tracking
-from mmgmm_spark.tracking.fit import FitRun, register_detector, table_params, tracked_fit
+from mmgmm_spark.tracking.fit import (
+    FitRun,
+    register_detector,
+    table_params,
+    tracked_fit,
+    transformed_rows,
+)
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +163,8 @@ def select_model(data: Any, modalities: Sequence[Modality], n_components: Sequen
             log.info("Sweep: lowest BIC %.1f with K=%d, %s", best.bic, best.n_components,
                      best.label)
             mlflow.log_params({"best_n_components": best.n_components,
-                               "best_covariance_types": best.label, "best_run_id": best.run_id,
+                               "best_covariance_types": describe(best.covariance_types),
+                               "best_run_id": best.run_id,
                                **({"best_preprocessing": best.preprocessing}
                                   if best.preprocessing else {})})
             mlflow.log_metrics({"best_bic": best.bic, "threshold": best_fit.detector.threshold, **{
@@ -209,16 +216,15 @@ def _preprocessing_params(fronts: list[Preprocessing | None]) -> dict[str, Any]:
 def _transformed(data: Any, preprocessing: Preprocessing | None) -> Iterator[Any]:
     """Cached transformed rows of cached ``data`` for the candidates of ``preprocessing``
     (None in memory or without preprocessing), unpersisted afterwards."""
-    if (preprocessing is None or preprocessing.is_identity()
-            or type(data).__name__ != "CachedBlocks"):
+    if preprocessing is None or type(data).__name__ != "CachedBlocks":
         yield None
         return
-    transformed = data.mapped(preprocessing.transform, tuple(preprocessing.mixture_modalities()),
-                              preprocessing.describe_rows(data.source))
+    transformed = transformed_rows(data, preprocessing, preprocessing.mixture_modalities())
     try:
         yield transformed
     finally:
-        transformed.unpersist()
+        if transformed is not None:
+            transformed.unpersist()
 
 
 def _sample(fit: FitRun, data: Any):
