@@ -30,6 +30,16 @@ def spark():
     session.stop()
 
 
+def local_tracking(tmp_path_factory, name: str):
+    """A TrackingConfig on a fresh SQLite store (experiment ``name``, nothing registered)."""
+    from mmgmm_spark.tracking import TrackingConfig
+
+    work = tmp_path_factory.mktemp(name)
+    copy_empty_mlflow_store(work, tmp_path_factory)
+    return TrackingConfig(work_dir=str(work), tracking_uri=f"sqlite:///{work / 'mlflow.db'}",
+                          experiment=name, registered_model_name=None)
+
+
 def copy_empty_mlflow_store(work_dir: Path, tmp_path_factory) -> None:
     """``work_dir/mlflow.db``: a copy of an initialised empty store (creating the tables of a
     new SQLite store takes many seconds; the template is made once per test session)."""

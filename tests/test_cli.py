@@ -91,6 +91,18 @@ def assert_user_error(result: Result, *fragments: str) -> str:
     return message
 
 
+def train_registered(capsys, ws: Workspace, name: str, table: Path,
+                     *settings: str) -> tuple[list[str], str]:
+    """``mmgmm train`` with ``settings`` registering ``name`` (scores to ``table``): the
+    ``--set`` overrides used and the run id printed."""
+    overrides = [item for setting in (*settings, f"tracking.registered_model={name}",
+                                      f"scoring.output_table={table}")
+                 for item in ("--set", setting)]
+    trained = cli(capsys, "train", "--config", ws.config, *overrides)
+    assert trained.code == 0, trained.err
+    return overrides, re.search(r"run (\w+): registered", trained.out).group(1)
+
+
 def read_delta(path: Path) -> pd.DataFrame:
     return DeltaTable(str(path)).to_pyarrow_table().to_pandas()
 
@@ -264,12 +276,8 @@ def test_train_and_score_with_preprocessing(ingested: Workspace, capsys) -> None
 
     ws = ingested
     name, table = "cli-preprocessed", ws.table("preprocessed_scores")
-    overrides = ["--set", "preprocessing.standardise=true", "--set", "preprocessing.projection=2",
-                 "--set", f"tracking.registered_model={name}",
-                 "--set", f"scoring.output_table={table}"]
-    trained = cli(capsys, "train", "--config", ws.config, *overrides)
-    assert trained.code == 0, trained.err
-    run_id = re.search(r"run (\w+): registered", trained.out).group(1)
+    overrides, run_id = train_registered(capsys, ws, name, table, "preprocessing.standardise=true",
+                                         "preprocessing.projection=2")
     other = cli(capsys, "train", "--config", ws.config, *overrides,
                 "--set", "preprocessing.projection=1", "--resume", run_id)
     assert_user_error(other, run_id, "preprocessing", "'preprocessing.projection': '1'")
@@ -324,12 +332,8 @@ def test_train_and_score_with_late_and_early_fusion(ingested: Workspace, capsys)
 
     ws = ingested
     name, table = "cli-late", ws.table("late_scores")
-    overrides = ["--set", "model.fusion=late", "--set", "model.n_components=1",
-                 "--set", f"tracking.registered_model={name}",
-                 "--set", f"scoring.output_table={table}"]
-    trained = cli(capsys, "train", "--config", ws.config, *overrides)
-    assert trained.code == 0, trained.err
-    run_id = re.search(r"run (\w+): registered", trained.out).group(1)
+    overrides, run_id = train_registered(capsys, ws, name, table, "model.fusion=late",
+                                         "model.n_components=1")
     assert_user_error(cli(capsys, "train", "--config", ws.config, *overrides, "--resume", run_id),
                       "--resume", "late")
     assert_user_error(cli(capsys, "train", "--config", ws.config, *overrides,

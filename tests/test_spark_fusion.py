@@ -6,7 +6,7 @@ import warnings
 
 import numpy as np
 import pytest
-from conftest import copy_empty_mlflow_store
+from conftest import local_tracking
 from mlflow import MlflowClient
 from scipy.special import logsumexp
 from scipy.stats import multivariate_normal
@@ -18,7 +18,7 @@ from mmgmm_spark.fusion import EARLY, FusionConfig, FusionModel, Preprocessing
 from mmgmm_spark.spark.arrow import arrow_table
 from mmgmm_spark.spark.data import CachedBlocks
 from mmgmm_spark.synthetic import generate
-from mmgmm_spark.tracking import TrackingConfig, tracked_fit
+from mmgmm_spark.tracking import tracked_fit
 from mmgmm_spark.tracking.late import tracked_late_fit
 
 pytestmark = [pytest.mark.spark, pytest.mark.filterwarnings("ignore:EM did not converge")]
@@ -35,10 +35,7 @@ def data():
 
 @pytest.fixture(scope="module")
 def tracking(tmp_path_factory):
-    work = tmp_path_factory.mktemp("fusion")
-    copy_empty_mlflow_store(work, tmp_path_factory)
-    return TrackingConfig(work_dir=str(work), tracking_uri=f"sqlite:///{work / 'mlflow.db'}",
-                          experiment="fusion", registered_model_name=None)
+    return local_tracking(tmp_path_factory, "fusion")
 
 
 @pytest.fixture(params=[True, False], ids=["rdd", "dataframe-only"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import copy_empty_mlflow_store
+from conftest import local_tracking
 from scipy.special import logsumexp
 from scipy.stats import multivariate_normal
 from sklearn.decomposition import PCA
@@ -20,7 +20,7 @@ from mmgmm_spark.spark.preprocess import (
     modality_moments,
 )
 from mmgmm_spark.synthetic import generate
-from mmgmm_spark.tracking import TrackingConfig, select_model, tracked_fit
+from mmgmm_spark.tracking import select_model, tracked_fit
 
 pytestmark = pytest.mark.spark
 
@@ -91,10 +91,7 @@ def _reference_log_density(fused: FusionModel, data) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def tracking(tmp_path_factory):
-    work = tmp_path_factory.mktemp("preprocessed")
-    copy_empty_mlflow_store(work, tmp_path_factory)
-    return TrackingConfig(work_dir=str(work), tracking_uri=f"sqlite:///{work / 'mlflow.db'}",
-                          experiment="preprocessed", registered_model_name=None)
+    return local_tracking(tmp_path_factory, "preprocessed")
 
 
 def test_tracked_spark_fit_with_preprocessing_equals_in_memory_and_closed_form(
