@@ -648,12 +648,8 @@ class Preprocessing:
     def transform_arrays(self, data: ArrayData) -> dict[str, np.ndarray]:
         """{modality: (n, q)} from {modality: (n, d)} (NaN rows stay NaN; ``early``: the
         complete rows as one (n_complete, sum q) block)."""
-        transformed = {name: p.transform(data[name]) for name, p in self.preprocessors.items()}
-        if self.strategy == "early":
-            complete = np.logical_and.reduce([~np.isnan(x).all(axis=1)
-                                              for x in transformed.values()])
-            return {EARLY: np.hstack([transformed[m.name][complete] for m in self.modalities])}
-        return transformed
+        transformed = self.transform(batch_from_arrays(data, self.modalities))
+        return {name: block.dense() for name, block in transformed.blocks.items()}
 
     def n_parameters(self) -> int:
         return sum(p.n_parameters() for p in self.preprocessors.values())
