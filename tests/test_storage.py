@@ -20,6 +20,7 @@ from mmgmm_spark.storage import (
     StorageError,
     check_ids,
     choose_engine,
+    delta_rs,
     features_as_double_array,
     read_modality,
     read_table,
@@ -261,6 +262,53 @@ def test_replace_where_is_idempotent(spark, tmp_path):
     assert _write_dirs(path) == dirs  # nothing staged is left behind
     with pytest.raises(StorageError, match="needs mode='overwrite'"):
         write_table(spark, rerun, path, mode="append", replace_where={"run_id": "r1"})
+
+
+def _rows(path: Path) -> list[tuple]:
+    return sorted(tuple(r.values()) for r in DeltaTable(str(path)).to_pyarrow_table().to_pylist())
+
+
+def _commit_meanwhile(monkeypatch, other_write) -> None:
+    """Make another writer commit after the next write staged its files, before its commit."""
+    stage = delta_rs._stage
+
+    def stage_then_other_commits(df, root, directory):
+        staged = stage(df, root, directory)
+        monkeypatch.setattr(delta_rs, "_stage", stage)
+        other_write()
+        return staged
+
+    monkeypatch.setattr(delta_rs, "_stage", stage_then_other_commits)
+
+
+def test_concurrent_writers_neither_duplicate_nor_resurrect_rows(spark, tmp_path, monkeypatch):
+    schema = "run_id string, v long"
+    first = [("old", 1)]
+    r1 = _frame(spark, [("r1", 10)], schema)
+
+    # Two first runs of the same replace: one copy of the run's rows, not two.
+    path = tmp_path / "replace"
+    write_table(spark, _frame(spark, first, schema), path, mode="overwrite")
+    _commit_meanwhile(monkeypatch, lambda: write_table(
+        spark, r1, path, mode="overwrite", replace_where={"run_id": "r1"}))
+    write_table(spark, r1, path, mode="overwrite", replace_where={"run_id": "r1"})
+    assert _rows(path) == [("old", 1), ("r1", 10)]
+
+    # A row of the replaced run appended meanwhile is replaced too.
+    _commit_meanwhile(monkeypatch, lambda: write_table(
+        spark, _frame(spark, [("r1", 99)], schema), path, mode="append"))
+    write_table(spark, r1, path, mode="overwrite", replace_where={"run_id": "r1"})
+    assert _rows(path) == [("old", 1), ("r1", 10)]
+
+    # An overwrite based on a stale snapshot fails cleanly instead of keeping others' rows.
+    path = tmp_path / "overwrite"
+    write_table(spark, _frame(spark, first, schema), path, mode="overwrite")
+    _commit_meanwhile(monkeypatch, lambda: write_table(
+        spark, _frame(spark, [("b", 2)], schema), path, mode="append"))
+    with pytest.raises(StorageError, match="another writer committed.*nothing was committed"):
+        write_table(spark, _frame(spark, [("c", 3)], schema), path, mode="overwrite")
+    assert _rows(path) == [("b", 2), ("old", 1)]
+    assert _write_dirs(path) == {a["path"].split("/")[0] for a in _log_adds(path)}
 
 
 # ----------------------------------------------------------------------------- validation

@@ -11,7 +11,9 @@ Write (one Delta commit per call, nothing visible before it):
 2. For every file: size and mtime from the filesystem, ``numRecords`` from the Parquet footer.
 3. One delta-rs commit (``create_table_with_add_actions`` for a new table, else
    ``DeltaTable.create_write_transaction``) references the files, based on the snapshot read
-   at step 0, so a conflicting concurrent commit fails instead of being overwritten.
+   at step 0. An overwrite or replace must be the next version after that snapshot (delta-rs
+   may not rebase it: it does not know what was read), so any concurrent commit makes it fail
+   instead of being silently overwritten or duplicated; a blind append may be rebased.
 4. On any failure before the commit succeeds the write directories are deleted; the log is
    untouched, so the table stays at its previous version. (A killed driver can leave an
    unreferenced ``write-*`` directory; Delta VACUUM removes such files.)
@@ -284,9 +286,12 @@ def write(spark: SparkSession, df: DataFrame, ref: TableRef, mode: str,
             os.rmdir(root)
         if isinstance(exc, DeltaError):
             start = f"was at version {dt.version()}" if dt is not None else "did not exist"
+            raced = (" because another writer committed to the table meanwhile (re-run the "
+                     "write once the other one is done)"
+                     if isinstance(exc, CommitFailedError) else "")
             raise StorageError(
-                f"Commit to table {ref.display!r} failed, nothing was committed and the staged "
-                f"files were deleted (the table {start} when the write started): {exc}"
+                f"Commit to table {ref.display!r} failed{raced}, nothing was committed and the "
+                f"staged files were deleted (the table {start} when the write started): {exc}"
             ) from exc
         raise
     version = _committed_version(root, write_id)
@@ -323,7 +328,12 @@ def _commit(spark: SparkSession, dt: DeltaTable | None, ref: TableRef, root: str
         kept, removes = _rewrite_replaced(spark, dt, root, kept_dir, replace_where)
         adds = [*adds, *kept]
     removed = len(removes)
-    properties = CommitProperties(custom_metadata={WRITE_ID_KEY: write_id})
+    # A blind append may be rebased by delta-rs onto commits that landed meanwhile. An
+    # overwrite or replace read the snapshot: delta-rs would rebase it too (it knows nothing
+    # of what was read), so it must fail instead and be recomputed on the new snapshot.
+    rebase = None if mode == "append" else 0
+    properties = CommitProperties(custom_metadata={WRITE_ID_KEY: write_id},
+                                  max_commit_retries=rebase)
     try:
         if dt is None:
             create_table_with_add_actions(root, DeltaSchema.from_arrow(arrow_schema), adds,
