@@ -225,6 +225,37 @@ def test_failures_leave_table_unchanged(spark, tmp_path, monkeypatch):
                                   ["a", "b"])
 
 
+def test_failure_after_the_commit_keeps_the_committed_files(spark, tmp_path, monkeypatch):
+    path = tmp_path / "t"
+    write_modality_table(spark, path, ["a"], np.eye(1))
+    commit = DeltaTable.create_write_transaction
+
+    def commit_then_fail(self, *args, **kwargs):
+        commit(self, *args, **kwargs)
+        raise CommitFailedError("post-commit hook failed")
+
+    monkeypatch.setattr(DeltaTable, "create_write_transaction", commit_then_fail)
+    with pytest.raises(StorageError, match="committed as version 1, then failed"):
+        write_modality_table(spark, path, ["b"], np.ones((1, 1)), mode="append")
+    monkeypatch.undo()
+    assert _write_dirs(path) == {a["path"].split("/")[0] for a in _log_adds(path)}
+    np.testing.assert_array_equal(_arrays(read_modality(spark, path, check=False))[0],
+                                  ["a", "b"])
+
+
+def test_nulls_in_not_null_columns_are_rejected(spark, tmp_path):
+    path = tmp_path / "t"
+    required = pa.schema([pa.field("id", pa.int64(), nullable=False),
+                          pa.field("features", pa.list_(pa.float64()))])
+    write_deltalake(str(path), pa.table({"id": [1], "features": [[1.0]]}, schema=required))
+    rows = _frame(spark, [(None, [2.0]), (3, [3.0])], "id long, features array<double>")
+    with pytest.raises(StorageError, match=r"NOT NULL column\(s\) would receive nulls \(id: 1 "):
+        write_table(spark, rows, path, mode="append")
+    assert DeltaTable(str(path)).version() == 0 and not _write_dirs(path)
+    write_table(spark, rows.dropna(), path, mode="append")
+    assert _rows(path) == [(1, [1.0]), (3, [3.0])]
+
+
 def test_schema_mismatch_on_append_is_rejected(spark, tmp_path):
     path = tmp_path / "t"
     write_modality_table(spark, path, [1, 2], np.eye(2))
@@ -239,7 +270,8 @@ def test_schema_mismatch_on_append_is_rejected(spark, tmp_path):
 
 
 def test_replace_where_is_idempotent(spark, tmp_path):
-    path = tmp_path / "scores #1 50%"  # characters that need URI encoding in the log
+    # Characters that need URI encoding in the log, and that Spark reads as patterns.
+    path = tmp_path / "scores #1 50% [a]{b,c}?*"
     schema = "run_id string, id string, score double"
     # One file holding two runs: replacing r1 must keep r2's rows of that file.
     both = _frame(spark, [("r1", "a", 1.0), ("r2", "a", 2.0), ("r2", "b", 3.0)], schema)
@@ -317,6 +349,8 @@ def test_concurrent_writers_neither_duplicate_nor_resurrect_rows(spark, tmp_path
 def test_missing_table_and_column(spark, tmp_path):
     with pytest.raises(StorageError, match="not found .*write it first"):
         read_modality(spark, tmp_path / "nowhere")
+    with pytest.raises(StorageError, match="%XX sequence, which delta-rs decodes"):
+        read_modality(spark, tmp_path / "a%20b")
     path = tmp_path / "t"
     write_deltalake(str(path), pa.table({"id": ["a"], "emb": [[1.0]]}))
     with pytest.raises(StorageError, match=f"Table '{path}' has no column 'features'"):

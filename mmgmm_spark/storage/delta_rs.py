@@ -15,7 +15,8 @@ Write (one Delta commit per call, nothing visible before it):
    may not rebase it: it does not know what was read), so any concurrent commit makes it fail
    instead of being silently overwritten or duplicated; a blind append may be rebased.
 4. On any failure before the commit succeeds the write directories are deleted; the log is
-   untouched, so the table stays at its previous version. (A killed driver can leave an
+   untouched, so the table stays at its previous version. (A failure after the commit landed
+   keeps them, since the table references them, and says that the commit landed.) (A killed driver can leave an
    unreferenced ``write-*`` directory; Delta VACUUM removes such files.)
 5. A commit that loses a race with a concurrent writer (``CommitFailedError``, or the table
    created meanwhile) is retried on a fresh snapshot when it is logically independent of
@@ -24,7 +25,7 @@ Write (one Delta commit per call, nothing visible before it):
 
 Modes:
 * ``append``: the data's schema must equal the table's (names and types; checked here, since
-  delta-rs validates nothing for files it did not write).
+  delta-rs validates nothing for files it did not write), and NOT NULL columns get no nulls.
 * ``overwrite``: every live file is removed in the same commit; the schema may change.
 * ``overwrite`` + ``replace_where={"run_id": "r1"}`` (idempotent re-runs): all new rows must
   match the predicate; the live files holding matching rows are found with one Spark query,
@@ -43,6 +44,7 @@ import json
 import logging
 import os
 import random
+import re
 import shutil
 import time
 import uuid
@@ -81,6 +83,8 @@ WRITE_ID_KEY = "mmgmm.writeId"
 # Table features that reading/writing whole Parquet files does not have to honour.
 _SAFE_READER_FEATURES = {"timestampNtz", "v2Checkpoint", "vacuumProtocolCheck"}
 _SAFE_WRITER_FEATURES = _SAFE_READER_FEATURES | {"appendOnly"}
+PERCENT_ESCAPE = re.compile(r"%[0-9A-Fa-f]{2}")
+GLOB_CHARACTERS = re.compile(r"([\[\]{}?*\\])")
 COMMIT_ATTEMPTS = 8
 """Commits tried per write when concurrent writers win the race (see step 5 above)."""
 
@@ -100,6 +104,12 @@ def _local(ref: TableRef) -> str:
         raise StorageError(
             f"Table {ref.display!r}: the delta-rs engine here handles local paths and file:// "
             "URIs only; use the delta-spark engine for remote storage."
+        )
+    if PERCENT_ESCAPE.search(ref.local_path):
+        raise StorageError(
+            f"Table {ref.display!r}: the path contains a %XX sequence, which delta-rs decodes "
+            "(it would use another directory); rename the directory or use the delta-spark "
+            "engine."
         )
     return ref.local_path
 
@@ -143,6 +153,8 @@ def _check_protocol(dt: DeltaTable, ref: TableRef, writing: bool) -> None:
         bad |= writer - _SAFE_WRITER_FEATURES
         if dt.metadata().partition_columns:
             bad.add(f"partitioning by {dt.metadata().partition_columns}")
+        if any("delta.invariants" in field.metadata for field in dt.schema().fields):
+            bad.add("column invariants")
     if bad:
         action = "written" if writing else "read"
         raise StorageError(
@@ -184,7 +196,17 @@ def _read_files(spark: SparkSession, dt: DeltaTable, files: list[str]) -> DataFr
     schema = _spark_schema(dt)
     if not files:
         return spark.createDataFrame([], schema)
-    return spark.read.schema(schema).parquet(*["file://" + f for f in files])
+    return spark.read.schema(schema).parquet(*map(_file_uri, files))
+
+
+def _file_uri(local: str) -> str:
+    """The URI under which Spark reads exactly the local file ``local``: Spark expands
+    ``[ ] { } ? *`` in the paths it reads as patterns, so they are escaped."""
+    return "file://" + GLOB_CHARACTERS.sub(r"\\\1", local)
+
+
+def _staged_uris(root: str, adds: list[AddAction]) -> list[str]:
+    return [_file_uri(os.path.join(root, a.path)) for a in adds]
 
 
 def _local_file(uri: str) -> str:
@@ -266,13 +288,16 @@ def write(spark: SparkSession, df: DataFrame, ref: TableRef, mode: str,
         adds = _stage(df, root, directories[0])
         if replace_where:
             _check_rows_match(spark, root, adds, ref, replace_where)
+        if dt is not None and (mode == "append" or replace_where):
+            _check_not_null(spark, root, adds, ref, dt)
         for attempt in range(1, COMMIT_ATTEMPTS + 1):
             try:
                 n_added, removed = _commit(spark, dt, ref, root, adds, arrow_schema, mode,
                                            replace_where, write_id)
                 break
             except _CommitConflictError as conflict:
-                if attempt == COMMIT_ATTEMPTS or (mode == "overwrite" and not replace_where):
+                if (attempt == COMMIT_ATTEMPTS or (mode == "overwrite" and not replace_where)
+                        or _landed_version(root, write_id) is not None):
                     raise conflict.__cause__ from None
                 log.info("table %s: concurrent commit won (attempt %d), retrying on a fresh "
                          "snapshot: %s", ref.display, attempt, conflict.__cause__)
@@ -280,6 +305,13 @@ def write(spark: SparkSession, df: DataFrame, ref: TableRef, mode: str,
                 dt = _open(ref)
                 _check_target(dt, ref, df, mode, replace_where)
     except BaseException as exc:
+        landed = _landed_version(root, write_id)
+        if landed is not None:  # failed after its commit: the files are the table's now
+            if isinstance(exc, Exception):
+                raise StorageError(
+                    f"Table {ref.display!r}: the write was committed as version {landed}, "
+                    f"then failed: {exc}") from exc
+            raise
         for directory in directories:
             shutil.rmtree(os.path.join(root, directory), ignore_errors=True)
         if dt is None and os.path.isdir(root) and not os.listdir(root):
@@ -294,7 +326,8 @@ def write(spark: SparkSession, df: DataFrame, ref: TableRef, mode: str,
                 f"staged files were deleted (the table {start} when the write started): {exc}"
             ) from exc
         raise
-    version = _committed_version(root, write_id)
+    version = _landed_version(root, write_id)
+    version = DeltaTable(root).version() if version is None else version
     log.info("table %s: %s commit version %d (+%d files, -%d files)", ref.display,
              "replace" if replace_where else mode, version, n_added, removed)
     return TableWrite(table=ref.display, version=version, mode=mode, engine=ENGINE,
@@ -357,13 +390,29 @@ def _check_rows_match(spark: SparkSession, root: str, adds: list[AddAction], ref
     """Every new row must satisfy ``replace_where`` (reads only those columns, from Parquet)."""
     if not adds:
         return
-    files = ["file://" + os.path.join(root, a.path) for a in adds]
-    staged = spark.read.parquet(*files).select(*replace_where)
+    staged = spark.read.parquet(*_staged_uris(root, adds)).select(*replace_where)
     bad = staged.where(~replace_predicate(replace_where)).count()
     if bad:
         raise StorageError(
             f"Table {ref.display!r}: {bad} rows of the data do not satisfy replace_where "
             f"{dict(replace_where)}; a replace may only write rows it replaces."
+        )
+
+
+def _check_not_null(spark: SparkSession, root: str, adds: list[AddAction], ref: TableRef,
+                    dt: DeltaTable) -> None:
+    """The new rows have no null in the table's NOT NULL columns (Delta's own check)."""
+    required = [f.name for f in dt.schema().fields if not f.nullable]
+    if not adds or not required:
+        return
+    staged = spark.read.parquet(*_staged_uris(root, adds))
+    counts = staged.select([F.count_if(F.col(c).isNull()).alias(c) for c in required]).first()
+    nulls = {c: counts[c] for c in required if counts[c]}
+    if nulls:
+        raise StorageError(
+            f"Table {ref.display!r}: NOT NULL column(s) would receive nulls "
+            f"({', '.join(f'{c}: {n} rows' for c, n in nulls.items())}); drop or fill those "
+            "rows first."
         )
 
 
@@ -391,10 +440,12 @@ def _rewrite_replaced(spark: SparkSession, dt: DeltaTable, root: str, directory:
     return _stage(kept, root, directory), removes
 
 
-def _committed_version(root: str, write_id: str) -> int:
-    """The version whose commitInfo carries ``write_id`` (robust to concurrent commits)."""
-    dt = DeltaTable(root)
-    for entry in dt.history(limit=20):
+def _landed_version(root: str, write_id: str) -> int | None:
+    """The version whose commitInfo carries ``write_id`` (robust to concurrent commits), or
+    None if no recent commit does (or there is no log yet)."""
+    if not _is_delta(root):
+        return None
+    for entry in DeltaTable(root).history(limit=50):
         if entry.get(WRITE_ID_KEY) == write_id:
             return int(entry["version"])
-    return dt.version()
+    return None
