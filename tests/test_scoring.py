@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -162,6 +164,22 @@ def test_failed_commit_leaves_output_unchanged_and_rerun_has_one_copy(
     assert counts.to_dict("index") == {"run-a": {"count": n, "nunique": n},
                                        "run-b": {"count": n, "nunique": n}}
     assert again.version == first.version + 2
+
+
+def test_scored_at_is_utc_whatever_the_local_time_zone(spark, detector, tables, tmp_path,
+                                                       monkeypatch):
+    joined, _ = read_and_join(spark, {m.name: str(tables / m.name) for m in MODALITIES})
+    when = datetime(2024, 6, 1, 12, 0, 0, 250000, tzinfo=UTC)
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    try:
+        score_to_delta(spark, joined.limit(3), str(tmp_path / "scores"), detector,
+                       model_name="m", model_version="1", scored_at=when)
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    stored = set(read_scores(tmp_path / "scores")["scored_at"])
+    assert stored == {pd.Timestamp("2024-06-01 12:00:00.25")}
 
 
 @pytest.mark.slow

@@ -348,7 +348,8 @@ def score_to_delta(spark: SparkSession, df: DataFrame, table: str, detector: Ano
                              responsibilities=responsibilities).select(
         "*", F.lit(model_name).alias("model_name"), F.lit(str(model_version)).alias(
             "model_version"), F.lit(run_id).alias(RUN_COLUMN),
-        F.lit(when.replace(tzinfo=None)).cast("timestamp_ntz").alias("scored_at"))
+        # From text: a datetime literal would be shifted by the Python process's time zone.
+        F.lit(when.strftime("%Y-%m-%d %H:%M:%S.%f")).cast("timestamp_ntz").alias("scored_at"))
     with translated_errors():
         written = write_table(spark, scored, table, mode="overwrite",
                               replace_where={RUN_COLUMN: run_id}, engine=engine)

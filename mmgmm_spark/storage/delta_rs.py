@@ -16,8 +16,8 @@ Write (one Delta commit per call, nothing visible before it):
    instead of being silently overwritten or duplicated; a blind append may be rebased.
 4. On any failure before the commit succeeds the write directories are deleted; the log is
    untouched, so the table stays at its previous version. (A failure after the commit landed
-   keeps them, since the table references them, and says that the commit landed.) (A killed driver can leave an
-   unreferenced ``write-*`` directory; Delta VACUUM removes such files.)
+   keeps them, since the table references them, and says that the commit landed. A killed
+   driver can leave an unreferenced ``write-*`` directory; Delta VACUUM removes such files.)
 5. A commit that loses a race with a concurrent writer (``CommitFailedError``, or the table
    created meanwhile) is retried on a fresh snapshot when it is logically independent of
    the winner: ``append`` (staged files reused) and ``replace_where`` (the replaced files and
