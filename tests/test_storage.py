@@ -6,6 +6,7 @@ the table (or writing it with ``write_deltalake``).
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -165,6 +166,22 @@ def test_reads_table_written_by_deltalake(spark, tmp_path):
     assert sorted(read_table(spark, parted).df.toPandas()["id"]) == ["a", "b"]
     with pytest.raises(StorageError, match="partitioning by \\['day'\\]"):
         write_table(spark, read.df, parted, mode="append")
+
+
+def test_data_files_referenced_by_absolute_uri_are_read(spark, tmp_path):
+    # As in shallow clones: the log names a file outside the table by its file:// URI.
+    path, elsewhere = tmp_path / "clone", tmp_path / "source dir [1]"
+    write_deltalake(str(path), pa.table({"id": ["a"], "features": [[1.0]]}))
+    elsewhere.mkdir()
+    commit = next((path / "_delta_log").glob("0*.json"))
+    actions = [json.loads(line) for line in commit.read_text().splitlines()]
+    for action in actions:
+        if "add" in action:
+            moved = elsewhere / action["add"]["path"]
+            (path / action["add"]["path"]).rename(moved)
+            action["add"]["path"] = moved.as_uri()
+    commit.write_text("".join(json.dumps(a) + "\n" for a in actions))
+    np.testing.assert_array_equal(_arrays(read_modality(spark, path))[1], [[1.0]])
 
 
 def test_vector_features_are_converted(spark, tmp_path):

@@ -187,8 +187,19 @@ class _LiveFile:
 def _live_files(dt: DeltaTable, root: str) -> list[_LiveFile]:
     """Live data files of the snapshot (``file_uris()`` mis-encodes paths with special chars)."""
     table = pa.table(dt.get_add_actions(flatten=True)).select(["path", "size_bytes"])
-    return [_LiveFile(r["path"], r["size_bytes"], os.path.join(root, unquote(r["path"])))
+    return [_LiveFile(r["path"], r["size_bytes"], _data_file(root, r["path"]))
             for r in table.to_pylist()]
+
+
+def _data_file(root: str, path: str) -> str:
+    """The local file of an add action's ``path``: relative to the table root, or (shallow
+    clones) an absolute ``file:`` URI."""
+    parsed = urlparse(path)
+    if parsed.scheme == "file":
+        return unquote(parsed.path)
+    if parsed.scheme:
+        raise StorageError(f"Data file {path!r} is not local; use the delta-spark engine.")
+    return os.path.join(root, unquote(path))
 
 
 def _read_files(spark: SparkSession, dt: DeltaTable, files: list[str]) -> DataFrame:
