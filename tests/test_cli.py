@@ -267,6 +267,14 @@ def test_score_writes_and_rerun_replaces(trained: Workspace, capsys) -> None:
     assert (after["scoring_run_id"] == run_id).sum() == N_ROWS
     assert len(after) == len(scores)
 
+    elsewhere = str(ws.table("other-scores"))
+    moved = cli(capsys, "score", "--config", ws.config, "--scoring-run-id", run_id,
+                "--set", f"scoring.output_table={elsewhere}")
+    assert moved.code == 2 and moved.err.count("\n") == 1
+    assert (f"Scoring run {run_id} cannot be re-run with other inputs (output_table was "
+            f"{str(ws.scores)!r}, now {elsewhere!r})") in moved.err
+    assert not os.path.exists(elsewhere)
+
 
 def test_train_and_score_with_preprocessing(ingested: Workspace, capsys) -> None:
     """The preprocessing section: standardisation and PCA fitted on Spark, one registered model

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import mlflow
 
+from mmgmm_spark.config import ConfigError
 from mmgmm_spark.spark.score import ScoringResult, score_to_delta
 from mmgmm_spark.tracking.config import TrackingConfig, tracking
 from mmgmm_spark.tracking.fit import table_params
@@ -58,13 +59,32 @@ def score_registered(spark: SparkSession, df: DataFrame, table: str, model_uri: 
         name, version, detector = registered.name, registered.version, registered.detector
         run_args = {"run_id": scoring_run_id} if scoring_run_id else {
             "experiment_id": experiment_id, "run_name": "scoring"}
+        params, tags = table_params(table_versions or {})
+        params = {"model_uri": model_uri, "model_name": name, "model_version": version,
+                  "output_table": table, **params}
+        if scoring_run_id:
+            _check_same_inputs(config, scoring_run_id, params)
         with mlflow.start_run(**run_args) as run:
-            params, tags = table_params(table_versions or {})
-            mlflow.log_params({"model_uri": model_uri, "model_name": name,
-                               "model_version": version, "output_table": table, **params})
+            mlflow.log_params(params)
             mlflow.set_tags(tags)
             result = score_to_delta(spark, df, table, detector, model_name=name,
                                     model_version=version, scoring_run_id=run.info.run_id,
                                     **score_options)
             mlflow.log_metric("output_table_version", result.version)
             return result
+
+
+def _check_same_inputs(config: TrackingConfig, scoring_run_id: str,
+                       params: Mapping[str, Any]) -> None:
+    """A re-run must score with the model and input versions the run recorded."""
+    recorded = config.client().get_run(scoring_run_id).data.params
+    changed = {key: (recorded[key], str(value)) for key, value in params.items()
+               if key in recorded and recorded[key] != str(value)}
+    if changed:
+        listed = "; ".join(f"{key} was {old!r}, now {new!r}"
+                           for key, (old, new) in changed.items())
+        raise ConfigError(
+            f"Scoring run {scoring_run_id} cannot be re-run with other inputs ({listed}). "
+            "Pin what it used (a models:/<name>/<version> URI, the table versions), or start "
+            "a new scoring run without --scoring-run-id."
+        )
