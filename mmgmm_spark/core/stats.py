@@ -49,8 +49,10 @@ class BlockStats:
     Attributes:
         mass: (K,) sum of responsibilities.
         first: (K, d) sum of r_ik (x_i - c).
-        second: sum of r_ik (x_i - c)(x_i - c)^T: (K, d, d) for full blocks, (d, d) summed
-            over components for tied blocks, (K, d) its diagonal for diag/spherical blocks.
+        second: sum of r_ik (x_i - c)(x_i - c)^T: for full blocks its upper triangle,
+            (K, d(d+1)/2) in :func:`numpy.triu_indices` order (unpacked once, in the M-step);
+            (d, d) summed over components for tied blocks; (K, d) its diagonal for
+            diag/spherical blocks.
     """
 
     mass: np.ndarray
@@ -141,8 +143,17 @@ class SufficientStats:
 
 
 def _second_shape(covariance_type: str, n_components: int, dim: int) -> tuple[int, ...]:
-    return {"full": (n_components, dim, dim), "tied": (dim, dim)}.get(
+    return {"full": (n_components, dim * (dim + 1) // 2), "tied": (dim, dim)}.get(
         covariance_type, (n_components, dim))
+
+
+def _unpack_symmetric(packed: np.ndarray, dim: int) -> np.ndarray:
+    """(K, d, d) symmetric matrices from their upper triangles (K, d(d+1)/2)."""
+    rows, cols = np.triu_indices(dim)
+    out = np.empty((packed.shape[0], dim, dim))
+    out[:, rows, cols] = packed
+    out[:, cols, rows] = packed
+    return out
 
 
 def _block_params(modality: Modality, stats: BlockStats, previous: GaussianBlock,
@@ -152,7 +163,8 @@ def _block_params(modality: Modality, stats: BlockStats, previous: GaussianBlock
     means = shift(previous, previous_weights) + offset
     kind = modality.covariance_type
     if kind == "full":
-        cov = stats.second / mass[:, None, None] - offset[:, :, None] * offset[:, None, :]
+        second = _unpack_symmetric(stats.second, modality.dim)
+        cov = second / mass[:, None, None] - offset[:, :, None] * offset[:, None, :]
     elif kind == "tied":
         cov = (stats.second - (mass[:, None] * offset).T @ offset) / mass.sum()
     else:
@@ -220,14 +232,9 @@ def _block_stats(resp: np.ndarray, x: Centred, covariance_type: str) -> BlockSta
     """Statistics of one modality from responsibilities (n, K) and its centred rows (n, d)."""
     values = x.values
     if covariance_type == "full":
-        n, d = values.shape
-        pairs = d * (d + 1) // 2
+        pairs = values.shape[1] * (values.shape[1] + 1) // 2
         moments = (x.moment_rows @ resp).T                          # (K, pairs + d + 1)
-        rows, cols = np.triu_indices(d)
-        second = np.empty((resp.shape[1], d, d))
-        second[:, rows, cols] = moments[:, :pairs]
-        second[:, cols, rows] = moments[:, :pairs]
-        return BlockStats(moments[:, -1], moments[:, pairs:-1], second)
+        return BlockStats(moments[:, -1], moments[:, pairs:-1], moments[:, :pairs])
     second = values.T @ values if covariance_type == "tied" else resp.T @ (values * values)
     return BlockStats(resp.sum(axis=0), resp.T @ values, second)
 
