@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -104,6 +105,15 @@ def test_registered_model_in_fresh_process_reproduces_scores(config, data, first
     assert not any(p.endswith(".pkl") for p in files)
 
 
+def test_every_em_iteration_is_a_log_line(config, data, caplog):
+    model = MultimodalGaussianMixture(MODALITIES, 2, random_state=0, tol=0.0, max_iter=3)
+    with caplog.at_level(logging.INFO, logger="mmgmm_spark.model"):
+        tracked_fit(model, data[0], config=config, log_model=False)
+    lines = [r.getMessage() for r in caplog.records if "EM iteration" in r.getMessage()]
+    assert [line.split(":")[0] for line in lines] == [f"EM iteration {i}" for i in (1, 2, 3)]
+    assert f"mean log-likelihood {model.lower_bounds_[-1]:.6f}" in lines[-1]
+
+
 def test_champion_alias_moves_only_when_not_worse(config, data, first_fit):
     train, holdout, _ = data
     client = config.client()
@@ -121,6 +131,20 @@ def test_champion_alias_moves_only_when_not_worse(config, data, first_fit):
     again = tracked_fit(same, train, contamination=0.05, config=config, holdout=holdout)
     assert again.decision.promoted
     assert str(client.get_model_version_by_alias(NAME, "champion").version) == again.model_version
+
+    # Other covariance types read the same inputs: compared on held-out rows like any model.
+    full = [Modality("image", 4, "full"), Modality("text", 3, "full")]
+    other = tracked_fit(MultimodalGaussianMixture(full, 3, random_state=0), train,
+                        contamination=0.05, config=config, holdout=holdout).decision
+    assert other.champion_score == pytest.approx(same.score(holdout))
+    assert other.reason.startswith("held-out mean log-likelihood")
+    # Fusion weights scale the density: not comparable, the alias stays.
+    weighted = [Modality("image", 4, "full", weight=2.0), Modality("text", 3, "diag")]
+    skipped = tracked_fit(MultimodalGaussianMixture(weighted, 3, random_state=0), train,
+                          contamination=0.05, config=config, holdout=holdout).decision
+    assert not skipped.promoted and skipped.champion_score is None
+    assert skipped.reason.startswith("champion has different fusion weights ([1.0, 1.0], "
+                                     "candidate [2.0, 1.0])")
 
 
 def test_sweep_selects_bic_minimum_like_sklearn(config):

@@ -37,7 +37,7 @@ from mmgmm_spark.core.em import IterationReport
 from mmgmm_spark.core.modality import Modality
 from mmgmm_spark.detector import AnomalyDetector, modality_column
 from mmgmm_spark.fusion import Preprocessing
-from mmgmm_spark.model import MultimodalGaussianMixture, _is_spark_dataframe
+from mmgmm_spark.model import MultimodalGaussianMixture, _is_spark_dataframe, log_iteration
 from mmgmm_spark.reliability import (
     ModelNotLoggedError,
     RetryPolicy,
@@ -90,6 +90,7 @@ class MetricLogger:
         self.logged_through = (restart, max((m.step for m in history), default=0))
 
     def __call__(self, report: IterationReport) -> None:
+        log_iteration(report)
         if report.iteration == 1:
             self.restart += 1
         if (self.restart, report.iteration) <= self.logged_through:

@@ -60,9 +60,10 @@ def promote_if_not_worse(client: MlflowClient, name: str, version: str, alias: s
     else:
         new_score = candidate.model.score(holdout)
         champion = load_detector(f"models:/{name}/{previous}")
-        if champion.modalities != candidate.modalities:
-            decision = ChampionDecision(False, "champion has different modalities", new_score,
-                                        None, previous)
+        difference = _incomparable(champion, candidate)
+        if difference:
+            decision = ChampionDecision(False, f"champion has {difference}", new_score, None,
+                                        previous)
         else:
             old_score = champion.model.score(holdout)
             better = bool(new_score >= old_score)
@@ -78,6 +79,28 @@ def promote_if_not_worse(client: MlflowClient, name: str, version: str, alias: s
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, value)
     return decision
+
+
+def _incomparable(champion: AnomalyDetector, candidate: AnomalyDetector) -> str | None:
+    """Why the two detectors' held-out log-likelihoods cannot be compared, or None.
+
+    They must read the same inputs (modality names and widths); covariance types, K,
+    preprocessing and strategy may differ. Fusion weights scale a ``joint`` density, so
+    differently weighted ``joint`` models are not compared (other strategies ignore them).
+    """
+    def inputs(detector: AnomalyDetector) -> list[tuple[str, int]]:
+        return [(m.name, m.dim) for m in detector.modalities]
+
+    def weights(detector: AnomalyDetector) -> list[float]:
+        weighted = getattr(detector.model, "strategy", "joint") == "joint"
+        return [m.weight if weighted else 1.0 for m in detector.modalities]
+
+    if inputs(champion) != inputs(candidate):
+        return f"different modalities ({inputs(champion)}, candidate {inputs(candidate)})"
+    if weights(champion) != weights(candidate):
+        return (f"different fusion weights ({weights(champion)}, candidate "
+                f"{weights(candidate)}): their log-likelihoods are not comparable")
+    return None
 
 
 _ALIAS_URI = re.compile(r"^models:/(?P<name>[^/@]+)@(?P<alias>[^/]+)$")
