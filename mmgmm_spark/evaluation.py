@@ -11,6 +11,8 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import average_precision_score, precision_score, recall_score, roc_auc_score
 
+from mmgmm_spark.core.batch import DataValidationError
+
 
 def evaluate_scores(is_anomaly: np.ndarray, anomaly_score: np.ndarray,
                     threshold: float) -> dict[str, float]:
@@ -30,7 +32,9 @@ def evaluate_scores(is_anomaly: np.ndarray, anomaly_score: np.ndarray,
     if labels.shape != scores.shape or labels.ndim != 1:
         raise ValueError(f"labels {labels.shape} and scores {scores.shape} must both be (n,).")
     if labels.all() or not labels.any():
-        raise ValueError("Evaluation needs both anomalous and normal rows among the labels.")
+        raise DataValidationError(
+            f"Evaluation needs both anomalous and normal rows among the labels; all "
+            f"{labels.size} matched rows are {'anomalous' if labels.all() else 'normal'}.")
     flagged = scores > threshold
     precision = float(precision_score(labels, flagged, zero_division=0))
     recall = float(recall_score(labels, flagged, zero_division=0))

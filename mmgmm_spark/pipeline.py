@@ -361,12 +361,27 @@ def scores_with_labels(spark: SparkSession, config: AppConfig, labels_table: str
                                 *[c for c in labels.columns if c == "kind"]), id_column))
 
 
+def _no_labelled_rows(spark: SparkSession, config: AppConfig, labels_table: str,
+                     scoring_run_id: str | None) -> str:
+    output = config.scoring.output_table
+    if scoring_run_id is not None:
+        scores = read_table(spark, output, engine=config.storage.engine).df
+        if scores.where(F.col("scoring_run_id") == scoring_run_id).isEmpty():
+            return (f"Output table {output!r} has no rows of scoring run {scoring_run_id!r}; "
+                    "check --scoring-run-id (omit it to evaluate the latest run).")
+    return (f"No id of labels table {labels_table!r} matches the scored ids of {output!r} on "
+            f"column {config.data.id_column!r}: check data.id_column and the labels' ids.")
+
+
 def evaluate(spark: SparkSession, config: AppConfig, labels_table: str,
              label_column: str = "is_anomaly", scoring_run_id: str | None = None
              ) -> dict[str, float]:
     """AUROC, average precision, precision/recall at the threshold; logged to the scoring run."""
     joined = scores_with_labels(spark, config, labels_table, label_column, scoring_run_id)
     n_rows = joined.count()
+    if n_rows == 0:
+        raise DataValidationError(_no_labelled_rows(spark, config, labels_table,
+                                                    scoring_run_id))
     if n_rows > MAX_EVALUATION_ROWS:
         raise DataValidationError(
             f"{n_rows} labelled rows: evaluation collects (score, label) pairs and is limited "

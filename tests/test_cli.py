@@ -406,6 +406,18 @@ def test_evaluate_with_labels(trained: Workspace, capsys) -> None:
     bad = cli(capsys, "evaluate", "--config", ws.config, "--labels", labels,
               "--label-column", "truth")
     assert_user_error(bad, str(labels), "'truth'")
+    unknown_run = cli(capsys, "evaluate", "--config", ws.config, "--labels", labels,
+                      "--scoring-run-id", "deadbeef")
+    assert_user_error(unknown_run, "no rows of scoring run 'deadbeef'")
+    other_ids = ws.root / "other-labels"
+    write_deltalake(str(other_ids), pa.table({"id": ["x1", "x2"], "is_anomaly": [True, False]}))
+    no_match = cli(capsys, "evaluate", "--config", ws.config, "--labels", other_ids)
+    assert_user_error(no_match, f"No id of labels table {str(other_ids)!r} matches")
+    one_class = ws.root / "one-class-labels"
+    write_deltalake(str(one_class), pa.table({"id": list(ws.ids),
+                                              "is_anomaly": [False] * len(ws.ids)}))
+    assert_user_error(cli(capsys, "evaluate", "--config", ws.config, "--labels", one_class),
+                      f"all {len(ws.ids)} matched rows are normal")
 
 
 def test_demo_report_joint_model_sees_cross_modal(spark, ws: Workspace, capsys) -> None:
