@@ -19,6 +19,7 @@ from pyspark.sql import functions as F
 
 from mmgmm_spark.core.batch import DataValidationError
 from mmgmm_spark.spark.arrow import arrow_table
+from mmgmm_spark.spark.data import check_id_types
 from mmgmm_spark.storage import TableWrite, check_ids, write_table
 
 
@@ -58,8 +59,8 @@ def _read_file(spark: SparkSession, path: str, id_column: str) -> DataFrame:
     suffix = Path(path).suffix.lower()
     if suffix == ".npz":
         return _read_npz(spark, path, id_column)
-    if suffix == ".csv":
-        return spark.read.csv(path, header=True, inferSchema=True)
+    if suffix == ".csv":  # as text: ids keep their leading zeros; features are cast
+        return spark.read.csv(path, header=True)
     if suffix == ".parquet" or Path(path).is_dir():
         return spark.read.parquet(path)
     raise DataValidationError(f"{path}: unsupported file type (use .parquet, .csv or .npz).")
@@ -113,5 +114,6 @@ def ingest(spark: SparkSession, sources: list[ModalitySource], id_column: str = 
         check_ids(df, source.path, id_column, "features")
         check_width(df, source.path)
         frames[source.name] = (source, df)
+    check_id_types({name: df for name, (_, df) in frames.items()}, id_column)
     return {name: write_table(spark, df, source.table, mode="overwrite", engine=engine)
             for name, (source, df) in frames.items()}

@@ -530,7 +530,22 @@ def test_ingest_rejects_bad_files_and_writes_nothing(spark, ws: Workspace, capsy
                       "--modality", "zz")
     assert_user_error(cli(capsys, "ingest", *config, "--modality", f"a={tmp_path / 'no.csv'}"),
                       "no.csv")
+
+    # CSV ids are text ("007" stays "007"), so they cannot meet numeric ids of another file.
+    zeros = tmp_path / "zeros.csv"
+    zeros.write_text("id,f_0\n007,1.5\n010,2.5\n")
+    numbers = tmp_path / "numbers.npz"
+    np.savez(numbers, X=np.ones((2, 1)), ids=np.array([7, 10]))
+    mixed = cli(capsys, "ingest", *config, "--set", f"data.modalities.1.table={tmp_path / 'b'}",
+                "--modality", f"a={zeros}:f_", "--modality", f"b={numbers}")
+    assert_user_error(mixed, "different types", "'a': 'string'", "'b': 'integer'")
     assert not target.exists()
+    alone = tmp_path / "alone"
+    assert cli(capsys, "ingest", "--config", ws.config, "--set",
+               f"data.modalities.0.table={alone}", "--modality", f"a={zeros}:f_").code == 0
+    ingested = read_delta(alone).sort_values("id")
+    assert list(ingested["id"]) == ["007", "010"]
+    np.testing.assert_array_equal(np.stack(ingested["features"]), [[1.5], [2.5]])
 
 
 # ----------------------------------------------------------------------------- bad input: train

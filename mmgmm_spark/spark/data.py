@@ -82,15 +82,29 @@ def join_modalities(frames: Mapping[str, DataFrame], id_column: str,
         DataFrame(id_column, <modality>...): one row per id, null where a modality is absent.
     """
     features_columns = dict(features_columns or {})
+    check_id_types(frames, id_column)
     parts = []
     for name, df in frames.items():
-        if id_column not in df.columns:
-            raise DataValidationError(
-                f"modality '{name}': no id column '{id_column}' (columns: {df.columns}).")
         column = features_columns.get(name) or (name if name in df.columns else "features")
         parts.append(df.select(F.col(id_column),
                                _features_column(df, column, f"modality '{name}'").alias(name)))
     return reduce(lambda left, right: left.join(right, on=id_column, how="full_outer"), parts)
+
+
+def check_id_types(frames: Mapping[str, DataFrame], id_column: str) -> None:
+    """Every frame has ``id_column``, all of one kind (integers of any width, or strings...):
+    a join of string ids with numbers would silently match "007" with 7, or nothing."""
+    kinds = {}
+    for name, df in frames.items():
+        if id_column not in df.columns:
+            raise DataValidationError(
+                f"modality '{name}': no id column '{id_column}' (columns: {df.columns}).")
+        kind = df.schema[id_column].dataType
+        kinds[name] = "integer" if isinstance(kind, T.IntegralType) else kind.simpleString()
+    if len(set(kinds.values())) > 1:
+        raise DataValidationError(
+            f"The id columns '{id_column}' of the modalities have different types ({kinds}); "
+            "give every table ids of one type (e.g. re-ingest, or cast them to string).")
 
 
 _PYTHON_ERROR = re.compile(r"DataValidationError: (.+)")
