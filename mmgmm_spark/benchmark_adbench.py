@@ -180,10 +180,14 @@ def run_adbench(data_dir: str | Path, strategies: tuple[str, ...] = STRATEGIES,
     if bad:
         raise ValueError(f"Unknown strategies {bad}; choose from {STRATEGIES}.")
     config = replace(config or FusionConfig(), random_state=seed)
+    selected = {name: views for name, views in discover(data_dir).items()
+                if not only or any(o in name for o in only)}
+    if not selected:
+        raise FileNotFoundError(
+            f"No ADBench data set (<name>.npz or <name>_<view>.npz) under {str(data_dir)!r}"
+            + (f" whose name contains one of {only}" if only else "") + "; check --data-dir.")
     datasets = {}
-    for name, views in discover(data_dir).items():
-        if only and not any(o in name for o in only):
-            continue
+    for name, views in selected.items():
         data, y = load_set(views)
         started = time.perf_counter()
         datasets[name] = run_set(data, y, tuple(strategies), config, max_rows, seed, baseline)
@@ -269,10 +273,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-baseline", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    results = run_adbench(args.data_dir, tuple(s for s in args.strategies.split(",") if s),
-                          max_rows=args.max_rows, seed=args.seed,
-                          only=[o for o in args.only.split(",") if o] or None,
-                          baseline=not args.no_baseline)
+    try:
+        results = run_adbench(args.data_dir, tuple(s for s in args.strategies.split(",") if s),
+                              max_rows=args.max_rows, seed=args.seed,
+                              only=[o for o in args.only.split(",") if o] or None,
+                              baseline=not args.no_baseline)
+    except (FileNotFoundError, ValueError) as error:
+        print(f"benchmark adbench: error: {error}", file=sys.stderr)
+        return 2
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(results, f, indent=2)

@@ -53,6 +53,12 @@ def test_runner_writes_the_json_schema(tmp_path: Path, capsys) -> None:
     assert "| pair |" in capsys.readouterr().out
 
 
+def test_runner_refuses_a_directory_without_data_sets(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "results.json"
+    assert main(["--data-dir", str(tmp_path / "nope"), "--out", str(out)]) == 2
+    assert "No ADBench data set" in capsys.readouterr().err and not out.exists()
+
+
 def test_real_classical_sets_beat_published_dagmm(adbench_dir: Path) -> None:
     results = run_adbench(adbench_dir / "classical", ("joint",), only=["thyroid", "cardio"],
                           baseline=False)
