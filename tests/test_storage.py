@@ -184,6 +184,16 @@ def test_data_files_referenced_by_absolute_uri_are_read(spark, tmp_path):
     np.testing.assert_array_equal(_arrays(read_modality(spark, path))[1], [[1.0]])
 
 
+def test_null_feature_vector_is_a_missing_modality(spark, tmp_path):
+    from mmgmm_spark.spark.score import read_and_join
+
+    write_deltalake(str(tmp_path / "a"), pa.table({"id": ["x", "y"], "features": [[1.0], [2.0]]}))
+    write_deltalake(str(tmp_path / "b"), pa.table({"id": ["x", "y"], "features": [[3.0], None]}))
+    joined, _ = read_and_join(spark, {m: str(tmp_path / m) for m in "ab"})
+    rows = {r["id"]: (r["a"], r["b"]) for r in joined.collect()}
+    assert rows == {"x": ([1.0], [3.0]), "y": ([2.0], None)}
+
+
 def test_vector_features_are_converted(spark, tmp_path):
     from pyspark.ml.functions import array_to_vector
 

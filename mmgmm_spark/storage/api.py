@@ -56,8 +56,8 @@ def read_modality(spark: SparkSession, table: TableLike, *, id_col: str = "id",
     The result has exactly two columns: ``id_col`` (string, or long for integer ids) and
     ``features_col`` as ``array<double>`` (array<float> and Spark ML vectors converted). Other
     columns are dropped. With ``check=True`` one Spark aggregation (:func:`check_ids`) rejects
-    an empty table, null or duplicate ids and null feature vectors; pass ``check=False`` to run
-    it later yourself.
+    an empty table and null or duplicate ids (a null feature vector means the modality is
+    missing for that id); pass ``check=False`` to run it later yourself.
     """
     read = read_table(spark, table, version=version, engine=engine)
     df = read.df

@@ -169,13 +169,12 @@ def check_ids(df: DataFrame, table: str, id_col: str = "id",
 
     Raises :class:`StorageError` when the table is empty, when ``id_col`` has nulls or duplicate
     values (with the counts, and up to 5 example duplicates, found by a second query only on
-    failure), or when ``features_col`` (if given) has null vectors.
+    failure), or when ``features_col`` (if given) is not a column. A null feature vector is
+    allowed: that entity's modality is missing, as if the row were absent.
     """
     require_columns(df, table, [id_col] + ([features_col] if features_col else []))
     aggs = [F.count(F.lit(1)).alias("n"), F.count(F.col(id_col)).alias("n_ids"),
             F.count_distinct(F.col(id_col)).alias("n_distinct")]
-    if features_col:
-        aggs.append(F.count(F.col(features_col)).alias("n_features"))
     row = df.agg(*aggs).first()
     n, n_ids, n_distinct = int(row["n"]), int(row["n_ids"]), int(row["n_distinct"])
     if n == 0:
@@ -191,11 +190,6 @@ def check_ids(df: DataFrame, table: str, id_col: str = "id",
         raise StorageError(
             f"Table {table!r}: {n - n_distinct} duplicate rows in id column {id_col!r} "
             f"({n} rows, {n_distinct} distinct ids; e.g. {examples}); ids must be unique."
-        )
-    if features_col and int(row["n_features"]) < n:
-        raise StorageError(
-            f"Table {table!r}: {n - int(row['n_features'])} of {n} rows have a null "
-            f"{features_col!r} vector; drop or fill those rows."
         )
     return n
 
