@@ -110,6 +110,14 @@ def test_fit_rejects_a_modality_no_row_observes_but_scoring_marginalises_it() ->
     np.testing.assert_allclose(model.score_samples(row), alone, rtol=1e-12)
 
 
+def test_k_means_seeding_without_complete_rows_points_at_the_ids() -> None:
+    rng = np.random.RandomState(0)
+    image, text = rng.randn(40, 3), rng.randn(40, 2)
+    image[20:], text[:20] = np.nan, np.nan        # no entity has both modalities
+    with pytest.raises(DataValidationError, match="only 0 do.*ids do not match"):
+        MultimodalGaussianMixture(MODS, 2).fit({"image": image, "text": text})
+
+
 def test_non_dict_input_is_a_type_error() -> None:
     with pytest.raises(TypeError, match="dict"):
         MultimodalGaussianMixture(MODS, 2).fit(np.zeros((5, 5)), on_iteration=None)

@@ -87,10 +87,13 @@ def _centres(scaled: dict[str, np.ndarray], batch: Batch, modalities: tuple[Moda
     """(K, sum d_m) seeds in the scaled space, from rows that observe every modality."""
     complete = batch.complete_rows()
     if np.count_nonzero(complete) < n_components:
+        none = ("" if complete.any() or len(modalities) == 1 else
+                " No row has every modality: if the modality tables describe the same "
+                "entities, their ids do not match (check the id column and the ids).")
         raise DataValidationError(
             f"init_params='{method}' needs at least n_components={n_components} rows that "
             f"observe every modality; only {np.count_nonzero(complete)} do. Use "
-            "init_params='random' or fewer components."
+            f"init_params='random' or fewer components.{none}"
         )
     rows = []
     for m in modalities:
