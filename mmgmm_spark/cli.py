@@ -27,7 +27,19 @@ def _spark(config: AppConfig):
                         config.spark.remote)
     if config.spark.remote is None:
         spark.sparkContext.setLogLevel("ERROR")
+        _quiet_task_failures(spark)
     return spark
+
+
+def _quiet_task_failures(spark) -> None:
+    """A failed task (e.g. a row of bad data) ends the command with its own one-line error or
+    traceback; the executor's and scheduler's log of the same failure would only repeat it as
+    dozens of Java and Python stack lines before that."""
+    jvm = spark.sparkContext._jvm
+    fatal = jvm.org.apache.logging.log4j.Level.FATAL
+    for logger in ("org.apache.spark.executor.Executor",
+                   "org.apache.spark.scheduler.TaskSetManager"):
+        jvm.org.apache.logging.log4j.core.config.Configurator.setLevel(logger, fatal)
 
 
 def _step(message: str) -> None:

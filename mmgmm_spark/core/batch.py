@@ -109,8 +109,8 @@ def check_block(modality: Modality, observed: np.ndarray, values: np.ndarray,
         width = values.shape[1] if values.ndim == 2 else f"{values.ndim}-d array"
         raise DataValidationError(
             f"{source}: modality '{modality.name}' has feature width {width}, expected "
-            f"{modality.dim}. Fix the features or declare Modality('{modality.name}', "
-            f"dim={width if values.ndim == 2 else '...'})."
+            f"{modality.dim}. Fix the features or set the modality's dim (config `dim`, "
+            f"Modality(dim=...)) to {width if values.ndim == 2 else 'match'}."
         )
     dtype = values.dtype
     if not np.issubdtype(dtype, np.number) or np.issubdtype(dtype, np.complexfloating):

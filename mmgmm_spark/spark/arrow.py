@@ -40,7 +40,8 @@ def block_from_arrow(column: pa.Array, modality: Modality, source: str) -> Block
         raise DataValidationError(
             f"{source}: modality '{modality.name}' has {wrong} row(s) whose feature array length "
             f"is not {modality.dim} (found lengths {sorted(set(lengths.tolist()))[:5]}). Fix "
-            f"the features or declare Modality('{modality.name}', dim=...) to match."
+            f"the features or set the modality's dim (config `dim`, Modality(dim=...)) to "
+            "match."
         )
     values = present.flatten().to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
     return check_block(modality, observed, values.reshape(-1, modality.dim), source)

@@ -199,8 +199,8 @@ class CachedBlocks:
             if not counts:
                 raise
             found = "; ".join(f"{n} {problem}" for problem, n in counts.items())
-            raise DataValidationError(
-                f"{source}: {found}. First problem seen: {error}") from None
+            first = str(error).removeprefix(f"{source}: ")
+            raise DataValidationError(f"{source}: {found}. First problem seen: {first}") from None
         except Exception:
             self.unpersist()
             raise
