@@ -36,7 +36,8 @@ from mmgmm_spark.spark.arrow import batch_from_arrow
 from mmgmm_spark.spark.data import CachedBlocks
 from mmgmm_spark.spark.preprocess import fit_preprocessing_options
 from mmgmm_spark.spark.score import ScoringResult, read_and_join
-from mmgmm_spark.storage import read_table
+from mmgmm_spark.storage import StorageError, read_table
+from mmgmm_spark.storage.tables import SCHEMA_MISMATCH
 from mmgmm_spark.tracking import (
     FitRun,
     TrackingConfig,
@@ -337,6 +338,13 @@ def score(spark: SparkSession, config: AppConfig, scoring_run_id: str | None = N
     except DataValidationError as error:  # raised in the scoring tasks: name the tables
         tables = ", ".join(f"{m.name}={m.table}" for m in config.data.modalities)
         raise DataValidationError(f"Scoring {tables}: {error}") from None
+    except StorageError as error:
+        if not str(error).startswith(SCHEMA_MISMATCH):
+            raise
+        raise StorageError(
+            f"{str(error).split('. Align')[0]}. Its scores were written with other columns "
+            "(other modalities or scoring.include_responsibilities): set another "
+            "scoring.output_table, or remove the old table.") from None
 
 
 def scores_with_labels(spark: SparkSession, config: AppConfig, labels_table: str,

@@ -383,6 +383,11 @@ def test_train_and_score_with_late_and_early_fusion(ingested: Workspace, capsys)
     rows = read_delta(early_table).set_index("id").loc[ws.ids]
     np.testing.assert_allclose(np.stack(rows["responsibilities"]),
                                fused.responsibilities(fused._batch(inputs)), rtol=1e-9)
+    narrower = cli(capsys, "score", "--config", ws.config, *overrides,
+                   "--set", f"scoring.model_uri=models:/{name}/{version}",
+                   "--set", f"scoring.output_table={early_table}")
+    assert_user_error(narrower, str(early_table), "missing columns ['responsibilities']",
+                      "set another scoring.output_table")
     wrong = cli(capsys, "train", "--config", ws.config, *overrides, "--set", "model.fusion=early",
                 "--set", "model.sweep.n_components=[1]",
                 "--set", "model.sweep.covariance_types=[{a: diag}]")

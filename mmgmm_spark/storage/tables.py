@@ -268,6 +268,9 @@ def _plain_type(data_type: T.DataType) -> str:
     return data_type.simpleString()
 
 
+SCHEMA_MISMATCH = "Schema of the data does not match table"
+
+
 def schema_mismatch(table: str, table_schema: T.StructType, df_schema: T.StructType) -> str | None:
     """A message describing how ``df_schema`` differs from ``table_schema``, or None.
 
@@ -287,7 +290,7 @@ def schema_mismatch(table: str, table_schema: T.StructType, df_schema: T.StructT
                  for c in expected if c in got and got[c] != expected[c]]
     if not problems:
         return None
-    return (f"Schema of the data does not match table {table!r}: " + "; ".join(problems)
+    return (f"{SCHEMA_MISMATCH} {table!r}: " + "; ".join(problems)
             + ". Align the columns, or use mode='overwrite' to replace the table and its schema.")
 
 
