@@ -223,14 +223,14 @@ def apply_overrides(document: dict[str, Any], overrides: list[str]) -> dict[str,
     return document
 
 
-def _describe(error: ValidationError, source: str) -> str:
+def _describe(error: ValidationError, source: str, overridden: set[str]) -> str:
     lines = []
     for problem in error.errors():
         field = ".".join(str(part) for part in problem["loc"])
         message = problem["msg"]
         if problem["type"] == "extra_forbidden":
             message = "unknown key (not a setting of this section; check the spelling)"
-        lines.append(f"{field}: {message}")
+        lines.append(f"{field}: {message}{' (from --set)' if field in overridden else ''}")
     return f"{source}: invalid configuration: " + "; ".join(lines)
 
 
@@ -252,4 +252,5 @@ def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> 
     try:
         return AppConfig.model_validate(document)
     except ValidationError as e:
-        raise ConfigError(_describe(e, source)) from None
+        overridden = {item.partition("=")[0].strip() for item in overrides or []}
+        raise ConfigError(_describe(e, source, overridden)) from None

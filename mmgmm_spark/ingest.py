@@ -84,6 +84,11 @@ def features_frame(df: DataFrame, source: ModalitySource, id_column: str) -> Dat
     wanted = source.columns or "features"
     if wanted in df.columns:
         features = F.col(wanted).cast("array<double>")
+    elif source.columns is None:
+        raise DataValidationError(
+            f"{origin}: no array column 'features' (columns: {df.columns[:20]}); name the "
+            "array column or the prefix of numbered columns: --modality NAME=PATH:COLUMNS "
+            "(e.g. :embedding or :image_).")
     else:
         group = _column_group(df, wanted, origin)
         features = F.array(*[F.col(c).cast("double") for c in group])

@@ -199,7 +199,8 @@ def train(spark: SparkSession, config: AppConfig, resume_run_id: str | None = No
     training = features.df.where(~_holdout_bucket(config))
     spark_options = {"init_sample_rows": config.model.init_sample_rows,
                      "tree_depth": config.model.tree_depth,
-                     "source": ", ".join(f"{m.name}={m.table}" for m in config.data.modalities)}
+                     "source": "training rows (hold-out excluded) of " + ", ".join(
+                         f"{m.name}={m.table}" for m in config.data.modalities)}
     common = {"contamination": config.scoring.contamination, "config": tracking_config(config),
               "table_versions": features.versions, "holdout": holdout_arrays(features, config),
               **spark_options}

@@ -530,6 +530,8 @@ def test_ingest_rejects_bad_files_and_writes_nothing(spark, ws: Workspace, capsy
     pd.DataFrame({"id": ["x"], "f_0": [1.0]}).to_csv(no_group, index=False)
     assert_user_error(cli(capsys, "ingest", *config, "--modality", f"a={no_group}:image_"),
                       str(no_group), "image_")
+    assert_user_error(cli(capsys, "ingest", *config, "--modality", f"a={no_group}"),
+                      str(no_group), "no array column 'features'", "PATH:COLUMNS")
 
     assert_user_error(cli(capsys, "ingest", *config, "--modality", f"zz={no_group}"),
                       "--modality", "zz")
@@ -619,7 +621,7 @@ def test_train_rejects_more_components_than_rows(trained: Workspace, bad_tables,
     result = cli(capsys, "train", "--config", ws.config,
                  "--set", f"data.modalities.0.table={bad_tables['tiny']}",
                  "--set", "model.n_components=1000")
-    assert_user_error(result, "n_components", "1000")
+    assert_user_error(result, "n_components", "1000", "hold-out excluded")
     assert registered_versions(ws) == before
 
 
@@ -632,7 +634,7 @@ def test_config_errors_name_the_field_and_file(ws: Workspace, capsys, tmp_path: 
                       "unknown key")
     assert_user_error(cli(capsys, "train", "--config", ws.config,
                           "--set", "model.n_components=many"),
-                      str(ws.config), "model.n_components", "integer")
+                      str(ws.config), "model.n_components", "integer", "(from --set)")
     assert_user_error(cli(capsys, "score", "--config", ws.config,
                           "--set", "data.modalities.0.weight=-1"),
                       "data.modalities.0.weight")
