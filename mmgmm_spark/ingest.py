@@ -71,7 +71,9 @@ def _column_group(df: DataFrame, prefix: str, source: str) -> list[str]:
     matched = sorted((int(m.group(1)), c) for c in df.columns if (m := pattern.match(c)))
     if not matched:
         raise DataValidationError(
-            f"{source}: no columns named '{prefix}<number>' (columns: {df.columns[:20]}).")
+            f"{source}: no array column '{prefix}' and no columns named '{prefix}<number>' "
+            f"(columns: {df.columns[:20]}); name the array column or the prefix of numbered "
+            "columns: --modality NAME=PATH:COLUMNS (e.g. :embedding or :image_).")
     return [c for _, c in matched]
 
 
@@ -84,11 +86,6 @@ def features_frame(df: DataFrame, source: ModalitySource, id_column: str) -> Dat
     wanted = source.columns or "features"
     if wanted in df.columns:
         features = F.col(wanted).cast("array<double>")
-    elif source.columns is None:
-        raise DataValidationError(
-            f"{origin}: no array column 'features' (columns: {df.columns[:20]}); name the "
-            "array column or the prefix of numbered columns: --modality NAME=PATH:COLUMNS "
-            "(e.g. :embedding or :image_).")
     else:
         group = _column_group(df, wanted, origin)
         features = F.array(*[F.col(c).cast("double") for c in group])

@@ -343,9 +343,10 @@ def score(spark: SparkSession, config: AppConfig, scoring_run_id: str | None = N
         if not str(error).startswith(SCHEMA_MISMATCH):
             raise
         raise StorageError(
-            f"{str(error).split('. Align')[0]}. Its scores were written with other columns "
-            "(other modalities or scoring.include_responsibilities): set another "
-            "scoring.output_table, or remove the old table.") from None
+            f"{str(error).split('. Align')[0]}. The output table was written with other "
+            "columns (e.g. scores of other modalities, or another "
+            "scoring.include_responsibilities): set another scoring.output_table, or remove "
+            "the old table.") from None
 
 
 def scores_with_labels(spark: SparkSession, config: AppConfig, labels_table: str,

@@ -188,10 +188,11 @@ def test_null_feature_vector_is_a_missing_modality(spark, tmp_path):
     from mmgmm_spark.spark.score import read_and_join
 
     write_deltalake(str(tmp_path / "a"), pa.table({"id": ["x", "y"], "features": [[1.0], [2.0]]}))
-    write_deltalake(str(tmp_path / "b"), pa.table({"id": ["x", "y"], "features": [[3.0], None]}))
+    write_deltalake(str(tmp_path / "b"), pa.table({"id": ["x", "y", "z"],
+                                                   "features": [[3.0], None, None]}))
     joined, _ = read_and_join(spark, {m: str(tmp_path / m) for m in "ab"})
     rows = {r["id"]: (r["a"], r["b"]) for r in joined.collect()}
-    assert rows == {"x": ([1.0], [3.0]), "y": ([2.0], None)}
+    assert rows == {"x": ([1.0], [3.0]), "y": ([2.0], None)}  # z: as if absent everywhere
 
 
 def test_vector_features_are_converted(spark, tmp_path):
@@ -272,14 +273,17 @@ def test_failure_after_the_commit_keeps_the_committed_files(spark, tmp_path, mon
 
 def test_nulls_in_not_null_columns_are_rejected(spark, tmp_path):
     path = tmp_path / "t"
-    required = pa.schema([pa.field("id", pa.int64(), nullable=False),
+    required = pa.schema([pa.field("entity.id", pa.int64(), nullable=False),
                           pa.field("features", pa.list_(pa.float64()))])
-    write_deltalake(str(path), pa.table({"id": [1], "features": [[1.0]]}, schema=required))
-    rows = _frame(spark, [(None, [2.0]), (3, [3.0])], "id long, features array<double>")
-    with pytest.raises(StorageError, match=r"NOT NULL column\(s\) would receive nulls \(id: 1 "):
+    write_deltalake(str(path), pa.table({"entity.id": [1], "features": [[1.0]]},
+                                        schema=required))
+    rows = spark.createDataFrame(pd.DataFrame({"entity.id": [None, 3], "features": [[2.0], [3.0]]}),
+                                 "`entity.id` long, features array<double>")
+    with pytest.raises(StorageError,
+                       match=r"NOT NULL column\(s\) would receive nulls \(entity.id: 1 "):
         write_table(spark, rows, path, mode="append")
     assert DeltaTable(str(path)).version() == 0 and not _write_dirs(path)
-    write_table(spark, rows.dropna(), path, mode="append")
+    write_table(spark, rows.where("`entity.id` IS NOT NULL"), path, mode="append")
     assert _rows(path) == [(1, [1.0]), (3, [3.0])]
 
 
@@ -378,6 +382,8 @@ def test_missing_table_and_column(spark, tmp_path):
         read_modality(spark, tmp_path / "nowhere")
     with pytest.raises(StorageError, match="%XX sequence, which delta-rs decodes"):
         read_modality(spark, tmp_path / "a%20b")
+    with pytest.raises(StorageError, match="backslash"):
+        read_modality(spark, tmp_path / "a\\b")
     path = tmp_path / "t"
     write_deltalake(str(path), pa.table({"id": ["a"], "emb": [[1.0]]}))
     with pytest.raises(StorageError, match=f"Table '{path}' has no column 'features'"):

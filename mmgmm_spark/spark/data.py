@@ -86,8 +86,9 @@ def join_modalities(frames: Mapping[str, DataFrame], id_column: str,
     parts = []
     for name, df in frames.items():
         column = features_columns.get(name) or (name if name in df.columns else "features")
-        parts.append(df.select(F.col(id_column),
-                               _features_column(df, column, f"modality '{name}'").alias(name)))
+        features = _features_column(df, column, f"modality '{name}'").alias(name)
+        # A null vector is a missing modality: that row is as good as absent.
+        parts.append(df.select(F.col(id_column), features).where(F.col(name).isNotNull()))
     return reduce(lambda left, right: left.join(right, on=id_column, how="full_outer"), parts)
 
 

@@ -84,7 +84,7 @@ WRITE_ID_KEY = "mmgmm.writeId"
 _SAFE_READER_FEATURES = {"timestampNtz", "v2Checkpoint", "vacuumProtocolCheck"}
 _SAFE_WRITER_FEATURES = _SAFE_READER_FEATURES | {"appendOnly"}
 PERCENT_ESCAPE = re.compile(r"%[0-9A-Fa-f]{2}")
-GLOB_CHARACTERS = re.compile(r"([\[\]{}?*\\])")
+GLOB_CHARACTERS = re.compile(r"([\[\]{}?*])")
 COMMIT_ATTEMPTS = 8
 """Commits tried per write when concurrent writers win the race (see step 5 above)."""
 
@@ -104,6 +104,11 @@ def _local(ref: TableRef) -> str:
         raise StorageError(
             f"Table {ref.display!r}: the delta-rs engine here handles local paths and file:// "
             "URIs only; use the delta-spark engine for remote storage."
+        )
+    if "\\" in ref.local_path:
+        raise StorageError(
+            f"Table {ref.display!r}: the path contains a backslash, which delta-rs reads as a "
+            "directory separator; rename the directory or use the delta-spark engine."
         )
     if PERCENT_ESCAPE.search(ref.local_path):
         raise StorageError(
@@ -299,8 +304,6 @@ def write(spark: SparkSession, df: DataFrame, ref: TableRef, mode: str,
         adds = _stage(df, root, directories[0])
         if replace_where:
             _check_rows_match(spark, root, adds, ref, replace_where)
-        if dt is not None and (mode == "append" or replace_where):
-            _check_not_null(spark, root, adds, ref, dt)
         for attempt in range(1, COMMIT_ATTEMPTS + 1):
             try:
                 n_added, removed = _commit(spark, dt, ref, root, adds, arrow_schema, mode,
@@ -316,7 +319,12 @@ def write(spark: SparkSession, df: DataFrame, ref: TableRef, mode: str,
                 dt = _open(ref)
                 _check_target(dt, ref, df, mode, replace_where)
     except BaseException as exc:
-        landed = _landed_version(root, write_id)
+        try:
+            landed = _landed_version(root, write_id)
+        except DeltaError as unreadable:  # cannot tell whether it landed: keep the files
+            raise StorageError(
+                f"Write to table {ref.display!r} failed ({exc}) and its log cannot be read "
+                f"({unreadable}); the staged write-{write_id} files are kept.") from exc
         if landed is not None:  # failed after its commit: the files are the table's now
             if isinstance(exc, Exception):
                 raise StorageError(
@@ -366,6 +374,8 @@ def _commit(spark: SparkSession, dt: DeltaTable | None, ref: TableRef, root: str
     made the snapshot stale or created the table first.
     """
     removes: list[RemoveAction] = []
+    if dt is not None and (mode == "append" or replace_where):
+        _check_not_null(spark, root, adds, ref, dt)
     if replace_where and dt is not None:
         kept_dir = f"write-{write_id}-kept"
         shutil.rmtree(os.path.join(root, kept_dir), ignore_errors=True)  # a previous attempt's
@@ -412,19 +422,25 @@ def _check_rows_match(spark: SparkSession, root: str, adds: list[AddAction], ref
 
 def _check_not_null(spark: SparkSession, root: str, adds: list[AddAction], ref: TableRef,
                     dt: DeltaTable) -> None:
-    """The new rows have no null in the table's NOT NULL columns (Delta's own check)."""
+    """The new rows have no null in the table's top-level NOT NULL columns (Delta's own
+    check; NOT NULL fields nested in structs are not checked)."""
     required = [f.name for f in dt.schema().fields if not f.nullable]
     if not adds or not required:
         return
     staged = spark.read.parquet(*_staged_uris(root, adds))
-    counts = staged.select([F.count_if(F.col(c).isNull()).alias(c) for c in required]).first()
-    nulls = {c: counts[c] for c in required if counts[c]}
+    counts = staged.select([F.count_if(F.col(_quoted(c)).isNull()) for c in required]).first()
+    nulls = {c: n for c, n in zip(required, counts, strict=True) if n}
     if nulls:
         raise StorageError(
             f"Table {ref.display!r}: NOT NULL column(s) would receive nulls "
             f"({', '.join(f'{c}: {n} rows' for c, n in nulls.items())}); drop or fill those "
             "rows first."
         )
+
+
+def _quoted(column: str) -> str:
+    """A top-level column name for F.col, whatever characters (dots) it holds."""
+    return "`" + column.replace("`", "``") + "`"
 
 
 def _rewrite_replaced(spark: SparkSession, dt: DeltaTable, root: str, directory: str,
