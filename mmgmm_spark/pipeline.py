@@ -37,7 +37,7 @@ from mmgmm_spark.spark.data import CachedBlocks
 from mmgmm_spark.spark.preprocess import fit_preprocessing_options
 from mmgmm_spark.spark.score import ScoringResult, read_and_join
 from mmgmm_spark.storage import StorageError, read_table
-from mmgmm_spark.storage.tables import SCHEMA_MISMATCH
+from mmgmm_spark.storage.tables import SCHEMA_MISMATCH, SCHEMA_MISMATCH_HINT
 from mmgmm_spark.tracking import (
     FitRun,
     TrackingConfig,
@@ -343,8 +343,8 @@ def score(spark: SparkSession, config: AppConfig, scoring_run_id: str | None = N
         if not str(error).startswith(SCHEMA_MISMATCH):
             raise
         raise StorageError(
-            f"{str(error).split('. Align')[0]}. The output table was written with other "
-            "columns (e.g. scores of other modalities, or another "
+            f"{str(error).removesuffix(SCHEMA_MISMATCH_HINT)} The output table was written "
+            "with other columns (e.g. scores of other modalities, or another "
             "scoring.include_responsibilities): set another scoring.output_table, or remove "
             "the old table.") from None
 

@@ -269,6 +269,8 @@ def _plain_type(data_type: T.DataType) -> str:
 
 
 SCHEMA_MISMATCH = "Schema of the data does not match table"
+SCHEMA_MISMATCH_HINT = (" Align the columns, or use mode='overwrite' to replace the table and "
+                        "its schema.")
 
 
 def schema_mismatch(table: str, table_schema: T.StructType, df_schema: T.StructType) -> str | None:
@@ -291,7 +293,7 @@ def schema_mismatch(table: str, table_schema: T.StructType, df_schema: T.StructT
     if not problems:
         return None
     return (f"{SCHEMA_MISMATCH} {table!r}: " + "; ".join(problems)
-            + ". Align the columns, or use mode='overwrite' to replace the table and its schema.")
+            + "." + SCHEMA_MISMATCH_HINT)
 
 
 def replace_predicate(replace_where: Mapping[str, str | int]) -> Column:
