@@ -11,7 +11,7 @@ install-dev:
 	$(PYTHON) -m pip install --quiet -e ".[dev]"
 
 demo: install
-	$(PYTHON) -m mmgmm_spark.cli demo
+	$(PYTHON) -m mmgmm_spark demo
 
 test: install-dev
 	$(PYTHON) -m ruff check mmgmm_spark jobs tests

@@ -32,7 +32,7 @@ from sklearn.metrics import roc_auc_score
 from sklearn.neighbors import NearestNeighbors
 from sklearn.preprocessing import StandardScaler
 
-from mmgmm_spark.benchmark_adbench import discover, load_set
+from mmgmm_spark.app.benchmark_adbench import discover, load_set
 
 FUSED = "all views"
 

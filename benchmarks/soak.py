@@ -33,10 +33,10 @@ import pyarrow as pa
 from deltalake import DeltaTable
 
 from mmgmm_spark import MultimodalGaussianMixture
+from mmgmm_spark.app.synthetic import DEMO_MODALITIES, generate
 from mmgmm_spark.spark.arrow import arrow_table
 from mmgmm_spark.spark.score import score_to_delta
 from mmgmm_spark.spark.session import build_spark
-from mmgmm_spark.synthetic import DEMO_MODALITIES, generate
 from mmgmm_spark.tracking import TrackingConfig, tracked_fit
 
 MB = 1024 * 1024

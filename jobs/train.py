@@ -1,11 +1,11 @@
 """spark-submit entry point: ``spark-submit jobs/train.py --config FILE [--set KEY=VALUE ...]``.
 
-Runs ``mmgmm train`` (see ``mmgmm_spark.cli``) and exits with its code.
+Runs ``mmgmm train`` (see ``mmgmm_spark.app.cli``) and exits with its code.
 """
 
 import sys
 
-from mmgmm_spark.cli import main
+from mmgmm_spark.app.cli import main
 
 if __name__ == "__main__":
     sys.exit(main(["train", *sys.argv[1:]]))

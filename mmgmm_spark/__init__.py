@@ -4,8 +4,8 @@ from mmgmm_spark.core.batch import DataValidationError
 from mmgmm_spark.core.em import ConvergenceWarning
 from mmgmm_spark.core.modality import Modality
 from mmgmm_spark.core.params import DegenerateComponentError, DegenerateComponentWarning
-from mmgmm_spark.model import MultimodalGaussianMixture, NotFittedError
-from mmgmm_spark.model_io import ModelFormatError
+from mmgmm_spark.io.model_files import ModelFormatError
+from mmgmm_spark.models.mixture import MultimodalGaussianMixture, NotFittedError
 
 __all__ = [
     "ConvergenceWarning",

@@ -10,8 +10,8 @@
 import pandas as pd
 from pyspark.sql import functions as F
 
-from mmgmm_spark import pipeline
-from mmgmm_spark.notebook_support import load_notebook_config, spark_for, widget
+from mmgmm_spark.app import pipeline
+from mmgmm_spark.app.notebook_support import load_notebook_config, spark_for, widget
 
 config_path = widget("config", "conf/local.yaml", "Config file (YAML)")
 overrides = widget("overrides", "", "Overrides: key=value; key=value")

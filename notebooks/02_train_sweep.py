@@ -9,8 +9,8 @@
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from mmgmm_spark import pipeline
-from mmgmm_spark.notebook_support import load_notebook_config, spark_for, widget
+from mmgmm_spark.app import pipeline
+from mmgmm_spark.app.notebook_support import load_notebook_config, spark_for, widget
 
 config_path = widget("config", "conf/local.yaml", "Config file (YAML)")
 overrides = widget("overrides", "", "Overrides: key=value; key=value")

@@ -9,8 +9,8 @@
 
 import matplotlib.pyplot as plt
 
-from mmgmm_spark import pipeline
-from mmgmm_spark.notebook_support import load_notebook_config, spark_for, widget
+from mmgmm_spark.app import pipeline
+from mmgmm_spark.app.notebook_support import load_notebook_config, spark_for, widget
 from mmgmm_spark.spark.arrow import batch_from_arrow
 from mmgmm_spark.tracking import load_detector, plots, tracking
 from mmgmm_spark.tracking.registry import resolve_registered

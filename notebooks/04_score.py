@@ -9,8 +9,8 @@
 
 from pyspark.sql import functions as F
 
-from mmgmm_spark import pipeline
-from mmgmm_spark.notebook_support import load_notebook_config, spark_for, widget
+from mmgmm_spark.app import pipeline
+from mmgmm_spark.app.notebook_support import load_notebook_config, spark_for, widget
 from mmgmm_spark.storage import read_table
 
 config_path = widget("config", "conf/local.yaml", "Config file (YAML)")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mmgmm_spark.benchmark_adbench import DAGMM_AUROC, discover, main, run_adbench
+from mmgmm_spark.app.benchmark_adbench import DAGMM_AUROC, discover, main, run_adbench
 
 
 def _write_sets(root: Path) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mmgmm_spark.cli import build_parser
+from mmgmm_spark.app.cli import build_parser
 
 ROOT = Path(__file__).resolve().parents[1]
 JOB_FILES = sorted((ROOT / "resources").glob("*.job.yml"))
@@ -87,7 +87,7 @@ def test_wheel_tasks_call_real_cli_subcommands() -> None:
         for task in job["tasks"]:
             wheel_task = task["python_wheel_task"]
             assert wheel_task["entry_point"] in scripts
-            assert scripts[wheel_task["entry_point"]] == "mmgmm_spark.cli:main"
+            assert scripts[wheel_task["entry_point"]] == "mmgmm_spark.app.cli:main"
             assert re.sub(r"[-_.]+", "_", wheel_task["package_name"]).lower() == distribution
             parameters = wheel_task["parameters"]
             assert parameters[0] in subcommands, parameters

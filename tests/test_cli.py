@@ -1,6 +1,6 @@
 """Every ``mmgmm`` subcommand through the real entry point, and bad input through the CLI.
 
-Most cases call :func:`mmgmm_spark.cli.main` in-process (build_spark's getOrCreate reuses the
+Most cases call :func:`mmgmm_spark.app.cli.main` in-process (build_spark's getOrCreate reuses the
 session-scoped ``spark`` fixture); the trained model every later test uses comes from a real
 ``mmgmm train`` subprocess. All tables and the MLflow store live in one temporary directory.
 """
@@ -28,7 +28,7 @@ from conftest import copy_empty_mlflow_store
 from deltalake import DeltaTable, write_deltalake
 from mlflow import MlflowClient
 
-from mmgmm_spark.cli import main
+from mmgmm_spark.app.cli import main
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
 
@@ -279,7 +279,7 @@ def test_score_writes_and_rerun_replaces(trained: Workspace, capsys) -> None:
 def test_train_and_score_with_preprocessing(ingested: Workspace, capsys) -> None:
     """The preprocessing section: standardisation and PCA fitted on Spark, one registered model
     that applies them, and scores in the table equal to what that model computes in memory."""
-    from mmgmm_spark.fusion import FusionModel
+    from mmgmm_spark.models.fusion import FusionModel
     from mmgmm_spark.tracking import TrackingConfig, load_detector, tracking
 
     ws = ingested
@@ -335,7 +335,7 @@ def test_train_and_score_with_late_and_early_fusion(ingested: Workspace, capsys)
     """model.fusion late: one registered late model whose scores in the table equal what it
     computes in memory; early with a covariance sweep of its concatenated block; the
     combinations that cannot work are refused with the setting named."""
-    from mmgmm_spark.fusion import EARLY
+    from mmgmm_spark.models.fusion import EARLY
     from mmgmm_spark.tracking import TrackingConfig, load_detector, tracking
 
     ws = ingested
@@ -446,7 +446,7 @@ def test_demo_report_joint_model_sees_cross_modal(spark, ws: Workspace, capsys) 
 
 
 def test_benchmark_adbench_tiny(tmp_path: Path, capsys) -> None:
-    pytest.importorskip("mmgmm_spark.benchmark_adbench")
+    pytest.importorskip("mmgmm_spark.app.benchmark_adbench")
     rng = np.random.default_rng(1)
     x = np.vstack([rng.normal(0, 1, (190, 3)), rng.normal(6, 1, (10, 3))])
     y = np.r_[np.zeros(190), np.ones(10)]
@@ -726,9 +726,9 @@ def test_train_resume_continues_a_killed_training_run(ingested: Workspace) -> No
 def test_resume_accepts_a_run_logged_before_fusion_was_a_param(ingested: Workspace) -> None:
     """Runs with preprocessing logged before ``fusion`` became a run param were joint fits:
     --resume pins their tables instead of refusing them."""
-    from mmgmm_spark import pipeline
-    from mmgmm_spark.config import load_config
-    from mmgmm_spark.fusion import preprocessing_params
+    from mmgmm_spark.app import pipeline
+    from mmgmm_spark.app.config import load_config
+    from mmgmm_spark.models.fusion import preprocessing_params
     from mmgmm_spark.tracking.config import ensure_experiment
 
     ws = ingested

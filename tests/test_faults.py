@@ -16,9 +16,9 @@ from deltalake import DeltaTable
 from mlflow import MlflowClient
 
 from mmgmm_spark import Modality, MultimodalGaussianMixture
-from mmgmm_spark.detector import AnomalyDetector
-from mmgmm_spark.reliability import ModelNotLoggedError, RetryPolicy
-from mmgmm_spark.synthetic import generate
+from mmgmm_spark.app.synthetic import generate
+from mmgmm_spark.models.detector import AnomalyDetector
+from mmgmm_spark.tracking.reliability import ModelNotLoggedError, RetryPolicy
 
 MODALITIES = [Modality("image", 4, "full"), Modality("text", 3, "diag")]
 K = 3

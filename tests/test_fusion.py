@@ -8,8 +8,8 @@ from scipy.stats import multivariate_normal
 from sklearn.mixture import GaussianMixture
 
 from mmgmm_spark import Modality
-from mmgmm_spark.detector import AnomalyDetector
-from mmgmm_spark.fusion import EARLY, FusionConfig, FusionModel
+from mmgmm_spark.models.detector import AnomalyDetector
+from mmgmm_spark.models.fusion import EARLY, FusionConfig, FusionModel
 
 RAW = {"standardise": False, "projection": None, "reg_covar": 1e-6, "min_weight": 0.0}
 MODALITIES = [Modality("a", 3), Modality("b", 2)]
@@ -161,8 +161,8 @@ def test_degenerate_feature_warnings_say_projected_features_are_components() -> 
     import warnings
 
     from mmgmm_spark.core.params import DegenerateComponentWarning
-    from mmgmm_spark.fusion import Preprocessing
-    from mmgmm_spark.preprocessing import ModalityPreprocessor
+    from mmgmm_spark.core.preprocessing import ModalityPreprocessor
+    from mmgmm_spark.models.fusion import Preprocessing
 
     rng = np.random.default_rng(0)
     projected = ModalityPreprocessor.fit(rng.normal(size=(50, 3)), 2)

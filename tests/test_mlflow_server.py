@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from mmgmm_spark import Modality, MultimodalGaussianMixture
-from mmgmm_spark.synthetic import generate
+from mmgmm_spark.app.synthetic import generate
 from mmgmm_spark.tracking import TrackingConfig, tracked_fit
 
 pytestmark = pytest.mark.slow

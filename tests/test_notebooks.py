@@ -167,8 +167,8 @@ def test_04_score(swept: dict, project: Path) -> None:
 
 def test_03_inspect_model_of_late_fusion(swept: dict, project: Path) -> None:
     """03 on a late-fusion champion: one mixture per modality, each shown."""
-    from mmgmm_spark import pipeline
-    from mmgmm_spark.config import load_config
+    from mmgmm_spark.app import pipeline
+    from mmgmm_spark.app.config import load_config
 
     overrides = ["model.fusion=late", "tracking.registered_model=nb-late"]
     config = load_config("conf/local.yaml", overrides)

@@ -7,7 +7,7 @@ import pytest
 from sklearn.decomposition import PCA
 from sklearn.preprocessing import StandardScaler
 
-from mmgmm_spark.preprocessing import ModalityPreprocessor, Moments, auto_n_components
+from mmgmm_spark.core.preprocessing import ModalityPreprocessor, Moments, auto_n_components
 
 
 @pytest.fixture()

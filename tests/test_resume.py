@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 
 from mmgmm_spark import Modality, MultimodalGaussianMixture
-from mmgmm_spark.checkpoint import Checkpointer, load_checkpoint
+from mmgmm_spark.app.synthetic import generate
 from mmgmm_spark.core.em import run_em
 from mmgmm_spark.core.stats import accumulate_stats
-from mmgmm_spark.reliability import fit_with_checkpoints, resume_fit
-from mmgmm_spark.synthetic import generate
+from mmgmm_spark.io.checkpoints import Checkpointer, load_checkpoint
+from mmgmm_spark.tracking.reliability import fit_with_checkpoints, resume_fit
 
 MODALITIES = [Modality("image", 4, "full"), Modality("text", 3, "diag")]
 K = 3

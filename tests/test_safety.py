@@ -14,18 +14,18 @@ import numpy as np
 import pytest
 
 from mmgmm_spark import Modality, MultimodalGaussianMixture
-from mmgmm_spark.checkpoint import (
+from mmgmm_spark.app.synthetic import generate
+from mmgmm_spark.io.checkpoints import (
     FILENAME,
     Checkpointer,
     CheckpointError,
     _digest,
     load_checkpoint,
 )
-from mmgmm_spark.detector import AnomalyDetector
-from mmgmm_spark.model_io import ModelFormatError
-from mmgmm_spark.reliability import fit_with_checkpoints
+from mmgmm_spark.io.model_files import ModelFormatError
+from mmgmm_spark.models.detector import AnomalyDetector
 from mmgmm_spark.storage import StorageError, resolve_table
-from mmgmm_spark.synthetic import generate
+from mmgmm_spark.tracking.reliability import fit_with_checkpoints
 
 ROOT = Path(__file__).resolve().parents[1]
 MODALITIES = [Modality("image", 4, "full"), Modality("text", 3, "diag")]

@@ -15,7 +15,8 @@ import pytest
 from deltalake import DeltaTable
 
 from mmgmm_spark import Modality, MultimodalGaussianMixture
-from mmgmm_spark.detector import AnomalyDetector
+from mmgmm_spark.app.synthetic import generate
+from mmgmm_spark.models.detector import AnomalyDetector
 from mmgmm_spark.spark.arrow import arrow_table
 from mmgmm_spark.spark.data import CachedBlocks
 from mmgmm_spark.spark.score import (
@@ -25,7 +26,6 @@ from mmgmm_spark.spark.score import (
     training_threshold,
 )
 from mmgmm_spark.storage import StorageError, write_modality_table
-from mmgmm_spark.synthetic import generate
 from mmgmm_spark.tracking import TrackingConfig, score_registered, score_udf, tracked_fit
 
 pytestmark = pytest.mark.spark

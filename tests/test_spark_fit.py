@@ -13,9 +13,9 @@ import pytest
 from sklearn.metrics import adjusted_rand_score
 
 from mmgmm_spark import DataValidationError, Modality, MultimodalGaussianMixture
+from mmgmm_spark.app.synthetic import generate
 from mmgmm_spark.spark.arrow import arrow_table
 from mmgmm_spark.spark.fit import JOB_GROUP
-from mmgmm_spark.synthetic import generate
 
 MODALITIES = [Modality("image", 16, "full"), Modality("text", 8, "tied"),
               Modality("sensor", 4, "diag")]

@@ -14,10 +14,10 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.mixture import GaussianMixture
 
 from mmgmm_spark import DataValidationError, Modality, MultimodalGaussianMixture
-from mmgmm_spark.fusion import EARLY, FusionConfig, FusionModel, Preprocessing
+from mmgmm_spark.app.synthetic import generate
+from mmgmm_spark.models.fusion import EARLY, FusionConfig, FusionModel, Preprocessing
 from mmgmm_spark.spark.arrow import arrow_table
 from mmgmm_spark.spark.data import CachedBlocks
-from mmgmm_spark.synthetic import generate
 from mmgmm_spark.tracking import tracked_fit
 from mmgmm_spark.tracking.late import tracked_late_fit
 

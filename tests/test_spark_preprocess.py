@@ -11,7 +11,8 @@ from sklearn.decomposition import PCA
 from sklearn.preprocessing import StandardScaler
 
 from mmgmm_spark import Modality, MultimodalGaussianMixture
-from mmgmm_spark.fusion import FusionConfig, FusionModel
+from mmgmm_spark.app.synthetic import generate
+from mmgmm_spark.models.fusion import FusionConfig, FusionModel
 from mmgmm_spark.spark.arrow import arrow_table
 from mmgmm_spark.spark.data import CachedBlocks
 from mmgmm_spark.spark.preprocess import (
@@ -19,7 +20,6 @@ from mmgmm_spark.spark.preprocess import (
     fit_preprocessing_options,
     modality_moments,
 )
-from mmgmm_spark.synthetic import generate
 from mmgmm_spark.tracking import select_model, tracked_fit
 
 pytestmark = pytest.mark.spark

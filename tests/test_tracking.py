@@ -15,8 +15,8 @@ from scipy.stats import mannwhitneyu
 from sklearn.mixture import GaussianMixture
 
 from mmgmm_spark import Modality, MultimodalGaussianMixture
-from mmgmm_spark.evaluation import evaluate_scores, log_evaluation
-from mmgmm_spark.synthetic import generate
+from mmgmm_spark.app.synthetic import generate
+from mmgmm_spark.models.evaluation import evaluate_scores, log_evaluation
 from mmgmm_spark.tracking import TrackingConfig, select_model, tracked_fit
 
 MODALITIES = [Modality("image", 4, "full"), Modality("text", 3, "diag")]
@@ -107,7 +107,7 @@ def test_registered_model_in_fresh_process_reproduces_scores(config, data, first
 
 def test_every_em_iteration_is_a_log_line(config, data, caplog):
     model = MultimodalGaussianMixture(MODALITIES, 2, random_state=0, tol=0.0, max_iter=3)
-    with caplog.at_level(logging.INFO, logger="mmgmm_spark.model"):
+    with caplog.at_level(logging.INFO, logger="mmgmm_spark.models.mixture"):
         tracked_fit(model, data[0], config=config, log_model=False)
     lines = [r.getMessage() for r in caplog.records if "EM iteration" in r.getMessage()]
     assert [line.split(":")[0] for line in lines] == [f"EM iteration {i}" for i in (1, 2, 3)]

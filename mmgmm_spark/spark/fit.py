@@ -22,8 +22,8 @@ from mmgmm_spark.spark.data import CachedBlocks
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
 
-    from mmgmm_spark.checkpoint import Checkpoint, Checkpointer
-    from mmgmm_spark.model import MultimodalGaussianMixture
+    from mmgmm_spark.io.checkpoints import Checkpoint, Checkpointer
+    from mmgmm_spark.models.mixture import MultimodalGaussianMixture
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +81,8 @@ def fit_cached(model: MultimodalGaussianMixture, data: CachedBlocks, *,
 
     Initialisation runs on a bounded driver-side sample of ``init_sample_rows`` rows.
     ``checkpointer`` writes a checkpoint after every iteration; ``resume`` (a loaded
-    :class:`mmgmm_spark.checkpoint.Checkpoint`) continues an interrupted fit from its last
-    completed iteration (see :mod:`mmgmm_spark.checkpoint`).
+    :class:`mmgmm_spark.io.checkpoints.Checkpoint`) continues an interrupted fit from its last
+    completed iteration (see :mod:`mmgmm_spark.io.checkpoints`).
     """
     if data.n_rows < model.n_components:
         raise DataValidationError(
@@ -99,7 +99,7 @@ def fit_cached(model: MultimodalGaussianMixture, data: CachedBlocks, *,
     if checkpointer is None and resume is None:
         result = model.fit_em(initials, stats_pass, on_iteration)
     else:
-        from mmgmm_spark.checkpoint import resumable_fit_em
+        from mmgmm_spark.io.checkpoints import resumable_fit_em
 
         if resume is not None:
             resume.restore_rng(rng)

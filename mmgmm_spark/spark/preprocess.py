@@ -1,7 +1,7 @@
 """Preprocessing on Spark: the per-modality moments of cached rows in one aggregation pass.
 
-:class:`mmgmm_spark.fusion.Preprocessing` fits standardisation and PCA from these moments
-exactly as :class:`mmgmm_spark.preprocessing.ModalityPreprocessor.fit` does on arrays.
+:class:`mmgmm_spark.models.fusion.Preprocessing` fits standardisation and PCA from these moments
+exactly as :class:`mmgmm_spark.core.preprocessing.ModalityPreprocessor.fit` does on arrays.
 """
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 
 from mmgmm_spark.core.batch import DataValidationError
-from mmgmm_spark.fusion import FusionConfig, Preprocessing
-from mmgmm_spark.preprocessing import Moments, batch_moments, merge_moments
+from mmgmm_spark.core.preprocessing import Moments, batch_moments, merge_moments
+from mmgmm_spark.models.fusion import FusionConfig, Preprocessing
 from mmgmm_spark.spark.data import CachedBlocks
 
 

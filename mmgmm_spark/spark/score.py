@@ -27,9 +27,9 @@ from pyspark.sql import types as T
 from mmgmm_spark.core.batch import Batch
 from mmgmm_spark.core.densities import normalise_log_prob, weighted_log_prob
 from mmgmm_spark.core.em import IterationCallback
-from mmgmm_spark.detector import AnomalyDetector
-from mmgmm_spark.fusion import FusionModel
-from mmgmm_spark.model import MultimodalGaussianMixture
+from mmgmm_spark.models.detector import AnomalyDetector
+from mmgmm_spark.models.fusion import FusionModel
+from mmgmm_spark.models.mixture import MultimodalGaussianMixture
 from mmgmm_spark.spark.arrow import batch_from_arrow, decode_arrays, encode_arrays
 from mmgmm_spark.spark.data import (
     CachedBlocks,

@@ -24,7 +24,10 @@ import numpy as np
 from mlflow import MlflowClient
 from mlflow.entities import Metric
 
-from mmgmm_spark.checkpoint import (
+from mmgmm_spark.core.batch import Batch
+from mmgmm_spark.core.em import IterationReport
+from mmgmm_spark.core.modality import Modality
+from mmgmm_spark.io.checkpoints import (
     ARTIFACT_DIR,
     FILENAME,
     Checkpoint,
@@ -32,23 +35,20 @@ from mmgmm_spark.checkpoint import (
     CheckpointError,
     load_checkpoint,
 )
-from mmgmm_spark.core.batch import Batch
-from mmgmm_spark.core.em import IterationReport
-from mmgmm_spark.core.modality import Modality
-from mmgmm_spark.detector import AnomalyDetector, modality_column
-from mmgmm_spark.fusion import Preprocessing
-from mmgmm_spark.model import MultimodalGaussianMixture, _is_spark_dataframe, log_iteration
-from mmgmm_spark.reliability import (
+from mmgmm_spark.models.detector import AnomalyDetector, modality_column
+from mmgmm_spark.models.fusion import Preprocessing
+from mmgmm_spark.models.mixture import MultimodalGaussianMixture, _is_spark_dataframe, log_iteration
+from mmgmm_spark.tracking import plots
+from mmgmm_spark.tracking.config import TrackingConfig, tracking
+from mmgmm_spark.tracking.pyfunc import input_example, log_detector
+from mmgmm_spark.tracking.registry import ChampionDecision, promote_if_not_worse
+from mmgmm_spark.tracking.reliability import (
     ModelNotLoggedError,
     RetryPolicy,
     call_with_retry,
     fit_with_checkpoints,
     save_unlogged,
 )
-from mmgmm_spark.tracking import plots
-from mmgmm_spark.tracking.config import TrackingConfig, tracking
-from mmgmm_spark.tracking.pyfunc import input_example, log_detector
-from mmgmm_spark.tracking.registry import ChampionDecision, promote_if_not_worse
 
 log = logging.getLogger(__name__)
 
@@ -468,7 +468,7 @@ def tracked_fit(model: MultimodalGaussianMixture, data: Any, *, contamination: f
             its most advanced checkpoint (local or artefact); the data must be the same rows.
         retry: backoff for logging after the fit (default :class:`RetryPolicy`). If logging
             still fails, the detector is saved under ``<work_dir>/unlogged/`` and
-            :class:`mmgmm_spark.reliability.ModelNotLoggedError` names the directory.
+            :class:`mmgmm_spark.tracking.reliability.ModelNotLoggedError` names the directory.
         preprocessing: fitted per-modality preprocessing (:class:`Preprocessing`): ``data``
             holds the input rows, ``model`` is the mixture of the transformed rows
             (:meth:`Preprocessing.mixture_modalities`), and the logged detector applies both.

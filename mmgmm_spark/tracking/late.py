@@ -2,7 +2,7 @@
 
 Each modality's mixture is fitted (with its preprocessing) on the cached rows that observe
 it, as a nested run of its own (per-iteration metrics, plots). The parent run assembles the
-``late`` :class:`mmgmm_spark.fusion.FusionModel` from the nested fits' mixtures and their
+``late`` :class:`mmgmm_spark.models.fusion.FusionModel` from the nested fits' mixtures and their
 log-likelihood means and standard deviations, takes the exact training threshold of the fused
 score over all rows, and logs, registers and champion-checks that detector.
 """
@@ -15,15 +15,9 @@ from typing import Any
 import mlflow
 import numpy as np
 
-from mmgmm_spark.detector import AnomalyDetector
-from mmgmm_spark.fusion import LatePart, Preprocessing, late_model, observing
-from mmgmm_spark.model import MultimodalGaussianMixture
-from mmgmm_spark.reliability import (
-    ModelNotLoggedError,
-    RetryPolicy,
-    call_with_retry,
-    save_unlogged,
-)
+from mmgmm_spark.models.detector import AnomalyDetector
+from mmgmm_spark.models.fusion import LatePart, Preprocessing, late_model, observing
+from mmgmm_spark.models.mixture import MultimodalGaussianMixture
 from mmgmm_spark.spark.data import CachedBlocks
 from mmgmm_spark.spark.score import training_threshold
 from mmgmm_spark.tracking.config import TrackingConfig, tracking
@@ -38,6 +32,12 @@ from mmgmm_spark.tracking.fit import (
     score_figures,
     table_params,
     tracked_fit,
+)
+from mmgmm_spark.tracking.reliability import (
+    ModelNotLoggedError,
+    RetryPolicy,
+    call_with_retry,
+    save_unlogged,
 )
 
 

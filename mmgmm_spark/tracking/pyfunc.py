@@ -37,7 +37,7 @@ from mlflow.types.schema import Array, ColSpec, DataType, Schema
 
 from mmgmm_spark.core.batch import Batch, check_batch
 from mmgmm_spark.core.modality import Modality
-from mmgmm_spark.detector import AnomalyDetector
+from mmgmm_spark.models.detector import AnomalyDetector
 from mmgmm_spark.spark.arrow import block_from_arrow
 
 if TYPE_CHECKING:

@@ -10,7 +10,7 @@ import numpy as np
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from mmgmm_spark.detector import AnomalyDetector
+from mmgmm_spark.models.detector import AnomalyDetector
 from mmgmm_spark.tracking.pyfunc import load_detector
 
 

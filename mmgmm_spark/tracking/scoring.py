@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import mlflow
 
-from mmgmm_spark.config import ConfigError
+from mmgmm_spark.app.config import ConfigError
 from mmgmm_spark.spark.score import ScoringResult, score_to_delta
 from mmgmm_spark.tracking.config import TrackingConfig, tracking
 from mmgmm_spark.tracking.fit import table_params
@@ -18,7 +18,7 @@ from mmgmm_spark.tracking.registry import resolve_registered
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
-    from mmgmm_spark.detector import AnomalyDetector
+    from mmgmm_spark.models.detector import AnomalyDetector
 
 
 @dataclass(frozen=True)

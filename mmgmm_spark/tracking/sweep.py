@@ -13,10 +13,10 @@ import matplotlib.pyplot as plt
 import mlflow
 import numpy as np
 
-from mmgmm_spark.config import ConfigError
+from mmgmm_spark.app.config import ConfigError
 from mmgmm_spark.core.modality import Modality
-from mmgmm_spark.fusion import EARLY, FUSION_PARAM, Preprocessing
-from mmgmm_spark.model import MultimodalGaussianMixture, _is_spark_dataframe
+from mmgmm_spark.models.fusion import EARLY, FUSION_PARAM, Preprocessing
+from mmgmm_spark.models.mixture import MultimodalGaussianMixture, _is_spark_dataframe
 from mmgmm_spark.tracking import plots
 from mmgmm_spark.tracking.config import TrackingConfig, tracking
 from mmgmm_spark.tracking.fit import (

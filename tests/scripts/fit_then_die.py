@@ -79,8 +79,8 @@ def main() -> None:
         tracked_fit(model, data, config=config, checkpoint_dir=args.checkpoint_dir,
                     log_model=False)
     else:
-        from mmgmm_spark.checkpoint import Checkpointer
-        from mmgmm_spark.reliability import fit_with_checkpoints
+        from mmgmm_spark.io.checkpoints import Checkpointer
+        from mmgmm_spark.tracking.reliability import fit_with_checkpoints
 
         fit_with_checkpoints(model, data, Checkpointer(args.checkpoint_dir, model),
                              on_iteration=die)

@@ -8,7 +8,7 @@ import sys
 
 from deltalake import DeltaTable
 
-from mmgmm_spark.detector import AnomalyDetector
+from mmgmm_spark.models.detector import AnomalyDetector
 from mmgmm_spark.spark.score import read_and_join, score_to_delta
 from mmgmm_spark.spark.session import build_spark
 

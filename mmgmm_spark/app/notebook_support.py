@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from mmgmm_spark.config import AppConfig, load_config
+from mmgmm_spark.app.config import AppConfig, load_config
 
 
 def _dbutils() -> Any | None:
@@ -40,7 +40,7 @@ def parse_overrides(text: str) -> list[str]:
 
 
 def load_notebook_config(path: str, overrides: str = "") -> AppConfig:
-    """:func:`mmgmm_spark.config.load_config` with the overrides widget's text."""
+    """:func:`mmgmm_spark.app.config.load_config` with the overrides widget's text."""
     return load_config(path, parse_overrides(overrides))
 
 

@@ -17,7 +17,7 @@ Three ways to turn several feature blocks into one anomaly score, from one confi
     observes.
 
 Every modality is optionally standardised and, when wide, projected by PCA
-(:mod:`mmgmm_spark.preprocessing`); the discarded directions stay in the density as
+(:mod:`mmgmm_spark.core.preprocessing`); the discarded directions stay in the density as
 isotropic noise and the Jacobians are included, so ``log_likelihood`` of ``joint`` and
 ``early`` is a log-density of the input rows. The number of components K, the covariance
 type, whether to standardise and (optionally) the projection size q are chosen by BIC over a
@@ -60,9 +60,9 @@ from mmgmm_spark.core.params import (
     DegenerateComponentWarning,
     GaussianBlock,
 )
-from mmgmm_spark.model import MultimodalGaussianMixture, NotFittedError
-from mmgmm_spark.model_io import load_model, save_model
-from mmgmm_spark.preprocessing import ModalityPreprocessor, Moments, preprocess_batch
+from mmgmm_spark.core.preprocessing import ModalityPreprocessor, Moments, preprocess_batch
+from mmgmm_spark.io.model_files import load_model, save_model
+from mmgmm_spark.models.mixture import MultimodalGaussianMixture, NotFittedError
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ class FusionConfig:
         covariance_types: grid of covariance types (each of "full", "tied", "diag",
             "spherical"), searched with K.
         projection: per-modality q: "auto" (see
-            :func:`mmgmm_spark.preprocessing.auto_n_components`), an int, or None (none).
+            :func:`mmgmm_spark.core.preprocessing.auto_n_components`), an int, or None (none).
         projection_grid: optional q values searched by BIC instead of ``projection``
             (the same q for every modality, capped at its width).
         standardise: standardise every feature before anything else: True, False, or
@@ -473,7 +473,7 @@ class FusionModel:
     # ------------------------------------------------------------------------ persistence
     def save(self, path: str, extra: dict[str, Any] | None = None) -> None:
         """Write to directory ``path``: fusion.json, preprocessing.npz and one model directory
-        per mixture (:mod:`mmgmm_spark.model_io`). No pickle anywhere."""
+        per mixture (:mod:`mmgmm_spark.io.model_files`). No pickle anywhere."""
         self._check_fitted()
         os.makedirs(path, exist_ok=True)
         arrays, meta = {}, {}
@@ -497,7 +497,7 @@ class FusionModel:
     @classmethod
     def load(cls, path: str) -> FusionModel:
         """Read a directory written by :meth:`save`, validating arrays and metadata."""
-        from mmgmm_spark.model_io import ModelFormatError
+        from mmgmm_spark.io.model_files import ModelFormatError
 
         try:
             with open(os.path.join(path, FUSION_JSON)) as f:
@@ -526,7 +526,7 @@ class FusionModel:
         return model
 
     def _check_consistency(self) -> None:
-        from mmgmm_spark.model_io import ModelFormatError
+        from mmgmm_spark.io.model_files import ModelFormatError
 
         expected = ({JOINT} if self.strategy == "joint" else {EARLY}
                     if self.strategy == "early" else {m.name for m in self.modalities})

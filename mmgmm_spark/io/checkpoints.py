@@ -6,7 +6,7 @@ never a partial one). It holds
 
 * arrays (float64): the parameters of the restart in progress (``cur_*``) and of the best
   finished restart (``best_*``, when ``n_init > 1``), in the layout of
-  :mod:`mmgmm_spark.model_io`; the state of the initialisation random generator
+  :mod:`mmgmm_spark.io.model_files`; the state of the initialisation random generator
   (``rng_keys``, uint32);
 * ``document`` (uint8, UTF-8 JSON): format, the model's modalities and hyperparameters, the
   restart index, the lower-bound histories, the MLflow run id, and a SHA-256 digest of all of
@@ -47,10 +47,10 @@ from mmgmm_spark.core.params import (
     covariance_shape,
     precisions_cholesky_from_covariances,
 )
-from mmgmm_spark.model_io import HYPERPARAMETERS
+from mmgmm_spark.io.model_files import HYPERPARAMETERS
 
 if TYPE_CHECKING:
-    from mmgmm_spark.model import MultimodalGaussianMixture
+    from mmgmm_spark.models.mixture import MultimodalGaussianMixture
 
 log = logging.getLogger(__name__)
 

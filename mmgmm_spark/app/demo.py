@@ -15,11 +15,11 @@ import pyarrow as pa
 from pyspark.sql import SparkSession
 from sklearn.metrics import roc_auc_score
 
-from mmgmm_spark.config import AppConfig
-from mmgmm_spark.pipeline import scores_with_labels
+from mmgmm_spark.app.config import AppConfig
+from mmgmm_spark.app.pipeline import scores_with_labels
+from mmgmm_spark.app.synthetic import DEMO_MODALITIES, SyntheticData, generate
 from mmgmm_spark.spark.arrow import arrow_table
 from mmgmm_spark.storage import TableWrite, write_table
-from mmgmm_spark.synthetic import DEMO_MODALITIES, SyntheticData, generate
 
 
 @dataclass(frozen=True)

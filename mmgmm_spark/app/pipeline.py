@@ -18,11 +18,11 @@ from mlflow.exceptions import MlflowException
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from mmgmm_spark.config import AppConfig, ConfigError
+from mmgmm_spark.app.config import AppConfig, ConfigError
 from mmgmm_spark.core.batch import DataValidationError
 from mmgmm_spark.core.modality import Modality
-from mmgmm_spark.evaluation import evaluate_scores, log_evaluation
-from mmgmm_spark.fusion import (
+from mmgmm_spark.models.evaluation import evaluate_scores, log_evaluation
+from mmgmm_spark.models.fusion import (
     EARLY,
     FUSION_PARAM,
     PREPROCESSING_PREFIX,
@@ -30,8 +30,7 @@ from mmgmm_spark.fusion import (
     Preprocessing,
     preprocessing_params,
 )
-from mmgmm_spark.model import MultimodalGaussianMixture
-from mmgmm_spark.reliability import RetryPolicy
+from mmgmm_spark.models.mixture import MultimodalGaussianMixture
 from mmgmm_spark.spark.arrow import batch_from_arrow
 from mmgmm_spark.spark.data import CachedBlocks
 from mmgmm_spark.spark.preprocess import fit_preprocessing_options
@@ -48,6 +47,7 @@ from mmgmm_spark.tracking import (
 )
 from mmgmm_spark.tracking import tracking as tracking_context
 from mmgmm_spark.tracking.late import tracked_late_fit
+from mmgmm_spark.tracking.reliability import RetryPolicy
 from mmgmm_spark.tracking.scoring import RegisteredDetector, load_registered
 from mmgmm_spark.tracking.sweep import check_covariance_names
 
@@ -187,7 +187,7 @@ def train(spark: SparkSession, config: AppConfig, resume_run_id: str | None = No
     (same step numbering) from its last completed iteration, reading the modality tables at
     the Delta versions the run logged, and ends equal to an uninterrupted fit. Logging is
     retried per ``retry``; if it still fails the detector is saved under ``<work_dir>/unlogged``
-    and :class:`mmgmm_spark.reliability.ModelNotLoggedError` says where. A sweep
+    and :class:`mmgmm_spark.tracking.reliability.ModelNotLoggedError` says where. A sweep
     (``model.sweep``) runs without checkpoints and cannot be resumed. ``model.fusion`` early
     fits one mixture of the concatenated modalities; late one mixture per modality, each a
     nested run of one parent run (see :func:`mmgmm_spark.tracking.late.tracked_late_fit`).

@@ -22,7 +22,7 @@ from mmgmm_spark.core.params import (
 )
 
 if TYPE_CHECKING:
-    from mmgmm_spark.model import MultimodalGaussianMixture
+    from mmgmm_spark.models.mixture import MultimodalGaussianMixture
 
 FORMAT = "mmgmm-spark/1"
 MODEL_JSON = "model.json"
@@ -119,7 +119,7 @@ def _read_params(path: str, modalities: tuple[Modality, ...], k: int) -> Mixture
 
 def load_model(path: str) -> MultimodalGaussianMixture:
     """Read and validate a model directory written by :func:`save_model`."""
-    from mmgmm_spark.model import MultimodalGaussianMixture
+    from mmgmm_spark.models.mixture import MultimodalGaussianMixture
 
     document = _read_json(path)
     try:

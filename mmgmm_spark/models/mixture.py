@@ -255,14 +255,14 @@ class MultimodalGaussianMixture:
     # ----------------------------------------------------------------------- persistence
     def save(self, path: str) -> None:
         """Write the fitted model to directory ``path`` as numpy arrays + JSON (no pickle)."""
-        from mmgmm_spark.model_io import save_model
+        from mmgmm_spark.io.model_files import save_model
 
         save_model(self, path)
 
     @classmethod
     def load(cls, path: str) -> MultimodalGaussianMixture:
         """Read a model written by :meth:`save`, validating every array's shape and dtype."""
-        from mmgmm_spark.model_io import load_model
+        from mmgmm_spark.io.model_files import load_model
 
         return load_model(path)
 

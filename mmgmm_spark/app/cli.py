@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from mmgmm_spark.config import AppConfig, ConfigError, load_config
+from mmgmm_spark.app.config import AppConfig, ConfigError, load_config
 
 DEFAULT_CONFIG = "conf/local.yaml"
 log = logging.getLogger("mmgmm_spark")
@@ -48,8 +48,8 @@ def _step(message: str) -> None:
 
 def cmd_demo(args: argparse.Namespace, config: AppConfig) -> int:
     """Generate data, write Delta tables, train + track, score, evaluate, report."""
-    from mmgmm_spark import pipeline
-    from mmgmm_spark.demo import demo_report, write_demo_tables
+    from mmgmm_spark.app import pipeline
+    from mmgmm_spark.app.demo import demo_report, write_demo_tables
 
     labels_table = str(Path(config.work_dir) / "tables" / "labels")
     spark = _spark(config)
@@ -95,7 +95,7 @@ def print_demo_report(report, config: AppConfig, scores_table: str) -> None:
 
 
 def cmd_ingest(args: argparse.Namespace, config: AppConfig) -> int:
-    from mmgmm_spark.ingest import ModalitySource, ingest
+    from mmgmm_spark.app.ingest import ModalitySource, ingest
 
     tables = {m.name: m.table for m in config.data.modalities}
     sources = []
@@ -113,7 +113,7 @@ def cmd_ingest(args: argparse.Namespace, config: AppConfig) -> int:
 
 
 def cmd_train(args: argparse.Namespace, config: AppConfig) -> int:
-    from mmgmm_spark import pipeline
+    from mmgmm_spark.app import pipeline
 
     fit = pipeline.train(_spark(config), config, resume_run_id=args.resume)
     print(f"run {fit.run_id}: registered version {fit.model_version}; "
@@ -122,7 +122,7 @@ def cmd_train(args: argparse.Namespace, config: AppConfig) -> int:
 
 
 def cmd_score(args: argparse.Namespace, config: AppConfig) -> int:
-    from mmgmm_spark import pipeline
+    from mmgmm_spark.app import pipeline
 
     result = pipeline.score(_spark(config), config, args.scoring_run_id)
     print(f"wrote {result.table} version {result.version} (scoring run {result.scoring_run_id}, "
@@ -131,7 +131,7 @@ def cmd_score(args: argparse.Namespace, config: AppConfig) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace, config: AppConfig) -> int:
-    from mmgmm_spark import pipeline
+    from mmgmm_spark.app import pipeline
 
     metrics = pipeline.evaluate(_spark(config), config, args.labels, args.label_column,
                                 args.scoring_run_id)
@@ -141,7 +141,7 @@ def cmd_evaluate(args: argparse.Namespace, config: AppConfig) -> int:
 
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
-    from mmgmm_spark.benchmark_adbench import main as adbench_main
+    from mmgmm_spark.app.benchmark_adbench import main as adbench_main
 
     return adbench_main(["--data-dir", args.data_dir, "--out", args.out])
 
@@ -193,9 +193,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from mlflow.exceptions import MlflowException
 
     from mmgmm_spark import DataValidationError, DegenerateComponentError, ModelFormatError
-    from mmgmm_spark.checkpoint import CheckpointError
-    from mmgmm_spark.reliability import ModelNotLoggedError
+    from mmgmm_spark.io.checkpoints import CheckpointError
     from mmgmm_spark.storage import StorageError
+    from mmgmm_spark.tracking.reliability import ModelNotLoggedError
 
     return (ConfigError, DataValidationError, DegenerateComponentError, ModelFormatError,
             StorageError, MlflowException, FileNotFoundError, CheckpointError,

@@ -116,7 +116,7 @@ class SweepConfig(Section):
 class ModelConfig(Section):
     """``fusion``: ``joint`` (one mixture of per-modality blocks), ``early`` (the modalities
     concatenated into one block, fitted on the rows observing all of them) or ``late`` (one
-    mixture per modality, standardised scores averaged); see :mod:`mmgmm_spark.fusion`."""
+    mixture per modality, standardised scores averaged); see :mod:`mmgmm_spark.models.fusion`."""
 
     fusion: Literal["joint", "early", "late"] = "joint"
     n_components: int = Field(8, ge=1)

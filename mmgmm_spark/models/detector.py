@@ -4,10 +4,10 @@ This is what is saved, logged to MLflow, registered and loaded for scoring. The 
 score of a row is its negative log-likelihood; the threshold is the (1 - contamination)
 quantile of the training scores, stored with the model so scoring needs no second pass.
 
-``model`` may also be a :class:`mmgmm_spark.fusion.FusionModel` (per-modality preprocessing
+``model`` may also be a :class:`mmgmm_spark.models.fusion.FusionModel` (per-modality preprocessing
 + ``joint``/``early``/``late`` fusion): the artefact then covers preprocessing, strategy,
 mixture(s) and threshold, and :meth:`AnomalyDetector.score_batch` returns the same columns
-(see :mod:`mmgmm_spark.fusion` for their meaning under ``late``).
+(see :mod:`mmgmm_spark.models.fusion` for their meaning under ``late``).
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from mmgmm_spark.core.densities import (
     normalise_log_prob,
     weighted_log_prob,
 )
-from mmgmm_spark.fusion import FusionModel, is_fusion_artefact
-from mmgmm_spark.model import MultimodalGaussianMixture
-from mmgmm_spark.model_io import load_model, save_model
+from mmgmm_spark.io.model_files import load_model, save_model
+from mmgmm_spark.models.fusion import FusionModel, is_fusion_artefact
+from mmgmm_spark.models.mixture import MultimodalGaussianMixture
 
 SCORE_COLUMNS = ("log_likelihood", "anomaly_score", "is_anomaly", "cluster")
 
@@ -113,7 +113,7 @@ class AnomalyDetector:
         return detector
 
     def save(self, path: str) -> None:
-        """Arrays + JSON (see :mod:`mmgmm_spark.model_io`), threshold included."""
+        """Arrays + JSON (see :mod:`mmgmm_spark.io.model_files`), threshold included."""
         if isinstance(self.model, FusionModel):
             self.model.save(path, extra={"anomaly": {"contamination": self.contamination,
                                                      "threshold": self.threshold}})

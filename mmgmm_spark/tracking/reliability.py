@@ -22,15 +22,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from mmgmm_spark.checkpoint import Checkpoint, Checkpointer, load_checkpoint, resumable_fit_em
 from mmgmm_spark.core.batch import batch_from_arrays
 from mmgmm_spark.core.em import IterationCallback
 from mmgmm_spark.core.stats import accumulate_stats
-from mmgmm_spark.model import MultimodalGaussianMixture, _is_spark_dataframe, log_iteration
+from mmgmm_spark.io.checkpoints import Checkpoint, Checkpointer, load_checkpoint, resumable_fit_em
+from mmgmm_spark.models.mixture import MultimodalGaussianMixture, _is_spark_dataframe, log_iteration
 
 if TYPE_CHECKING:
 
-    from mmgmm_spark.detector import AnomalyDetector
+    from mmgmm_spark.models.detector import AnomalyDetector
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -14,7 +14,7 @@ strategies are the same model (``late`` is a monotone transform of it), so it is
 ``pyod_gmm`` is PyOD's default GMM detector: scikit-learn ``GaussianMixture(1, "full")`` on
 the raw features, negative ``score_samples``.
 
-Usage: ``python -m mmgmm_spark.benchmark_adbench --data-dir DIR --out results.json``.
+Usage: ``python -m mmgmm_spark.app.benchmark_adbench --data-dir DIR --out results.json``.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from mmgmm_spark.core.modality import Modality
-from mmgmm_spark.fusion import STRATEGIES, FusionConfig, FusionModel
+from mmgmm_spark.models.fusion import STRATEGIES, FusionConfig, FusionModel
 
 log = logging.getLogger(__name__)
 
@@ -262,7 +262,7 @@ def markdown(results: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mmgmm_spark.benchmark_adbench",
+    parser = argparse.ArgumentParser(prog="python -m mmgmm_spark.app.benchmark_adbench",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", required=True)
     parser.add_argument("--out", required=True, help="results JSON path (+ .md next to it)")
