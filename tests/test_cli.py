@@ -382,7 +382,7 @@ def test_train_and_score_with_late_and_early_fusion(ingested: Workspace, capsys)
     assert scored.code == 0, scored.err
     rows = read_delta(early_table).set_index("id").loc[ws.ids]
     np.testing.assert_allclose(np.stack(rows["responsibilities"]),
-                               fused.responsibilities(fused._batch(inputs)), rtol=1e-9)
+                               fused.responsibilities(fused.to_batch(inputs)), rtol=1e-9)
     narrower = cli(capsys, "score", "--config", ws.config, *overrides,
                    "--set", f"scoring.model_uri=models:/{name}/{version}",
                    "--set", f"scoring.output_table={early_table}")

@@ -18,7 +18,7 @@ from mmgmm_spark.app.synthetic import generate
 from mmgmm_spark.core.em import run_em
 from mmgmm_spark.core.stats import accumulate_stats
 from mmgmm_spark.io.checkpoints import Checkpointer, load_checkpoint
-from mmgmm_spark.tracking.reliability import fit_with_checkpoints, resume_fit
+from mmgmm_spark.models.mixture import resume_fit
 
 MODALITIES = [Modality("image", 4, "full"), Modality("text", 3, "diag")]
 K = 3
@@ -86,7 +86,7 @@ def crash_at(restart: int, iteration: int):
 def test_run_em_continues_from_a_history(data, start):
     """run_em(history=first 3 bounds, initial=params after 3) == 8 uninterrupted iterations."""
     model = fixed_model(start)
-    batch = model._batch(data)
+    batch = model.to_batch(data)
     stats_pass = lambda p: accumulate_stats(batch, p, model.modalities)  # noqa: E731
     initial = model.initial_params(batch, np.random.RandomState(0))
     full = run_em(stats_pass, initial, model.modalities, model.reg_covar, 0.0, 8)
@@ -106,7 +106,7 @@ def test_resume_across_restarts_with_random_init(tmp_path, data, crash):
     ref = uninterrupted(restarts_model(), data)
     model = restarts_model()
     with pytest.raises(InterruptedFitError):
-        fit_with_checkpoints(model, data, Checkpointer(str(tmp_path), model),
+        model.fit(data, checkpointer=Checkpointer(str(tmp_path), model),
                              on_iteration=crash_at(*crash))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -118,7 +118,7 @@ def test_resume_from_a_finished_checkpoint_runs_no_iteration(tmp_path, data, sta
     model = fixed_model(start, max_iter=4)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        fit_with_checkpoints(model, data, Checkpointer(str(tmp_path), model), on_iteration=None)
+        model.fit(data, checkpointer=Checkpointer(str(tmp_path), model), on_iteration=None)
         calls = []
         resumed = resume_fit(fixed_model(start, max_iter=4), data, str(tmp_path),
                              on_iteration=calls.append)

@@ -25,7 +25,6 @@ from mmgmm_spark.io.checkpoints import (
 from mmgmm_spark.io.model_files import ModelFormatError
 from mmgmm_spark.models.detector import AnomalyDetector
 from mmgmm_spark.storage import StorageError, resolve_table
-from mmgmm_spark.tracking.reliability import fit_with_checkpoints
 
 ROOT = Path(__file__).resolve().parents[1]
 MODALITIES = [Modality("image", 4, "full"), Modality("text", 3, "diag")]
@@ -56,7 +55,7 @@ def checkpoint(tmp_path, data) -> Path:
     fitted = model()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        fit_with_checkpoints(fitted, data, Checkpointer(str(tmp_path), fitted),
+        fitted.fit(data, checkpointer=Checkpointer(str(tmp_path), fitted),
                              on_iteration=None)
     return tmp_path / FILENAME
 

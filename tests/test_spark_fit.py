@@ -81,7 +81,6 @@ def test_cached_blocks_serve_models_of_other_covariance_types(spark, data, use_r
     """Blocks cached for one set of covariance types fit a model of others (a sweep reuses
     one cache): the statistics follow the model, equal to the in-memory fit."""
     from mmgmm_spark.spark.data import CachedBlocks
-    from mmgmm_spark.spark.fit import fit_cached
 
     other = [Modality(m.name, m.dim, "diag" if m.covariance_type == "full" else "full")
              for m in MODALITIES]
@@ -89,10 +88,10 @@ def test_cached_blocks_serve_models_of_other_covariance_types(spark, data, use_r
                           "test rows", use_rdd=use_rdd)
     try:
         with pytest.warns(UserWarning):
-            model = fit_cached(MultimodalGaussianMixture(other, K, tol=0, max_iter=4,
-                                                         random_state=0), cached)
+            model = MultimodalGaussianMixture(other, K, tol=0, max_iter=4,
+                                              random_state=0).fit(cached)
         with pytest.raises(ValueError, match="do not match the cached blocks"):
-            fit_cached(MultimodalGaussianMixture(other[:2], K), cached)
+            MultimodalGaussianMixture(other[:2], K).fit(cached)
     finally:
         cached.unpersist()
     with pytest.warns(UserWarning):

@@ -93,7 +93,7 @@ def test_early_fusion_on_spark_equals_sklearn_on_concatenated_complete_rows(
                         (~a_seen & b_seen, np.arange(4, 7))):
         joint[rows] = weighted_log_probs(x[np.ix_(rows, index)], reference, index)
     expected = logsumexp(joint, axis=1)
-    responsibilities = fused.responsibilities(fused._batch(data))
+    responsibilities = fused.responsibilities(fused.to_batch(data))
     np.testing.assert_allclose(responsibilities, np.exp(joint - expected[:, None]), rtol=1e-6,
                                atol=1e-9)
     np.testing.assert_allclose(responsibilities[complete], reference.predict_proba(x[complete]),

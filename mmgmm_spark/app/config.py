@@ -15,11 +15,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from mmgmm_spark.core.errors import ConfigError
 from mmgmm_spark.core.init import INIT_METHODS
-
-
-class ConfigError(ValueError):
-    """A configuration file or override that cannot be used; the message names the field."""
 
 
 class Section(BaseModel):

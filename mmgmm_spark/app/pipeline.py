@@ -46,6 +46,7 @@ from mmgmm_spark.tracking import (
     tracked_fit,
 )
 from mmgmm_spark.tracking import tracking as tracking_context
+from mmgmm_spark.tracking.fit import CHECKPOINT_DIR
 from mmgmm_spark.tracking.late import tracked_late_fit
 from mmgmm_spark.tracking.reliability import RetryPolicy
 from mmgmm_spark.tracking.scoring import RegisteredDetector, load_registered
@@ -144,7 +145,6 @@ def uses_preprocessing(config: AppConfig) -> bool:
         for standardise, projection in preprocessing_grid(config))
 
 
-CHECKPOINT_DIR = "checkpoints"
 """Under ``work_dir``: a checkpoint per EM iteration of a running fit (removed when it ends)."""
 
 

@@ -1,7 +1,9 @@
-"""The EM loop, independent of where the data lives.
+"""The EM loop and its one driver, independent of where the data lives.
 
 A *statistics pass* is any function ``params -> SufficientStats`` over all rows: a loop over
 in-memory chunks, or a Spark job that maps partitions and reduces with ``treeAggregate``.
+:func:`fit_em` is the only driver: in-memory, Spark, checkpointed and resumed fits all call it
+with some :class:`TrainingData` (:class:`InMemoryRows`, or the Spark layer's cached blocks).
 """
 
 from __future__ import annotations
@@ -10,14 +12,15 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
+from mmgmm_spark.core.batch import DataValidationError
 from mmgmm_spark.core.modality import Modality
 from mmgmm_spark.core.params import DegenerateComponentWarning, MixtureParams
-from mmgmm_spark.core.stats import SufficientStats
-
-StatsPass = Callable[[MixtureParams], SufficientStats]
+from mmgmm_spark.core.spec import MixtureSpec
+from mmgmm_spark.core.training import StatsPass, TrainingData
 
 
 class ConvergenceWarning(UserWarning):
@@ -100,15 +103,6 @@ def run_em(stats_pass: StatsPass, initial: MixtureParams, modalities: tuple[Moda
     return result
 
 
-def best_of_restarts(initials: Callable[[int], MixtureParams], n_init: int,
-                     run: Callable[[MixtureParams], EMResult]) -> EMResult:
-    """Run EM from ``n_init`` initialisations; keep the highest final lower bound.
-
-    Warns with :class:`ConvergenceWarning` when the best run did not converge.
-    """
-    return resumable_restarts(initials, n_init, lambda start, _report: run(start.params))
-
-
 @dataclass
 class EMProgress:
     """Where a best-of-restarts EM stands after a completed iteration: enough to resume it.
@@ -117,27 +111,38 @@ class EMProgress:
         restart: index of the restart in progress (0-based).
         current: that restart's parameters and lower bounds so far.
         best: the best finished earlier restart, or None.
+        rng: the initialisation generator (its state is part of what resumes), or None.
     """
 
     restart: int
     current: EMResult
     best: EMResult | None = None
+    rng: np.random.RandomState | None = None
 
 
 ProgressCallback = Callable[[EMProgress], None]
-ResumableRun = Callable[[EMResult, ResultCallback], EMResult]
 
 
-def resumable_restarts(initials: Callable[[int], MixtureParams], n_init: int,
-                       run: ResumableRun, *, resume: EMProgress | None = None,
-                       on_progress: ProgressCallback | None = None) -> EMResult:
-    """:func:`best_of_restarts` that reports its progress and can resume from a report.
+class ResumePoint(Protocol):
+    """A saved :class:`EMProgress` (e.g. a checkpoint) and the generator state that goes with it."""
+
+    progress: EMProgress
+    rng_state: tuple | None
+
+
+def best_of_restarts(initials: Callable[[int], MixtureParams], n_init: int,
+                     run: Callable[[EMResult, ResultCallback], EMResult], *,
+                     resume: EMProgress | None = None,
+                     on_progress: ProgressCallback | None = None,
+                     rng: np.random.RandomState | None = None) -> EMResult:
+    """Run EM from ``n_init`` initialisations; keep the highest final lower bound.
 
     ``run(start, on_result)`` continues EM from ``start`` (parameters and lower bounds so far,
     see :func:`run_em`'s ``history``) and calls ``on_result`` after each iteration;
     ``on_progress`` receives an :class:`EMProgress` after each iteration. With ``resume`` the
     restarts before ``resume.restart`` are not run again and ``initials`` is not called for
-    the resumed restart, so the result equals the uninterrupted run's.
+    the resumed restart, so the result equals the uninterrupted run's. Warns with
+    :class:`ConvergenceWarning` when the best run did not converge.
     """
     best = resume.best if resume is not None else None
     first = resume.restart if resume is not None else 0
@@ -148,7 +153,7 @@ def resumable_restarts(initials: Callable[[int], MixtureParams], n_init: int,
         def report(current: EMResult, restart: int = restart,
                    best: EMResult | None = best) -> None:
             if on_progress is not None:
-                on_progress(EMProgress(restart, current, best))
+                on_progress(EMProgress(restart, current, best, rng))
 
         result = run(start, report)
         if best is None or result.lower_bound > best.lower_bound:
@@ -161,6 +166,39 @@ def resumable_restarts(initials: Callable[[int], MixtureParams], n_init: int,
             ConvergenceWarning, stacklevel=4,
         )
     return best
+
+
+# ------------------------------------------------------------------- the one driver
+def fit_em(spec: MixtureSpec, data: TrainingData, *,
+           on_iteration: IterationCallback | None = None,
+           on_progress: ProgressCallback | None = None, resume: ResumePoint | None = None,
+           init_sample_rows: int = 100_000, tree_depth: int = 2) -> EMResult:
+    """Fit ``spec`` on ``data`` by EM with ``spec.n_init`` restarts: every fit runs this.
+
+    In memory, on Spark, checkpointed (``on_progress`` writes each :class:`EMProgress`) or
+    resumed (``resume``: the restart, history and generator state to continue from, so the
+    result equals the uninterrupted fit's). Initialisation uses ``data.init_sample`` of at
+    most ``init_sample_rows`` rows; ``tree_depth`` is the depth of a distributed reduction.
+    """
+    if data.n_rows < spec.n_components:
+        raise DataValidationError(
+            f"{data.source}: {data.n_rows} rows, fewer than n_components="
+            f"{spec.n_components}. Lower n_components or add rows.")
+    rng = spec.rng()
+    sample = data.init_sample(init_sample_rows, spec.random_state
+                              if isinstance(spec.random_state, int) else 0)
+    if resume is not None and resume.rng_state is not None:
+        rng.set_state(resume.rng_state)
+    stats_pass = data.stats_pass(spec.modalities, spec.n_components, tree_depth)
+
+    def run(start: EMResult, on_result: ResultCallback) -> EMResult:
+        return run_em(stats_pass, start.params, spec.modalities, spec.reg_covar, spec.tol,
+                      spec.max_iter, on_iteration, history=start.lower_bounds,
+                      on_result=on_result)
+
+    return best_of_restarts(lambda _: spec.initial_params(sample, rng), spec.n_init, run,
+                            resume=None if resume is None else resume.progress,
+                            on_progress=on_progress, rng=rng)
 
 
 def warn_collapsed_components(weights: np.ndarray, n_rows: int) -> list[int]:

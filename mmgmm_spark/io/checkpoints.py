@@ -5,9 +5,9 @@ A checkpoint is one file ``<directory>/checkpoint.npz`` written after every EM i
 never a partial one). It holds
 
 * arrays (float64): the parameters of the restart in progress (``cur_*``) and of the best
-  finished restart (``best_*``, when ``n_init > 1``), in the layout of
-  :mod:`mmgmm_spark.io.model_files`; the state of the initialisation random generator
-  (``rng_keys``, uint32);
+  finished restart (``best_*``, when ``n_init > 1``), in the codec of
+  :mod:`mmgmm_spark.io.arrays` (shared with model files); the state of the initialisation
+  random generator (``rng_keys``, uint32);
 * ``document`` (uint8, UTF-8 JSON): format, the model's modalities and hyperparameters, the
   restart index, the lower-bound histories, the MLflow run id, and a SHA-256 digest of all of
   the above.
@@ -27,30 +27,29 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 
-from mmgmm_spark.core.em import (
-    EMProgress,
-    EMResult,
-    IterationCallback,
-    StatsPass,
-    resumable_restarts,
-    run_em,
-)
-from mmgmm_spark.core.modality import Modality
-from mmgmm_spark.core.params import (
-    DegenerateComponentError,
-    GaussianBlock,
-    MixtureParams,
-    covariance_shape,
-    precisions_cholesky_from_covariances,
-)
-from mmgmm_spark.io.model_files import HYPERPARAMETERS
+from mmgmm_spark.core.em import EMProgress, EMResult
+from mmgmm_spark.core.params import MixtureParams
+from mmgmm_spark.core.spec import MixtureSpec
+from mmgmm_spark.io.arrays import ArrayFormatError, param_arrays, param_keys, read_params
 
-if TYPE_CHECKING:
-    from mmgmm_spark.models.mixture import MultimodalGaussianMixture
+
+class HasSpec(Protocol):
+    """An estimator: anything whose ``spec()`` is the :class:`MixtureSpec` being fitted."""
+
+    def spec(self) -> MixtureSpec: ...
+
+
+Fitted = MixtureSpec | HasSpec
+"""What a checkpoint belongs to: a spec, or an estimator that has one."""
+
+
+def _spec_of(model: Fitted) -> MixtureSpec:
+    return model if isinstance(model, MixtureSpec) else model.spec()
+
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +57,6 @@ FORMAT = "mmgmm-spark-checkpoint/1"
 FILENAME = "checkpoint.npz"
 ARTIFACT_DIR = "checkpoint"
 """Where a tracked fit keeps its checkpoint among the run's artefacts."""
-_BLOCK_FIELDS = ("means", "covariances", "precisions_cholesky")
 _RNG_WORDS = 624
 
 
@@ -72,7 +70,8 @@ class Checkpoint:
 
     Attributes:
         progress: restart index, the restart's parameters/lower bounds, the best earlier restart.
-        rng_state: ``RandomState.get_state()`` of the initialisation generator, or None.
+        rng_state: ``RandomState.get_state()`` of the initialisation generator, or None
+            (the EM driver restores it when resuming).
         run_id: the MLflow run the fit belongs to, or None.
         path: the file it was read from.
     """
@@ -87,29 +86,11 @@ class Checkpoint:
         """Completed iterations of the restart in progress."""
         return self.progress.current.n_iter
 
-    def restore_rng(self, rng: np.random.RandomState) -> None:
-        """Put ``rng`` in the state it had when the checkpoint was written."""
-        if self.rng_state is not None:
-            rng.set_state(self.rng_state)
-
 
 # --------------------------------------------------------------------------------- writing
-def model_spec(model: MultimodalGaussianMixture) -> dict[str, Any]:
+def model_spec(model: Fitted) -> dict[str, Any]:
     """What must not change between an interrupted fit and its resumption."""
-    seed = model.random_state if isinstance(model.random_state, int) else None
-    return {"modalities": [m.to_dict() for m in model.modalities],
-            "hyperparameters": {name: getattr(model, name) for name in HYPERPARAMETERS}
-            | {"random_state": seed}}
-
-
-def _param_arrays(prefix: str, params: MixtureParams,
-                  modalities: tuple[Modality, ...]) -> dict[str, np.ndarray]:
-    arrays = {f"{prefix}weights": np.asarray(params.weights, dtype=np.float64)}
-    for index, m in enumerate(modalities):
-        block = params.blocks[m.name]
-        for name in _BLOCK_FIELDS:
-            arrays[f"{prefix}m{index}_{name}"] = np.asarray(getattr(block, name), np.float64)
-    return arrays
+    return _spec_of(model).to_dict()
 
 
 def _digest(document: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> str:
@@ -128,13 +109,14 @@ def _history(result: EMResult) -> dict[str, Any]:
             "converged": bool(result.converged)}
 
 
-def checkpoint_content(progress: EMProgress, model: MultimodalGaussianMixture,
-                       rng: np.random.RandomState | None, run_id: str | None
-                       ) -> dict[str, np.ndarray]:
+def checkpoint_content(progress: EMProgress, model: Fitted,
+                       run_id: str | None) -> dict[str, np.ndarray]:
     """The arrays of the checkpoint file, ``document`` (JSON as uint8) included."""
-    arrays = _param_arrays("cur_", progress.current.params, model.modalities)
+    modalities = _spec_of(model).modalities
+    arrays = param_arrays(progress.current.params, modalities, "cur_")
     if progress.best is not None:
-        arrays |= _param_arrays("best_", progress.best.params, model.modalities)
+        arrays |= param_arrays(progress.best.params, modalities, "best_")
+    rng = progress.rng
     document: dict[str, Any] = {
         "format": FORMAT, **model_spec(model), "restart": int(progress.restart),
         "current": _history(progress.current),
@@ -151,15 +133,15 @@ def checkpoint_content(progress: EMProgress, model: MultimodalGaussianMixture,
     return arrays
 
 
-def save_checkpoint(directory: str, progress: EMProgress, model: MultimodalGaussianMixture,
-                    rng: np.random.RandomState | None = None, run_id: str | None = None) -> str:
+def save_checkpoint(directory: str, progress: EMProgress, model: Fitted,
+                    run_id: str | None = None) -> str:
     """Atomically (temp file + ``os.replace``) write ``<directory>/checkpoint.npz``; its path."""
     os.makedirs(directory, exist_ok=True)
     target = os.path.join(directory, FILENAME)
     temporary = os.path.join(directory, f".{FILENAME}.{os.getpid()}-{uuid.uuid4().hex}.tmp")
     try:
         with open(temporary, "wb") as f:
-            np.savez(f, **checkpoint_content(progress, model, rng, run_id))
+            np.savez(f, **checkpoint_content(progress, model, run_id))
             f.flush()
             os.fsync(f.fileno())
         os.replace(temporary, target)
@@ -174,19 +156,19 @@ class Checkpointer:
 
     Args:
         directory: where ``checkpoint.npz`` goes.
-        model: the estimator being fitted (its modalities and hyperparameters are recorded).
+        model: the estimator being fitted, or its spec (modalities and hyperparameters are
+            recorded; the generator's state comes with each progress report).
         run_id: MLflow run recorded in the checkpoint.
         upload: called with the file's path after each write (e.g. log it as a run
             artefact); a failure there is logged once as a warning and does not stop the fit.
     """
 
-    def __init__(self, directory: str, model: MultimodalGaussianMixture,
+    def __init__(self, directory: str, model: Fitted,
                  run_id: str | None = None, upload: Callable[[str], None] | None = None) -> None:
         self.directory = directory
-        self.model = model
+        self.spec = _spec_of(model)
         self.run_id = run_id
         self.upload = upload
-        self.rng: np.random.RandomState | None = None  # set by the fitting function
         self.writes = 0
         self.upload_failures = 0
 
@@ -195,7 +177,7 @@ class Checkpointer:
         return os.path.join(self.directory, FILENAME)
 
     def __call__(self, progress: EMProgress) -> None:
-        path = save_checkpoint(self.directory, progress, self.model, self.rng, self.run_id)
+        path = save_checkpoint(self.directory, progress, self.spec, self.run_id)
         self.writes += 1
         if self.upload is None:
             return
@@ -232,44 +214,17 @@ def _read_document(arrays: Mapping[str, np.ndarray], path: str) -> dict[str, Any
     return document
 
 
-def _expected_keys(modalities: tuple[Modality, ...], has_best: bool, has_rng: bool) -> set[str]:
-    prefixes = ("cur_", "best_") if has_best else ("cur_",)
-    keys = {"document"} | ({"rng_keys"} if has_rng else set())
-    for prefix in prefixes:
-        keys.add(f"{prefix}weights")
-        keys |= {f"{prefix}m{i}_{name}" for i in range(len(modalities)) for name in _BLOCK_FIELDS}
-    return keys
+def _expected_keys(modalities: tuple, has_best: bool, has_rng: bool) -> set[str]:
+    keys = {"document"} | ({"rng_keys"} if has_rng else set()) | param_keys(modalities, "cur_")
+    return keys | (param_keys(modalities, "best_") if has_best else set())
 
 
-def _float_array(arrays: Mapping[str, np.ndarray], key: str, shape: tuple[int, ...],
-                 path: str) -> np.ndarray:
-    value = arrays[key]
-    if value.dtype != np.float64 or value.shape != shape or not np.all(np.isfinite(value)):
-        raise CheckpointError(f"Checkpoint {path!r}: '{key}' must be finite float64 of shape "
-                              f"{shape}, got {value.dtype} {value.shape}.")
-    return value
-
-
-def _read_params(arrays: Mapping[str, np.ndarray], prefix: str,
-                 modalities: tuple[Modality, ...], k: int, path: str) -> MixtureParams:
-    weights = _float_array(arrays, f"{prefix}weights", (k,), path)
-    if np.any(weights < 0) or not np.isclose(weights.sum(), 1.0):
-        raise CheckpointError(f"Checkpoint {path!r}: weights must be >= 0 and sum to 1.")
-    blocks = {}
-    for index, m in enumerate(modalities):
-        shape = covariance_shape(m.covariance_type, k, m.dim)
-        means = _float_array(arrays, f"{prefix}m{index}_means", (k, m.dim), path)
-        cov = _float_array(arrays, f"{prefix}m{index}_covariances", shape, path)
-        chol = _float_array(arrays, f"{prefix}m{index}_precisions_cholesky", shape, path)
-        try:
-            expected = precisions_cholesky_from_covariances(m.covariance_type, cov, m.name)
-        except DegenerateComponentError as exc:
-            raise CheckpointError(f"Checkpoint {path!r}: {exc}") from None
-        if not np.allclose(chol, expected, rtol=1e-6, atol=1e-12):
-            raise CheckpointError(f"Checkpoint {path!r}: modality '{m.name}' precisions do not "
-                                  "match its covariances (modified or corrupted).")
-        blocks[m.name] = GaussianBlock(m.covariance_type, means, cov, chol)
-    return MixtureParams(weights, blocks)
+def _read_params(arrays: Mapping[str, np.ndarray], prefix: str, spec: MixtureSpec,
+                 path: str) -> MixtureParams:
+    try:
+        return read_params(arrays, spec.modalities, spec.n_components, prefix)
+    except ArrayFormatError as error:
+        raise CheckpointError(f"Checkpoint {path!r}: {error}") from None
 
 
 def _history_result(entry: Any, params: MixtureParams, max_iter: int, path: str) -> EMResult:
@@ -301,7 +256,34 @@ def _rng_state(document: Mapping[str, Any], arrays: Mapping[str, np.ndarray],
     return ("MT19937", keys, pos, has_gauss, cached)
 
 
-def load_checkpoint(path: str, model: MultimodalGaussianMixture) -> Checkpoint:
+def _check_belongs(document: Mapping[str, Any], spec: MixtureSpec, path: str) -> None:
+    expected_spec = json.loads(json.dumps(spec.to_dict()))
+    found_spec = {key: document.get(key) for key in expected_spec}
+    if found_spec != expected_spec:
+        raise CheckpointError(
+            f"Checkpoint {path!r} belongs to another fit: it was written for {found_spec}, "
+            f"not {expected_spec}.")
+
+
+def _progress(document: Mapping[str, Any], arrays: Mapping[str, np.ndarray], spec: MixtureSpec,
+              path: str) -> EMProgress:
+    has_best = document.get("best") is not None
+    expected = _expected_keys(spec.modalities, has_best, document.get("rng") is not None)
+    if set(arrays) != expected:
+        raise CheckpointError(f"Checkpoint {path!r}: unexpected arrays "
+                              f"{sorted(set(arrays) ^ expected)}.")
+    restart = document.get("restart")
+    if not isinstance(restart, int) or not 0 <= restart < spec.n_init:
+        raise CheckpointError(f"Checkpoint {path!r}: restart {restart!r} is not in "
+                              f"[0, {spec.n_init}).")
+    current = _history_result(document.get("current"),
+                              _read_params(arrays, "cur_", spec, path), spec.max_iter, path)
+    best = None if not has_best else _history_result(
+        document["best"], _read_params(arrays, "best_", spec, path), spec.max_iter, path)
+    return EMProgress(restart, current, best)
+
+
+def load_checkpoint(path: str, model: Fitted) -> Checkpoint:
     """Read and validate a checkpoint file (or directory holding one) for resuming ``model``.
 
     Raises :class:`CheckpointError` naming the problem when the file is not a plain-array
@@ -316,48 +298,9 @@ def load_checkpoint(path: str, model: MultimodalGaussianMixture) -> Checkpoint:
                                                     if k != "document"}):
         raise CheckpointError(f"Checkpoint {path!r} fails its integrity check (digest "
                               "mismatch): it was modified or corrupted.")
-    expected_spec = json.loads(json.dumps(model_spec(model)))
-    found_spec = {key: document.get(key) for key in expected_spec}
-    if found_spec != expected_spec:
-        raise CheckpointError(
-            f"Checkpoint {path!r} belongs to another fit: it was written for {found_spec}, "
-            f"not {expected_spec}.")
-    has_best = document.get("best") is not None
-    expected = _expected_keys(model.modalities, has_best, document.get("rng") is not None)
-    if set(arrays) != expected:
-        raise CheckpointError(f"Checkpoint {path!r}: unexpected arrays "
-                              f"{sorted(set(arrays) ^ expected)}.")
-    restart = document.get("restart")
-    if not isinstance(restart, int) or not 0 <= restart < model.n_init:
-        raise CheckpointError(f"Checkpoint {path!r}: restart {restart!r} is not in "
-                              f"[0, {model.n_init}).")
-    k = model.n_components
-    current = _history_result(document.get("current"),
-                              _read_params(arrays, "cur_", model.modalities, k, path),
-                              model.max_iter, path)
-    best = None if not has_best else _history_result(
-        document["best"], _read_params(arrays, "best_", model.modalities, k, path),
-        model.max_iter, path)
+    spec = _spec_of(model)
+    _check_belongs(document, spec, path)
     run_id = document.get("run_id")
-    return Checkpoint(EMProgress(restart, current, best), _rng_state(document, arrays, path),
+    return Checkpoint(_progress(document, arrays, spec, path),
+                      _rng_state(document, arrays, path),
                       run_id if isinstance(run_id, str) else None, path)
-
-
-# ------------------------------------------------------------------------------ fitting
-def resumable_fit_em(model: MultimodalGaussianMixture, initials: Callable[[int], MixtureParams],
-                     stats_pass: StatsPass, on_iteration: IterationCallback | None, *,
-                     checkpointer: Checkpointer | None = None,
-                     resume: Checkpoint | None = None) -> EMResult:
-    """``model.fit_em`` that writes a checkpoint after every iteration and can resume from one.
-
-    The caller restores its random generator with :meth:`Checkpoint.restore_rng` before
-    ``initials`` may be called, and sets ``checkpointer.rng`` to that generator.
-    """
-    def run(start: EMResult, on_result: Callable[[EMResult], None]) -> EMResult:
-        return run_em(stats_pass, start.params, model.modalities, model.reg_covar, model.tol,
-                      model.max_iter, on_iteration, history=start.lower_bounds,
-                      on_result=on_result)
-
-    return resumable_restarts(initials, model.n_init, run,
-                              resume=resume.progress if resume is not None else None,
-                              on_progress=checkpointer)

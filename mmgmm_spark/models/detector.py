@@ -22,9 +22,8 @@ from mmgmm_spark.core.densities import (
     normalise_log_prob,
     weighted_log_prob,
 )
-from mmgmm_spark.io.model_files import load_model, save_model
 from mmgmm_spark.models.fusion import FusionModel, is_fusion_artefact
-from mmgmm_spark.models.mixture import MultimodalGaussianMixture
+from mmgmm_spark.models.mixture import MultimodalGaussianMixture, load_model, save_model
 
 SCORE_COLUMNS = ("log_likelihood", "anomaly_score", "is_anomaly", "cluster")
 
@@ -101,7 +100,7 @@ class AnomalyDetector:
 
     def score(self, data: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """:meth:`score_batch` on a dict of (n, d_m) arrays (NaN rows = missing)."""
-        return self.score_batch(self.model._batch(data))
+        return self.score_batch(self.model.to_batch(data))
 
     @classmethod
     def fit(cls, model: MultimodalGaussianMixture | FusionModel,

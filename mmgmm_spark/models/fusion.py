@@ -61,8 +61,12 @@ from mmgmm_spark.core.params import (
     GaussianBlock,
 )
 from mmgmm_spark.core.preprocessing import ModalityPreprocessor, Moments, preprocess_batch
-from mmgmm_spark.io.model_files import load_model, save_model
-from mmgmm_spark.models.mixture import MultimodalGaussianMixture, NotFittedError
+from mmgmm_spark.models.mixture import (
+    MultimodalGaussianMixture,
+    NotFittedError,
+    load_model,
+    save_model,
+)
 
 log = logging.getLogger(__name__)
 
@@ -211,7 +215,7 @@ class FusionModel:
     # ----------------------------------------------------------------------------- fitting
     def fit(self, data: ArrayData) -> FusionModel:
         """Fit preprocessing and mixture(s) on a dict of (n, d_m) arrays (NaN rows = missing)."""
-        batch = self._batch(data)
+        batch = self.to_batch(data)
         dense = _dense(batch)
         self.n_train_rows_ = batch.n_rows
         if self.strategy == "late":
@@ -324,7 +328,7 @@ class FusionModel:
         if not self.mixtures_:
             raise NotFittedError("This FusionModel is not fitted yet: call fit() or load().")
 
-    def _batch(self, data: ArrayData) -> Batch:
+    def to_batch(self, data: ArrayData) -> Batch:
         """Validate a dict of (n, d_m) arrays against the input modalities."""
         return batch_from_arrays(data, self.modalities)
 
@@ -333,7 +337,7 @@ class FusionModel:
 
         See the module docstring for what they mean under each strategy.
         """
-        return self.batch_columns(self._batch(data))
+        return self.batch_columns(self.to_batch(data))
 
     def batch_columns(self, batch: Batch) -> dict[str, np.ndarray]:
         """:meth:`columns` of a validated :class:`Batch`; modality keys are plain names."""
@@ -386,7 +390,7 @@ class FusionModel:
     def _joint_columns(self, dense: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         mixture = self.mixtures_[JOINT]
         projected, residuals = self._projected(dense), self._residuals(dense)
-        total, log_resp = mixture._log_prob(projected)
+        total, log_resp = mixture.log_prob(projected)
         out = {"cluster": log_resp.argmax(axis=1).astype(np.int32)}
         for m in self.modalities:
             total = total + m.weight * np.nan_to_num(residuals[m.name])
@@ -444,7 +448,7 @@ class FusionModel:
             column = np.full(len(projected[m.name]), np.nan)
             rows = ~np.isnan(projected[m.name]).all(axis=1)
             if rows.any():
-                log_likelihood, log_resp = self.mixtures_[m.name]._log_prob(
+                log_likelihood, log_resp = self.mixtures_[m.name].log_prob(
                     {m.name: projected[m.name][rows]})
                 column[rows] = log_likelihood + residuals[m.name][rows]
                 cluster[rows] = log_resp.argmax(axis=1)

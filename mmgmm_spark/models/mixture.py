@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -18,15 +19,17 @@ from mmgmm_spark.core.em import (
     EMResult,
     IterationCallback,
     IterationReport,
-    StatsPass,
-    best_of_restarts,
-    run_em,
+    ProgressCallback,
+    ResumePoint,
+    fit_em,
     warn_collapsed_components,
 )
-from mmgmm_spark.core.init import INIT_METHODS, initial_params
 from mmgmm_spark.core.modality import Modality, check_modalities
-from mmgmm_spark.core.params import MixtureParams, check_param_shapes
-from mmgmm_spark.core.stats import accumulate_stats
+from mmgmm_spark.core.params import MixtureParams
+from mmgmm_spark.core.spec import SPEC_FIELDS, MixtureSpec
+from mmgmm_spark.core.training import training_data
+from mmgmm_spark.io.checkpoints import Checkpoint, Checkpointer, load_checkpoint
+from mmgmm_spark.io.model_files import FitHistory, ModelFile, read_model_file, write_model_file
 
 log = logging.getLogger(__name__)
 
@@ -87,66 +90,45 @@ class MultimodalGaussianMixture:
         self.extra_: dict[str, Any] = {}
 
     # ----------------------------------------------------------------------------- fitting
-    def _check_hyperparameters(self) -> None:
-        checks = [
-            ("n_components", self.n_components, isinstance(self.n_components, int | np.integer)
-             and self.n_components >= 1, "an integer >= 1"),
-            ("tol", self.tol, self.tol >= 0, "a number >= 0"),
-            ("reg_covar", self.reg_covar, self.reg_covar >= 0, "a number >= 0"),
-            ("max_iter", self.max_iter, isinstance(self.max_iter, int | np.integer)
-             and self.max_iter >= 0, "an integer >= 0"),
-            ("n_init", self.n_init, isinstance(self.n_init, int | np.integer)
-             and self.n_init >= 1, "an integer >= 1"),
-            ("init_params", self.init_params, self.init_params in INIT_METHODS,
-             f"one of {INIT_METHODS}"),
-        ]
-        for name, value, ok, expected in checks:
-            if not ok:
-                raise ValueError(f"{name} must be {expected}, got {value!r}.")
-        check_param_shapes(self.modalities, self.n_components, self.weights_init,
-                           self.means_init, self.precisions_init)
+    def spec(self) -> MixtureSpec:
+        """The modalities and hyperparameters as a :class:`MixtureSpec` (not validated)."""
+        return MixtureSpec(self.modalities, **{name: getattr(self, name) for name in SPEC_FIELDS})
 
-    def _random_state(self) -> np.random.RandomState:
-        if isinstance(self.random_state, np.random.RandomState):
-            return self.random_state
-        return np.random.RandomState(self.random_state)
+    @classmethod
+    def from_spec(cls, spec: MixtureSpec) -> MultimodalGaussianMixture:
+        """An unfitted estimator with ``spec``'s modalities and hyperparameters."""
+        return cls(list(spec.modalities), **{name: getattr(spec, name) for name in SPEC_FIELDS})
 
     def fit(self, data: Any, *, on_iteration: IterationCallback | None = log_iteration,
-            **spark_options: Any) -> MultimodalGaussianMixture:
+            checkpointer: ProgressCallback | None = None, resume: ResumePoint | None = None,
+            init_sample_rows: int = 100_000, tree_depth: int = 2,
+            **source_options: Any) -> MultimodalGaussianMixture:
         """Fit by EM and return ``self``.
 
         Args:
-            data: a dict of (n, d_m) arrays keyed by modality name (NaN rows = missing), or a
-                Spark DataFrame with one array/vector column per modality (see
-                :func:`mmgmm_spark.spark.fit.fit_dataframe` for ``spark_options``).
+            data: a dict of (n, d_m) arrays keyed by modality name (NaN rows = missing), a
+                Spark DataFrame with one array/vector column per modality, or any
+                :class:`~mmgmm_spark.core.training.TrainingData` (e.g. cached blocks).
             on_iteration: called after every EM iteration (default: a log line).
+            checkpointer: called after every iteration with the progress (e.g. an
+                :class:`mmgmm_spark.io.checkpoints.Checkpointer` writing a checkpoint).
+            resume: a checkpoint of this model's fit to continue from; the result equals the
+                uninterrupted fit's.
+            init_sample_rows: rows (at most) initialisation reads when the data is distributed.
+            tree_depth: depth of a distributed reduction.
+            source_options: for a DataFrame: ``source`` (its name in errors),
+                ``rows_per_block``, ``use_rdd``.
         """
-        self._check_hyperparameters()
-        if _is_spark_dataframe(data):
-            from mmgmm_spark.spark.fit import fit_dataframe
-
-            return fit_dataframe(self, data, on_iteration=on_iteration, **spark_options)
-        batch = batch_from_arrays(data, self.modalities)
-        rng = self._random_state()
-        result = self.fit_em(
-            lambda _: self.initial_params(batch, rng),
-            lambda params: accumulate_stats(batch, params, self.modalities),
-            on_iteration)
-        return self.set_result(result, batch.n_rows)
+        spec = self.spec().validate()
+        with training_data(data, self.modalities, **source_options) as rows:
+            result = fit_em(spec, rows, on_iteration=on_iteration, on_progress=checkpointer,
+                            resume=resume, init_sample_rows=init_sample_rows,
+                            tree_depth=tree_depth)
+            return self.set_result(result, rows.n_rows)
 
     def initial_params(self, batch: Batch, rng: np.random.RandomState) -> MixtureParams:
         """Initial parameters from (a sample of) the rows, honouring the ``*_init`` arguments."""
-        return initial_params(batch, self.modalities, self.n_components, self.init_params, rng,
-                              self.reg_covar, self.weights_init, self.means_init,
-                              self.precisions_init)
-
-    def fit_em(self, initials: Any, stats_pass: StatsPass,
-               on_iteration: IterationCallback | None) -> EMResult:
-        """EM with ``n_init`` restarts over any statistics pass (in memory or on Spark)."""
-        return best_of_restarts(
-            initials, self.n_init,
-            lambda start: run_em(stats_pass, start, self.modalities, self.reg_covar, self.tol,
-                                 self.max_iter, on_iteration))
+        return self.spec().initial_params(batch, rng)
 
     def set_result(self, result: EMResult, n_rows: int) -> MultimodalGaussianMixture:
         """Store the parameters and history of a finished EM run on the estimator."""
@@ -195,17 +177,18 @@ class MultimodalGaussianMixture:
         return self.lower_bounds_[-1] if self.lower_bounds_ else -np.inf
 
     # ----------------------------------------------------------------------- inference
-    def _batch(self, data: ArrayData) -> Batch:
-        """Rows to score: a modality may be missing from every row (it is marginalised)."""
+    def to_batch(self, data: ArrayData) -> Batch:
+        """Validated rows: a modality may be missing from every row (it is marginalised)."""
         return batch_from_arrays(data, self.modalities)
 
-    def _log_prob(self, data: ArrayData) -> tuple[np.ndarray, np.ndarray]:
-        batch = self._batch(data)
+    def log_prob(self, data: ArrayData) -> tuple[np.ndarray, np.ndarray]:
+        """(n,) log-likelihood of each row and (n, K) log posterior of each component."""
+        batch = self.to_batch(data)
         return normalise_log_prob(weighted_log_prob(batch, self.params, self.modalities))
 
     def score_samples(self, data: ArrayData) -> np.ndarray:
         """(n,) log-likelihood of each row (the negative is the anomaly score)."""
-        return self._log_prob(data)[0]
+        return self.log_prob(data)[0]
 
     def score(self, data: ArrayData) -> float:
         """Mean log-likelihood per row."""
@@ -213,34 +196,34 @@ class MultimodalGaussianMixture:
 
     def predict_proba(self, data: ArrayData) -> np.ndarray:
         """(n, K) posterior probability of each component."""
-        return np.exp(self._log_prob(data)[1])
+        return np.exp(self.log_prob(data)[1])
 
     def predict(self, data: ArrayData) -> np.ndarray:
         """(n,) most probable component."""
-        return self._log_prob(data)[1].argmax(axis=1)
+        return self.log_prob(data)[1].argmax(axis=1)
 
     def modality_log_likelihoods(self, data: ArrayData) -> dict[str, np.ndarray]:
         """Per modality, (n,) marginal log-likelihood of the row's block; NaN where missing."""
-        return modality_log_likelihoods(self._batch(data), self.params, self.modalities)
+        return modality_log_likelihoods(self.to_batch(data), self.params, self.modalities)
 
     def n_parameters(self) -> int:
         return self.params.n_parameters()
 
     def bic(self, data: ArrayData) -> float:
         """Bayesian information criterion (lower is better)."""
-        n = self._batch(data).n_rows
+        n = self.to_batch(data).n_rows
         return -2 * self.score(data) * n + self.n_parameters() * np.log(n)
 
     def aic(self, data: ArrayData) -> float:
         """Akaike information criterion (lower is better)."""
-        n = self._batch(data).n_rows
+        n = self.to_batch(data).n_rows
         return -2 * self.score(data) * n + 2 * self.n_parameters()
 
     def sample(self, n_samples: int = 1) -> tuple[dict[str, np.ndarray], np.ndarray]:
         """Draw rows from the mixture: ({modality: (n, d)}, component labels (n,))."""
         if n_samples < 1:
             raise ValueError(f"n_samples must be >= 1, got {n_samples}.")
-        rng = self._random_state()
+        rng = self.spec().rng()
         counts = rng.multinomial(n_samples, self.weights_)
         labels = np.repeat(np.arange(self.n_components), counts)
         out = {}
@@ -255,17 +238,51 @@ class MultimodalGaussianMixture:
     # ----------------------------------------------------------------------- persistence
     def save(self, path: str) -> None:
         """Write the fitted model to directory ``path`` as numpy arrays + JSON (no pickle)."""
-        from mmgmm_spark.io.model_files import save_model
-
         save_model(self, path)
 
     @classmethod
     def load(cls, path: str) -> MultimodalGaussianMixture:
         """Read a model written by :meth:`save`, validating every array's shape and dtype."""
-        from mmgmm_spark.io.model_files import load_model
-
         return load_model(path)
 
 
-def _is_spark_dataframe(data: Any) -> bool:
-    return type(data).__module__.startswith("pyspark.sql") and hasattr(data, "schema")
+def save_model(model: MultimodalGaussianMixture, path: str,
+               extra: dict[str, Any] | None = None) -> None:
+    """Write ``model`` (fitted) to directory ``path``; ``extra`` is JSON metadata kept with it."""
+    history = FitHistory(model.converged_, model.lower_bounds_, model.n_train_rows_)
+    write_model_file(path, ModelFile(model.spec(), model.params, history,
+                                     {**model.extra_, **(extra or {})}))
+
+
+def load_model(path: str) -> MultimodalGaussianMixture:
+    """Read and validate a model directory written by :func:`save_model`."""
+    content = read_model_file(path)
+    model = MultimodalGaussianMixture.from_spec(content.spec)
+    model.params_ = content.params
+    model.converged_ = content.fit.converged
+    model.lower_bounds_ = list(content.fit.lower_bounds)
+    model.n_train_rows_ = content.fit.n_train_rows
+    model.extra_ = content.extra
+    return model
+
+
+def resume_fit(model: MultimodalGaussianMixture, data: Any, checkpoint: str | Checkpoint, *,
+               checkpoint_dir: str | None = None,
+               on_iteration: IterationCallback | None = log_iteration,
+               **fit_options: Any) -> MultimodalGaussianMixture:
+    """Continue an interrupted fit from its checkpoint; it ends equal to an uninterrupted fit.
+
+    Args:
+        model: an unfitted estimator with the same modalities and hyperparameters.
+        data: the same rows as the interrupted fit (dict of arrays or Spark DataFrame).
+        checkpoint: a checkpoint file/directory, or a loaded :class:`Checkpoint`.
+        checkpoint_dir: where to keep writing checkpoints (default: the checkpoint's own).
+        fit_options: as for :meth:`MultimodalGaussianMixture.fit`.
+    """
+    loaded = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(
+        checkpoint, model)
+    directory = checkpoint_dir or os.path.dirname(loaded.path)
+    log.info("Resuming restart %d after iteration %d from %s", loaded.progress.restart,
+             loaded.iterations, loaded.path)
+    return model.fit(data, on_iteration=on_iteration, resume=loaded,
+                     checkpointer=Checkpointer(directory, model, loaded.run_id), **fit_options)

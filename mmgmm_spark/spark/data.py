@@ -315,3 +315,23 @@ class CachedBlocks:
             self.rdd.unpersist()
         if self.payload is not None:
             self.payload.unpersist()
+
+
+@contextlib.contextmanager
+def cached_blocks(data: DataFrame | CachedBlocks, modalities: tuple[Modality, ...],
+                  source: str = "DataFrame", rows_per_block: int = 65_536,
+                  use_rdd: bool | None = None) -> Iterator[CachedBlocks]:
+    """``data`` as cached blocks while the context lasts.
+
+    A DataFrame is converted, validated and cached here and unpersisted on exit; cached blocks
+    are yielded as they are (their owner unpersists them). ``rows_per_block`` and ``use_rdd``
+    are :class:`CachedBlocks`'s.
+    """
+    if isinstance(data, CachedBlocks):
+        yield data
+        return
+    blocks = CachedBlocks(data, tuple(modalities), source, rows_per_block, use_rdd)
+    try:
+        yield blocks
+    finally:
+        blocks.unpersist()

@@ -1,29 +1,32 @@
-"""The distributed EM fit: the core's EM loop over Spark statistics passes.
+"""Spark rows as EM training data: the statistics pass as map tasks + ``treeAggregate``.
 
 Each pass broadcasts the parameters, runs the E-step and the sufficient statistics as map
 tasks over the cached numpy batches, and reduces them with ``treeAggregate``; the M-step runs
-on the driver (in :func:`mmgmm_spark.core.em.run_em`). Without the RDD API (Spark Connect)
-each partition returns its statistics as one flat vector and the driver merges them: the
-driver holds one vector per partition, never per row.
+on the driver (in :func:`mmgmm_spark.core.em.fit_em`, the one EM driver). Without the RDD API
+(Spark Connect) each partition returns its statistics as one flat vector and the driver
+merges them: the driver holds one vector per partition, never per row.
+
+Importing this module registers Spark DataFrames and :class:`CachedBlocks` as training data
+(:func:`mmgmm_spark.core.training.register_source`), so ``model.fit(df)`` works; the package
+root imports it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from typing import TYPE_CHECKING
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
 
-from mmgmm_spark.core.batch import DataValidationError
-from mmgmm_spark.core.em import IterationCallback
+from pyspark.sql import DataFrame
+
+from mmgmm_spark.core.batch import Batch
 from mmgmm_spark.core.modality import Modality
 from mmgmm_spark.core.params import MixtureParams
 from mmgmm_spark.core.stats import SufficientStats, accumulate_stats
-from mmgmm_spark.spark.data import CachedBlocks
-
-if TYPE_CHECKING:
-    from pyspark.sql import DataFrame
-
-    from mmgmm_spark.io.checkpoints import Checkpoint, Checkpointer
-    from mmgmm_spark.models.mixture import MultimodalGaussianMixture
+from mmgmm_spark.core.training import StatsPass, register_source
+from mmgmm_spark.spark.data import CachedBlocks, cached_blocks
 
 log = logging.getLogger(__name__)
 
@@ -73,67 +76,47 @@ class SparkStatsPass:
             context.setJobDescription(None)
 
 
-def fit_cached(model: MultimodalGaussianMixture, data: CachedBlocks, *,
-               on_iteration: IterationCallback | None = None, tree_depth: int = 2,
-               init_sample_rows: int = 100_000, checkpointer: Checkpointer | None = None,
-               resume: Checkpoint | None = None) -> MultimodalGaussianMixture:
-    """Fit ``model`` by EM over already cached blocks (the caller unpersists them).
+@dataclass(frozen=True)
+class SparkRows:
+    """:class:`~mmgmm_spark.core.training.TrainingData` over cached blocks (the caller, or
+    :func:`spark_rows`, unpersists them); initialised on a bounded driver-side sample."""
 
-    Initialisation runs on a bounded driver-side sample of ``init_sample_rows`` rows.
-    ``checkpointer`` writes a checkpoint after every iteration; ``resume`` (a loaded
-    :class:`mmgmm_spark.io.checkpoints.Checkpoint`) continues an interrupted fit from its last
-    completed iteration (see :mod:`mmgmm_spark.io.checkpoints`).
-    """
-    if data.n_rows < model.n_components:
-        raise DataValidationError(
-            f"{data.source}: {data.n_rows} rows, fewer than n_components="
-            f"{model.n_components}. Lower n_components or add rows.")
-    rng = model._random_state()
-    seed = model.random_state if isinstance(model.random_state, int) else 0
-    sample = data.sample(init_sample_rows, seed=seed)
-    log.info("Fitting K=%d on %d rows of %s (%s path, init sample %d rows)", model.n_components,
-             data.n_rows, data.source, "RDD" if data.rdd is not None else "DataFrame-only",
-             sample.n_rows)
-    stats_pass = SparkStatsPass(data, model.modalities, model.n_components, tree_depth)
-    initials = lambda _: model.initial_params(sample, rng)  # noqa: E731
-    if checkpointer is None and resume is None:
-        result = model.fit_em(initials, stats_pass, on_iteration)
-    else:
-        from mmgmm_spark.io.checkpoints import resumable_fit_em
+    data: CachedBlocks
 
-        if resume is not None:
-            resume.restore_rng(rng)
-        if checkpointer is not None:
-            checkpointer.rng = rng
-        result = resumable_fit_em(model, initials, stats_pass, on_iteration,
-                                  checkpointer=checkpointer, resume=resume)
-    return model.set_result(result, data.n_rows)
+    @property
+    def n_rows(self) -> int:
+        return self.data.n_rows
+
+    @property
+    def source(self) -> str:
+        return self.data.source
+
+    def init_sample(self, max_rows: int, seed: int) -> Batch:
+        sample = self.data.sample(max_rows, seed=seed)
+        log.info("Fitting on %d rows of %s (%s path, init sample %d rows)", self.n_rows,
+                 self.source, "RDD" if self.data.rdd is not None else "DataFrame-only",
+                 sample.n_rows)
+        return sample
+
+    def stats_pass(self, modalities: tuple[Modality, ...], n_components: int,
+                   tree_depth: int = 2) -> StatsPass:
+        return SparkStatsPass(self.data, modalities, n_components, tree_depth)
 
 
-def fit_dataframe(model: MultimodalGaussianMixture, df: DataFrame, *,
-                  on_iteration: IterationCallback | None = None, tree_depth: int = 2,
-                  rows_per_block: int = 65_536, init_sample_rows: int = 100_000,
-                  use_rdd: bool | None = None, source: str = "DataFrame",
-                  checkpointer: Checkpointer | None = None, resume: Checkpoint | None = None,
-                  ) -> MultimodalGaussianMixture:
-    """Fit ``model`` on a Spark DataFrame with one array/vector column per modality.
+@contextlib.contextmanager
+def spark_rows(data: DataFrame | CachedBlocks, modalities: tuple[Modality, ...],
+               **cache_options: Any) -> Iterator[SparkRows]:
+    """``data`` as training data for one fit; a DataFrame (a column per modality, null =
+    missing) is cached for it and then unpersisted (``cache_options``: see
+    :func:`~mmgmm_spark.spark.data.cached_blocks`)."""
+    with cached_blocks(data, modalities, **cache_options) as blocks:
+        yield SparkRows(blocks)
 
-    Args:
-        model: the estimator, carrying modalities and hyperparameters.
-        df: a column named after each modality (null = modality missing); others are ignored.
-        on_iteration: called after each EM iteration.
-        tree_depth: depth of ``treeAggregate``.
-        rows_per_block: rows per cached numpy batch.
-        init_sample_rows: rows sampled to the driver for initialisation (bounded).
-        use_rdd: force the RDD (True) or the DataFrame-only (False) path; default: RDD
-            where the session has the RDD API.
-        source: what the data is called in error messages.
-        checkpointer, resume: see :func:`fit_cached`.
-    """
-    data = CachedBlocks(df, model.modalities, source, rows_per_block, use_rdd)
-    try:
-        return fit_cached(model, data, on_iteration=on_iteration, tree_depth=tree_depth,
-                          init_sample_rows=init_sample_rows, checkpointer=checkpointer,
-                          resume=resume)
-    finally:
-        data.unpersist()
+
+def is_spark_dataframe(data: Any) -> bool:
+    """True for a classic or Spark Connect DataFrame."""
+    return type(data).__module__.startswith("pyspark.sql") and hasattr(data, "schema")
+
+
+register_source(lambda data: is_spark_dataframe(data) or isinstance(data, CachedBlocks),
+                spark_rows)

@@ -37,7 +37,6 @@ from mmgmm_spark.spark.data import (
     payload_batches,
     translated_errors,
 )
-from mmgmm_spark.spark.fit import fit_cached
 from mmgmm_spark.spark.tasks import spark_task
 
 Stats = tuple[np.ndarray, ...]
@@ -241,8 +240,8 @@ def _summarise(reducer: _ScoreReducer) -> tuple[int, float, float, float, float]
 def fit_detector(model: MultimodalGaussianMixture, data: CachedBlocks, contamination: float,
                  *, on_iteration: IterationCallback | None = None, **fit_options
                  ) -> tuple[AnomalyDetector, TrainingScores]:
-    """:func:`fit_cached` then :func:`training_threshold` on the same cached blocks."""
-    fit_cached(model, data, on_iteration=on_iteration, **fit_options)
+    """``model.fit`` then :func:`training_threshold` on the same cached blocks."""
+    model.fit(data, on_iteration=on_iteration, **fit_options)
     scores = training_threshold(model, data, contamination)
     return AnomalyDetector(model, contamination, scores.threshold), scores
 
@@ -252,7 +251,7 @@ def fit_detector_dataframe(model: MultimodalGaussianMixture, df: DataFrame,
                            rows_per_block: int = 65_536, use_rdd: bool | None = None,
                            on_iteration: IterationCallback | None = None, **fit_options
                            ) -> tuple[AnomalyDetector, TrainingScores]:
-    """The Spark training path: CachedBlocks -> fit_cached -> threshold -> unpersist."""
+    """The Spark training path: CachedBlocks -> fit -> threshold -> unpersist."""
     data = CachedBlocks(df, model.modalities, source, rows_per_block, use_rdd)
     try:
         return fit_detector(model, data, contamination, on_iteration=on_iteration,

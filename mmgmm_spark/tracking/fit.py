@@ -23,6 +23,7 @@ import mlflow
 import numpy as np
 from mlflow import MlflowClient
 from mlflow.entities import Metric
+from pyspark.sql import DataFrame
 
 from mmgmm_spark.core.batch import Batch
 from mmgmm_spark.core.em import IterationReport
@@ -37,7 +38,9 @@ from mmgmm_spark.io.checkpoints import (
 )
 from mmgmm_spark.models.detector import AnomalyDetector, modality_column
 from mmgmm_spark.models.fusion import Preprocessing
-from mmgmm_spark.models.mixture import MultimodalGaussianMixture, _is_spark_dataframe, log_iteration
+from mmgmm_spark.models.mixture import MultimodalGaussianMixture, log_iteration
+from mmgmm_spark.spark.data import CachedBlocks, cached_blocks
+from mmgmm_spark.spark.score import training_summary, training_threshold
 from mmgmm_spark.tracking import plots
 from mmgmm_spark.tracking.config import TrackingConfig, tracking
 from mmgmm_spark.tracking.pyfunc import input_example, log_detector
@@ -46,12 +49,13 @@ from mmgmm_spark.tracking.reliability import (
     ModelNotLoggedError,
     RetryPolicy,
     call_with_retry,
-    fit_with_checkpoints,
     save_unlogged,
 )
 
 log = logging.getLogger(__name__)
 
+CHECKPOINT_DIR = "checkpoints"
+"""Default checkpoint folder under the work directory (``<work_dir>/checkpoints/<run_id>``)."""
 PLOT_ROWS = 20_000
 METRICS_PER_BATCH = 1000
 ITERATION_RETRY = RetryPolicy(attempts=2, initial_delay=0.5)
@@ -70,7 +74,7 @@ class MetricLogger:
     """
 
     def __init__(self, client: MlflowClient, run_id: str, n_init: int = 1,
-                 retry: RetryPolicy = ITERATION_RETRY) -> None:
+                 resume: Checkpoint | None = None, retry: RetryPolicy = ITERATION_RETRY) -> None:
         self.client = client
         self.run_id = run_id
         self.n_init = n_init
@@ -78,6 +82,8 @@ class MetricLogger:
         self.retry = retry
         self.pending: list[Metric] = []
         self.logged_through = (-1, 0)  # (restart, iteration) logged before a resume
+        if resume is not None:
+            self.resume(resume.progress.restart)
 
     def prefix(self, restart: int) -> str:
         return f"init_{restart}/" if self.n_init > 1 else ""
@@ -194,19 +200,14 @@ class _Trained:
 
 
 def _fit_in_memory(model: MultimodalGaussianMixture, data: Mapping[str, np.ndarray],
-                   contamination: float, logger: MetricLogger,
-                   checkpointer: Checkpointer | None = None, resume: Checkpoint | None = None,
+                   contamination: float, fit_options: dict[str, Any],
                    preprocessing: Preprocessing | None = None,
                    with_threshold: bool = True) -> _Trained:
     mixture_data = data if preprocessing is None else preprocessing.transform_arrays(data)
-    if checkpointer is None:
-        model.fit(mixture_data, on_iteration=logger)
-    else:
-        fit_with_checkpoints(model, mixture_data, checkpointer, resume=resume,
-                             on_iteration=logger)
+    model.fit(mixture_data, **fit_options)
     fitted = model if preprocessing is None else preprocessing.model(model, len(
         next(iter(data.values()))))
-    batch = fitted._batch(data)
+    batch = fitted.to_batch(data)
     scores = -fitted.score_samples(data)
     detector = AnomalyDetector(fitted, contamination)
     if with_threshold:
@@ -221,9 +222,12 @@ def _n_parameters(model: MultimodalGaussianMixture, preprocessing: Preprocessing
     return model.n_parameters() + (0 if preprocessing is None else preprocessing.n_parameters())
 
 
-def _fit_on_spark(model: MultimodalGaussianMixture, data: Any, contamination: float,
-                  logger: MetricLogger, spark_options: dict[str, Any],
-                  checkpointer: Checkpointer | None = None, resume: Checkpoint | None = None,
+CACHE_OPTIONS = ("source", "rows_per_block", "use_rdd")
+"""The Spark options that say how input rows are cached (the others go to the fit)."""
+
+
+def _fit_on_spark(model: MultimodalGaussianMixture, data: DataFrame | CachedBlocks,
+                  contamination: float, fit_options: dict[str, Any],
                   preprocessing: Preprocessing | None = None, transformed: Any = None,
                   with_threshold: bool = True) -> _Trained:
     """Cache the input rows (unless given cached), fit, threshold, sample, unpersist.
@@ -232,47 +236,35 @@ def _fit_on_spark(model: MultimodalGaussianMixture, data: Any, contamination: fl
     (``transformed`` when given) and the threshold is taken over the input rows'
     log-density (preprocessing included).
     """
-    from mmgmm_spark.spark.data import CachedBlocks
-    from mmgmm_spark.spark.fit import fit_cached
-    from mmgmm_spark.spark.score import training_summary, training_threshold
-
     inputs = model.modalities if preprocessing is None else preprocessing.modalities
-    owned = not isinstance(data, CachedBlocks)
-    cache_keys = ("source", "rows_per_block", "use_rdd")
-    cached = data if not owned else CachedBlocks(
-        data, tuple(inputs), spark_options.get("source", "DataFrame"),
-        spark_options.get("rows_per_block", 65_536), spark_options.get("use_rdd"))
-    fit_options = {k: v for k, v in spark_options.items() if k not in cache_keys}
-    if checkpointer is not None:
-        fit_options |= {"checkpointer": checkpointer, "resume": resume}
-    owned_transform = preprocessing is not None and transformed is None
-    try:
-        if owned_transform:
-            transformed = transformed_rows(cached, preprocessing, model.modalities)
-        fit_cached(model, transformed or cached, on_iteration=logger, **fit_options)
-        fitted = model if preprocessing is None else preprocessing.model(model, cached.n_rows)
-        scores = (training_threshold(fitted, cached, contamination) if with_threshold
-                  else training_summary(fitted, cached))
-        sample = cached.sample(PLOT_ROWS, seed=0)
-    finally:
-        if owned_transform and transformed is not None:
-            transformed.unpersist()
-        if owned:
-            cached.unpersist()
+    cache = {k: v for k, v in fit_options.items() if k in CACHE_OPTIONS}
+    fit_options = {k: v for k, v in fit_options.items() if k not in CACHE_OPTIONS}
+    with cached_blocks(data, tuple(inputs), **cache) as cached:
+        owned_transform = preprocessing is not None and transformed is None
+        try:
+            if owned_transform:
+                transformed = transformed_rows(cached, preprocessing, model.modalities)
+            model.fit(transformed or cached, **fit_options)
+            fitted = model if preprocessing is None else preprocessing.model(model, cached.n_rows)
+            scores = (training_threshold(fitted, cached, contamination) if with_threshold
+                      else training_summary(fitted, cached))
+            sample = cached.sample(PLOT_ROWS, seed=0)
+        finally:
+            if owned_transform and transformed is not None:
+                transformed.unpersist()
     detector = AnomalyDetector(fitted, contamination, scores.threshold)
     return _Trained(detector, model, scores.n_rows, scores.mean_log_likelihood,
                     scores.std_log_likelihood, sample, "spark", _n_parameters(model, preprocessing))
 
 
 def _fit(model: MultimodalGaussianMixture, data: Any, contamination: float,
-         logger: MetricLogger, spark_options: dict[str, Any], checkpointer: Checkpointer | None,
-         resume: Checkpoint | None, preprocessing: Preprocessing | None, transformed: Any,
+         fit_options: dict[str, Any], preprocessing: Preprocessing | None, transformed: Any,
          threshold: bool) -> _Trained:
-    if _is_spark_dataframe(data) or type(data).__name__ == "CachedBlocks":
-        return _fit_on_spark(model, data, contamination, logger, spark_options, checkpointer,
-                             resume, preprocessing, transformed, threshold)
-    return _fit_in_memory(model, data, contamination, logger, checkpointer, resume,
-                          preprocessing, threshold)
+    if isinstance(data, Mapping):
+        fit_options = {k: v for k, v in fit_options.items() if k not in CACHE_OPTIONS}
+        return _fit_in_memory(model, data, contamination, fit_options, preprocessing, threshold)
+    return _fit_on_spark(model, data, contamination, fit_options, preprocessing, transformed,
+                         threshold)
 
 
 def transformed_rows(cached: Any, preprocessing: Preprocessing,
@@ -356,7 +348,7 @@ def register_detector(config: TrackingConfig, detector: AnomalyDetector, sample:
 
 
 @contextlib.contextmanager
-def _mlflow_run(experiment_id: str, run_name: str | None, nested: bool,
+def mlflow_run(experiment_id: str, run_name: str | None, nested: bool,
                 run_id: str | None) -> Iterator[Any]:
     """``mlflow.start_run`` (a new run, or ``run_id`` continued) whose end never masks an error.
 
@@ -413,7 +405,7 @@ def _checkpointing(config: TrackingConfig, client: MlflowClient, run_id: str,
     """The run's checkpoint writer (local dir + artefact upload) and what to resume from."""
     if checkpoint_dir is None and resume_run_id is None:
         return None, None
-    directory = os.path.join(checkpoint_dir or os.path.join(config.work_dir, "checkpoints"),
+    directory = os.path.join(checkpoint_dir or os.path.join(config.work_dir, CHECKPOINT_DIR),
                              run_id)
     resume = None if resume_run_id is None else find_checkpoint(client, run_id, model, directory)
     upload = lambda path: client.log_artifact(run_id, path, ARTIFACT_DIR)  # noqa: E731
@@ -458,60 +450,65 @@ def tracked_fit(model: MultimodalGaussianMixture, data: Any, *, contamination: f
         config: tracking store, experiment, registered name and alias (default settings).
         table_versions: Delta versions read, {key: int | TableRead}, logged as params/tags.
         holdout: dict of (n_h, d_m) arrays for the champion check.
-        run_name: MLflow run name.
+        run_name, nested: the MLflow run's name; start it nested in the active run.
         log_model: log the pyfunc model (and register it when the config names one).
-        nested: start the run nested in the active run (model-selection candidates).
         checkpoint_dir: write a checkpoint after every EM iteration to
-            ``<checkpoint_dir>/<run_id>/`` and to the run's ``checkpoint/`` artefacts
-            (removed locally once the run is complete); None: no checkpoints.
+            ``<checkpoint_dir>/<run_id>/`` and the run's ``checkpoint/`` artefacts (removed
+            locally once the run is complete); None: none.
         resume_run_id: continue this interrupted run (same run, same step numbering) from
-            its most advanced checkpoint (local or artefact); the data must be the same rows.
-        retry: backoff for logging after the fit (default :class:`RetryPolicy`). If logging
-            still fails, the detector is saved under ``<work_dir>/unlogged/`` and
-            :class:`mmgmm_spark.tracking.reliability.ModelNotLoggedError` names the directory.
-        preprocessing: fitted per-modality preprocessing (:class:`Preprocessing`): ``data``
-            holds the input rows, ``model`` is the mixture of the transformed rows
-            (:meth:`Preprocessing.mixture_modalities`), and the logged detector applies both.
+            its most advanced checkpoint; the data must be the same rows.
+        retry: backoff for logging after the fit; if logging still fails, the detector is
+            saved under ``<work_dir>/unlogged/`` and :class:`ModelNotLoggedError` names it.
+        preprocessing: fitted :class:`Preprocessing`: ``data`` holds the input rows, ``model``
+            is the mixture of the transformed rows, and the logged detector applies both.
         transformed: on Spark, ``data``'s rows already transformed by ``preprocessing`` and
-            cached (:meth:`CachedBlocks.mapped`; the caller unpersists them); default:
-            cached here for this fit.
-        threshold: compute the exact training threshold (on Spark a few extra passes);
-            False: only the log-likelihood's mean and standard deviation, for fits whose
-            detector is not used as is (sweep candidates, late parts): its threshold is None.
+            cached (:meth:`CachedBlocks.mapped`; the caller unpersists them).
+        threshold: compute the exact training threshold; False: only the log-likelihood's
+            mean and std (sweep candidates, late parts), and the threshold is None.
         spark_options: ``source``, ``rows_per_block``, ``use_rdd``, ``tree_depth``,
-            ``init_sample_rows`` for the Spark path.
+            ``init_sample_rows``.
     """
     config = config or TrackingConfig()
     retry = retry or RetryPolicy()
     fit_params = {**model_params(model, contamination),
                   **(preprocessing.params() if preprocessing is not None else {})}
-    with tracking(config) as experiment_id, _mlflow_run(
+    with tracking(config) as experiment_id, mlflow_run(
             experiment_id, run_name, nested, resume_run_id) as run:
-        run_id = run.info.run_id
-        client = config.client()
+        run_id, client = run.info.run_id, config.client()
         checkpointer, resume = _checkpointing(config, client, run_id, model, checkpoint_dir,
                                               resume_run_id)
         if resume is None:  # a resumed run has them (the checkpoint checked the model's)
-            params, tags = table_params(table_versions or {})
-            params = {**fit_params, **params}
-            call_with_retry(lambda: (mlflow.log_params(params), mlflow.set_tags(tags)), retry,
-                            "Logging run parameters")
-        logger = MetricLogger(client, run_id, model.n_init)
-        if resume is not None:
-            logger.resume(resume.progress.restart)
-        naming = (contextlib.nullcontext() if preprocessing is None
-                  else preprocessing.naming_coordinates())
-        with naming:
-            trained = _fit(model, data, contamination, logger, spark_options, checkpointer,
-                           resume, preprocessing, transformed, threshold)
-        try:
-            result = _finish(config, trained, logger, holdout, run_id, log_model, retry)
-        except Exception as error:
-            path = save_unlogged(trained.detector, config.work_dir, run_id,
-                                 {"metrics": final_metrics(trained), "params": fit_params})
-            log.error("Run %s: the fitted model could not be logged (%s); saved at %s",
-                      run_id, error, path)
-            raise ModelNotLoggedError(path, run_id, error) from error
+            _log_inputs(fit_params, table_versions or {}, retry)
+        logger = MetricLogger(client, run_id, model.n_init, resume)
+        options = {**spark_options, "on_iteration": logger, "checkpointer": checkpointer,
+                   "resume": resume}
+        with preprocessing.naming_coordinates() if preprocessing else contextlib.nullcontext():
+            trained = _fit(model, data, contamination, options, preprocessing, transformed,
+                           threshold)
+        result = _finish_or_save(config, trained, logger, holdout, run_id, log_model, retry,
+                                 fit_params)
         if checkpointer is not None:
             shutil.rmtree(checkpointer.directory, ignore_errors=True)
         return result
+
+
+def _log_inputs(fit_params: dict[str, Any], table_versions: Mapping[str, Any],
+                retry: RetryPolicy) -> None:
+    params, tags = table_params(table_versions)
+    params = {**fit_params, **params}
+    call_with_retry(lambda: (mlflow.log_params(params), mlflow.set_tags(tags)), retry,
+                    "Logging run parameters")
+
+
+def _finish_or_save(config: TrackingConfig, trained: _Trained, logger: MetricLogger,
+                    holdout: Mapping[str, np.ndarray] | None, run_id: str, log_model: bool,
+                    retry: RetryPolicy, fit_params: dict[str, Any]) -> FitRun:
+    """:func:`_finish`; when logging still fails, the detector is saved locally."""
+    try:
+        return _finish(config, trained, logger, holdout, run_id, log_model, retry)
+    except Exception as error:
+        path = save_unlogged(trained.detector, config.work_dir, run_id,
+                             {"metrics": final_metrics(trained), "params": fit_params})
+        log.error("Run %s: the fitted model could not be logged (%s); saved at %s",
+                  run_id, error, path)
+        raise ModelNotLoggedError(path, run_id, error) from error

@@ -24,9 +24,9 @@ from mmgmm_spark.tracking.config import TrackingConfig, tracking
 from mmgmm_spark.tracking.fit import (
     PLOT_ROWS,
     FitRun,
-    _mlflow_run,
     information_criteria,
     log_figures,
+    mlflow_run,
     model_params,
     register_detector,
     score_figures,
@@ -65,7 +65,7 @@ def tracked_late_fit(models: Mapping[str, MultimodalGaussianMixture], data: Cach
     config = config or TrackingConfig()
     retry = retry or RetryPolicy()
     params = _late_params(models, preprocessing, contamination)
-    with tracking(config) as experiment_id, _mlflow_run(experiment_id, run_name, False,
+    with tracking(config) as experiment_id, mlflow_run(experiment_id, run_name, False,
                                                         None) as run:
         run_id = run.info.run_id
         versions, tags = table_params(table_versions or {})

@@ -1,13 +1,12 @@
-"""Unattended jobs: checkpointed/resumable fits, bounded retries, and never losing a model.
+"""Unattended jobs: bounded retries of tracking calls, and never losing a model.
 
-* :func:`fit_with_checkpoints` / :func:`resume_fit`: a fit (in memory or on Spark) writing a
-  checkpoint after every EM iteration, and its continuation from the last completed iteration
-  after the driver died; the resumed fit ends equal to an uninterrupted one.
+(Checkpointed and resumed fits are ``MultimodalGaussianMixture.fit(..., checkpointer=,
+resume=)`` and :func:`mmgmm_spark.models.mixture.resume_fit`.)
+
 * :class:`RetryPolicy` / :func:`call_with_retry`: bounded exponential backoff for calls to
   the tracking server.
 * :func:`save_unlogged`: when logging still fails, the detector is saved locally (arrays +
   JSON) under ``<work_dir>/unlogged/<timestamp>``; :class:`ModelNotLoggedError` names it.
-* :func:`train`: the ``mmgmm train [--resume RUN_ID]`` job as one library function.
 """
 
 from __future__ import annotations
@@ -20,23 +19,14 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
-from mmgmm_spark.core.batch import batch_from_arrays
-from mmgmm_spark.core.em import IterationCallback
-from mmgmm_spark.core.stats import accumulate_stats
-from mmgmm_spark.io.checkpoints import Checkpoint, Checkpointer, load_checkpoint, resumable_fit_em
-from mmgmm_spark.models.mixture import MultimodalGaussianMixture, _is_spark_dataframe, log_iteration
-
-if TYPE_CHECKING:
-
-    from mmgmm_spark.models.detector import AnomalyDetector
+from mmgmm_spark.models.detector import AnomalyDetector
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 UNLOGGED_DIR = "unlogged"
-CHECKPOINT_DIR = "checkpoints"
 
 
 # ----------------------------------------------------------------------------- retries
@@ -54,9 +44,6 @@ class RetryPolicy:
         """The waits between attempts (``attempts - 1`` of them)."""
         return [min(self.max_delay, self.initial_delay * self.factor ** i)
                 for i in range(max(self.attempts - 1, 0))]
-
-
-NO_RETRY = RetryPolicy(attempts=1)
 
 
 def is_transient(error: BaseException) -> bool:
@@ -122,56 +109,3 @@ def save_unlogged(detector: AnomalyDetector, work_dir: str, run_id: str | None =
     with open(os.path.join(path, "run.json"), "w") as f:
         json.dump({"run_id": run_id, **(metadata or {})}, f, indent=2, default=str)
     return path
-
-
-# -------------------------------------------------------------- checkpointed fitting
-def fit_with_checkpoints(model: MultimodalGaussianMixture, data: Any, checkpointer: Checkpointer,
-                         *, resume: Checkpoint | None = None,
-                         on_iteration: IterationCallback | None = log_iteration,
-                         **spark_options: Any) -> MultimodalGaussianMixture:
-    """Fit ``model`` writing a checkpoint after every EM iteration (optionally resuming).
-
-    Args:
-        data: dict of (n, d_m) arrays, a Spark DataFrame, or cached blocks.
-        checkpointer: where and how checkpoints are written.
-        resume: a checkpoint (validated for ``model``) to continue from.
-        spark_options: as for :func:`mmgmm_spark.spark.fit.fit_dataframe`.
-    """
-    model._check_hyperparameters()
-    if _is_spark_dataframe(data) or type(data).__name__ == "CachedBlocks":
-        from mmgmm_spark.spark.fit import fit_cached, fit_dataframe
-
-        fit = fit_dataframe if _is_spark_dataframe(data) else fit_cached
-        return fit(model, data, on_iteration=on_iteration, checkpointer=checkpointer,
-                   resume=resume, **spark_options)
-    batch = batch_from_arrays(data, model.modalities)
-    rng = model._random_state()
-    if resume is not None:
-        resume.restore_rng(rng)
-    checkpointer.rng = rng
-    result = resumable_fit_em(
-        model, lambda _: model.initial_params(batch, rng),
-        lambda params: accumulate_stats(batch, params, model.modalities), on_iteration,
-        checkpointer=checkpointer, resume=resume)
-    return model.set_result(result, batch.n_rows)
-
-
-def resume_fit(model: MultimodalGaussianMixture, data: Any, checkpoint: str | Checkpoint, *,
-               checkpoint_dir: str | None = None,
-               on_iteration: IterationCallback | None = log_iteration,
-               **spark_options: Any) -> MultimodalGaussianMixture:
-    """Continue an interrupted fit from its checkpoint; it ends equal to an uninterrupted fit.
-
-    Args:
-        model: an unfitted estimator with the same modalities and hyperparameters.
-        data: the same rows as the interrupted fit (dict of arrays or Spark DataFrame).
-        checkpoint: a checkpoint file/directory, or a loaded :class:`Checkpoint`.
-        checkpoint_dir: where to keep writing checkpoints (default: the checkpoint's own).
-    """
-    loaded = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(
-        checkpoint, model)
-    directory = checkpoint_dir or os.path.dirname(loaded.path)
-    log.info("Resuming restart %d after iteration %d from %s", loaded.progress.restart,
-             loaded.iterations, loaded.path)
-    return fit_with_checkpoints(model, data, Checkpointer(directory, model, loaded.run_id),
-                                resume=loaded, on_iteration=on_iteration, **spark_options)

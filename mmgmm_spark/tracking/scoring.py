@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import mlflow
 
-from mmgmm_spark.app.config import ConfigError
+from mmgmm_spark.core.errors import ConfigError
 from mmgmm_spark.spark.score import ScoringResult, score_to_delta
 from mmgmm_spark.tracking.config import TrackingConfig, tracking
 from mmgmm_spark.tracking.fit import table_params

@@ -13,13 +13,16 @@ import matplotlib.pyplot as plt
 import mlflow
 import numpy as np
 
-from mmgmm_spark.app.config import ConfigError
+from mmgmm_spark.core.errors import ConfigError
 from mmgmm_spark.core.modality import Modality
 from mmgmm_spark.models.fusion import EARLY, FUSION_PARAM, Preprocessing
-from mmgmm_spark.models.mixture import MultimodalGaussianMixture, _is_spark_dataframe
+from mmgmm_spark.models.mixture import MultimodalGaussianMixture
+from mmgmm_spark.spark.data import CachedBlocks, cached_blocks
+from mmgmm_spark.spark.score import training_threshold
 from mmgmm_spark.tracking import plots
 from mmgmm_spark.tracking.config import TrackingConfig, tracking
 from mmgmm_spark.tracking.fit import (
+    CACHE_OPTIONS,
     FitRun,
     register_detector,
     table_params,
@@ -120,78 +123,89 @@ def select_model(data: Any, modalities: Sequence[Modality], n_components: Sequen
     """
     config = config or TrackingConfig()
     configurations = [dict(c) for c in (covariance_types or [{}])]
-    options = dict(model_options or {})
     fronts = ([preprocessing] if isinstance(preprocessing, Preprocessing)
               else list(preprocessing or [None]))
     variants = [(front, [_with_covariances(_mixture_modalities(modalities, front), c)
                          for c in configurations]) for front in fronts]
-    cached = None
-    if _is_spark_dataframe(data):
-        from mmgmm_spark.spark.data import CachedBlocks
+    fit_options = {"contamination": contamination, "config": config,
+                   "table_versions": table_versions, **spark_options}
+    with _inputs(data, modalities, spark_options) as data, tracking(config) as experiment_id, \
+            mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as parent:
+        params, tags = table_params(table_versions or {})
+        mlflow.log_params({"sweep.n_components": ",".join(map(str, n_components)),
+                           "sweep.n_configurations": len(configurations) * len(fronts),
+                           **params, **_preprocessing_params(fronts)})
+        mlflow.set_tags(tags)
+        candidates = [candidate for front, mixture_variants in variants
+                      for candidate in _fit_candidates(
+                          data, front, len(fronts) > 1, mixture_variants, n_components,
+                          dict(model_options or {}), fit_options)]
+        best = min(candidates, key=lambda c: c.bic)
+        _set_threshold(best.fit, data, contamination)
+        _log_winner(best, candidates)
+        best_fit = best.fit
+        if register:            # the model is logged on the parent run
+            best_fit = dataclasses.replace(best_fit, run_id=parent.info.run_id)
+            best_fit.model_uri, best_fit.model_version, best_fit.decision = (
+                register_detector(config, best_fit.detector, _sample(best_fit, data), holdout,
+                                  parent.info.run_id))
+        return SweepResult(parent.info.run_id, candidates, best, best_fit)
 
-        cached = CachedBlocks(data, tuple(modalities), spark_options.pop("source", "DataFrame"),
-                              spark_options.pop("rows_per_block", 65_536),
-                              spark_options.pop("use_rdd", None))
-        data = cached
-    try:
-        with tracking(config) as experiment_id, mlflow.start_run(
-                experiment_id=experiment_id, run_name=run_name) as parent:
-            params, tags = table_params(table_versions or {})
-            mlflow.log_params({"sweep.n_components": ",".join(map(str, n_components)),
-                               "sweep.n_configurations": len(configurations) * len(fronts),
-                               **params, **_preprocessing_params(fronts)})
-            mlflow.set_tags(tags)
-            candidates = []
-            for front, mixture_variants in variants:
-                label = "" if front is None or len(fronts) == 1 else front.label()
-                with _transformed(data, front) as transformed:
-                    for mods in mixture_variants:
-                        resolved = {m.name: m.covariance_type for m in mods}
-                        for k in n_components:
-                            model = MultimodalGaussianMixture(mods, k, **options)
-                            fit = tracked_fit(
-                                model, data, contamination=contamination, config=config,
-                                table_versions=table_versions, log_model=False, nested=True,
-                                run_name=f"K={k} {describe(resolved, label)}",
-                                preprocessing=front, transformed=transformed, threshold=False,
-                                **spark_options)
-                            candidates.append(Candidate(k, resolved, fit.metrics["bic"],
-                                                        fit.run_id, label, fit))
-            best = min(candidates, key=lambda c: c.bic)
-            best_fit = best.fit
-            _set_threshold(best_fit, data, contamination)
-            log.info("Sweep: lowest BIC %.1f with K=%d, %s", best.bic, best.n_components,
-                     best.label)
-            mlflow.log_params({"best_n_components": best.n_components,
-                               "best_covariance_types": describe(best.covariance_types),
-                               "best_run_id": best.run_id,
-                               **({"best_preprocessing": best.preprocessing}
-                                  if best.preprocessing else {})})
-            mlflow.log_metrics({"best_bic": best.bic, "threshold": best_fit.detector.threshold, **{
-                f"bic/K{c.n_components}/{c.key}": c.bic
-                for c in candidates}})
-            figure = plots.bic_curve([(c.n_components, c.label, c.bic) for c in candidates],
-                                     (best.n_components, best.label))
-            mlflow.log_figure(figure, "plots/bic_vs_k.png")
-            plt.close(figure)
-            if register:            # the model is logged on the parent run
-                best_fit = dataclasses.replace(best_fit, run_id=parent.info.run_id)
-                sample = _sample(best_fit, data)
-                best_fit.model_uri, best_fit.model_version, best_fit.decision = (
-                    register_detector(config, best_fit.detector, sample, holdout,
-                                      parent.info.run_id))
-            return SweepResult(parent.info.run_id, candidates, best, best_fit)
-    finally:
-        if cached is not None:
-            cached.unpersist()
+
+@contextlib.contextmanager
+def _inputs(data: Any, modalities: Sequence[Modality], spark_options: dict[str, Any]
+            ) -> Iterator[Any]:
+    """In-memory data as it is; Spark rows cached once for every candidate (the cache
+    options are taken out of ``spark_options``)."""
+    if isinstance(data, Mapping):
+        yield data
+        return
+    cache = {key: spark_options.pop(key) for key in CACHE_OPTIONS if key in spark_options}
+    with cached_blocks(data, tuple(modalities), **cache) as cached:
+        yield cached
+
+
+def _fit_candidates(data: Any, front: Preprocessing | None, labelled: bool,
+                    mixture_variants: list[list[Modality]], n_components: Sequence[int],
+                    model_options: dict[str, Any], fit_options: dict[str, Any]
+                    ) -> list[Candidate]:
+    """One nested run per (covariance configuration, K) behind one preprocessing."""
+    label = front.label() if front is not None and labelled else ""
+    candidates = []
+    with _transformed(data, front) as transformed:
+        for mods in mixture_variants:
+            resolved = {m.name: m.covariance_type for m in mods}
+            for k in n_components:
+                fit = tracked_fit(
+                    MultimodalGaussianMixture(mods, k, **model_options), data, log_model=False,
+                    nested=True, run_name=f"K={k} {describe(resolved, label)}",
+                    preprocessing=front, transformed=transformed, threshold=False,
+                    **fit_options)
+                candidates.append(Candidate(k, resolved, fit.metrics["bic"], fit.run_id, label,
+                                            fit))
+    return candidates
+
+
+def _log_winner(best: Candidate, candidates: list[Candidate]) -> None:
+    """The winner's params, every candidate's BIC and the BIC curve, on the parent run."""
+    log.info("Sweep: lowest BIC %.1f with K=%d, %s", best.bic, best.n_components, best.label)
+    mlflow.log_params({"best_n_components": best.n_components,
+                       "best_covariance_types": describe(best.covariance_types),
+                       "best_run_id": best.run_id,
+                       **({"best_preprocessing": best.preprocessing}
+                          if best.preprocessing else {})})
+    mlflow.log_metrics({"best_bic": best.bic, "threshold": best.fit.detector.threshold,
+                        **{f"bic/K{c.n_components}/{c.key}": c.bic for c in candidates}})
+    figure = plots.bic_curve([(c.n_components, c.label, c.bic) for c in candidates],
+                             (best.n_components, best.label))
+    mlflow.log_figure(figure, "plots/bic_vs_k.png")
+    plt.close(figure)
 
 
 def _set_threshold(fit: FitRun, data: Any, contamination: float) -> None:
     """The winner's exact training threshold (the candidates were fitted without one)."""
     detector = fit.detector
-    if type(data).__name__ == "CachedBlocks":
-        from mmgmm_spark.spark.score import training_threshold
-
+    if isinstance(data, CachedBlocks):
         detector.threshold = training_threshold(detector.model, data, contamination).threshold
     else:
         detector.set_threshold(-detector.model.score_samples(data))
@@ -216,7 +230,7 @@ def _preprocessing_params(fronts: list[Preprocessing | None]) -> dict[str, Any]:
 def _transformed(data: Any, preprocessing: Preprocessing | None) -> Iterator[Any]:
     """Cached transformed rows of cached ``data`` for the candidates of ``preprocessing``
     (None in memory or without preprocessing), unpersisted afterwards."""
-    if preprocessing is None or type(data).__name__ != "CachedBlocks":
+    if preprocessing is None or not isinstance(data, CachedBlocks):
         yield None
         return
     transformed = transformed_rows(data, preprocessing, preprocessing.mixture_modalities())
@@ -229,6 +243,6 @@ def _transformed(data: Any, preprocessing: Preprocessing | None) -> Iterator[Any
 
 def _sample(fit: FitRun, data: Any):
     """A few rows for the input example."""
-    if type(data).__name__ == "CachedBlocks":
+    if isinstance(data, CachedBlocks):
         return data.sample(100, seed=0)
-    return fit.detector.model._batch({name: np.asarray(v)[:100] for name, v in data.items()})
+    return fit.detector.model.to_batch({name: np.asarray(v)[:100] for name, v in data.items()})

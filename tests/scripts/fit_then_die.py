@@ -80,9 +80,8 @@ def main() -> None:
                     log_model=False)
     else:
         from mmgmm_spark.io.checkpoints import Checkpointer
-        from mmgmm_spark.tracking.reliability import fit_with_checkpoints
 
-        fit_with_checkpoints(model, data, Checkpointer(args.checkpoint_dir, model),
+        model.fit(data, checkpointer=Checkpointer(args.checkpoint_dir, model),
                              on_iteration=die)
     raise SystemExit("the fit ended before the kill point")
 
