@@ -1,7 +1,7 @@
 # Databricks notebook source
 # MAGIC %md
 # MAGIC # 03 Inspect the champion model
-# MAGIC Loads the registered model at the configured alias (`tracking.load_detector`) and plots
+# MAGIC Loads the registered model at the configured alias (`load_champion`) and plots
 # MAGIC the component weights, the per-modality component means and the anomaly-score histogram
 # MAGIC of a sample of the feature rows.
 
@@ -9,11 +9,15 @@
 
 import matplotlib.pyplot as plt
 
-from mmgmm_spark.app import pipeline
-from mmgmm_spark.app.notebook_support import load_notebook_config, spark_for, widget
-from mmgmm_spark.spark.arrow import batch_from_arrow
-from mmgmm_spark.tracking import load_detector, plots, tracking
-from mmgmm_spark.tracking.registry import resolve_registered
+from mmgmm_spark.app.notebook_support import (
+    component_weights,
+    load_champion,
+    load_notebook_config,
+    sample_scores,
+    score_histogram,
+    spark_for,
+    widget,
+)
 
 config_path = widget("config", "conf/local.yaml", "Config file (YAML)")
 overrides = widget("overrides", "", "Overrides: key=value; key=value")
@@ -24,14 +28,12 @@ if "spark" not in globals():  # predefined on Databricks
 
 # COMMAND ----------
 
-settings = pipeline.tracking_config(config)
-with tracking(settings):
-    model_name, model_version = resolve_registered(settings.client(), config.model_uri())
-    detector = load_detector(f"models:/{model_name}/{model_version}")
+champion = load_champion(config)
+detector = champion.detector
 # a model trained with `preprocessing:` or `model.fusion` early/late is a FusionModel around
 # its mixture(s): "joint", "early", or one per modality for late
-mixtures = getattr(detector.model, "mixtures_", {"joint": detector.model})
-print(f"{config.model_uri()} -> {model_name} version {model_version}: "
+mixtures = champion.mixtures
+print(f"{champion.uri} -> {champion.name} version {champion.version}: "
       f"threshold {detector.threshold:.3f}, contamination {detector.contamination}")
 for key, model in mixtures.items():
     print(f"mixture '{key}': K={len(model.weights_)}")
@@ -41,7 +43,7 @@ for key, model in mixtures.items():
 # COMMAND ----------
 
 for key, model in mixtures.items():
-    weights_figure = plots.component_weights(model.weights_)
+    weights_figure = component_weights(model.weights_)
     weights_figure.suptitle(f"mixture '{key}'")
     plt.show()
 
@@ -60,11 +62,8 @@ plt.show()
 
 # COMMAND ----------
 
-features = pipeline.read_features(spark, config)
-names = [m.name for m in detector.modalities]
-rows = features.df.select(*names).limit(sample_rows).toArrow()
-scores = detector.score_batch(batch_from_arrow(rows, tuple(detector.modalities), "sample"))
-histogram_figure = plots.score_histogram(scores["anomaly_score"], detector.threshold)
+scores = sample_scores(spark, config, detector, sample_rows)
+histogram_figure = score_histogram(scores["anomaly_score"], detector.threshold)
 print(f"{len(scores['anomaly_score'])} rows scored, "
       f"{int(scores['is_anomaly'].sum())} above the threshold")
 plt.show()

@@ -10,8 +10,12 @@
 from pyspark.sql import functions as F
 
 from mmgmm_spark.app import pipeline
-from mmgmm_spark.app.notebook_support import load_notebook_config, spark_for, widget
-from mmgmm_spark.storage import read_table
+from mmgmm_spark.app.notebook_support import (
+    load_notebook_config,
+    scoring_run_rows,
+    spark_for,
+    widget,
+)
 
 config_path = widget("config", "conf/local.yaml", "Config file (YAML)")
 overrides = widget("overrides", "", "Overrides: key=value; key=value")
@@ -29,8 +33,7 @@ print(f"wrote {result.table} version {result.version} (scoring run {result.scori
 
 # COMMAND ----------
 
-scores = (read_table(spark, result.table, engine=config.storage.engine).df
-          .where(F.col("scoring_run_id") == result.scoring_run_id))
+scores = scoring_run_rows(spark, config, result.table, result.scoring_run_id)
 modality_columns = [f"{m.name}_log_likelihood" for m in config.data.modalities]
 summary = scores.agg(F.count(F.lit(1)).alias("rows"),
                      F.sum(F.col("is_anomaly").cast("int")).alias("anomalies")).first()

@@ -89,7 +89,7 @@ def load_set(views: dict[str, Path]) -> tuple[dict[str, np.ndarray], np.ndarray]
     return data, labels
 
 
-def evaluate(y: np.ndarray, score: np.ndarray) -> dict[str, float]:
+def ranking_metrics(y: np.ndarray, score: np.ndarray) -> dict[str, float]:
     """AUROC and average precision of anomaly ``score`` (n,) against labels y (n,)."""
     from sklearn.metrics import average_precision_score, roc_auc_score
 
@@ -113,7 +113,7 @@ def _run_one(data: dict[str, np.ndarray], y: np.ndarray, config: FusionConfig,
     score, model = _fit_score(data, config, fit_rows)
     chosen = model.chosen()
     ks = {key: c["n_components"] for key, c in chosen.items()}
-    return {**evaluate(y, score), "n_components": next(iter(ks.values())) if len(ks) == 1
+    return {**ranking_metrics(y, score), "n_components": next(iter(ks.values())) if len(ks) == 1
             else ks, "chosen": chosen, "seconds": round(time.perf_counter() - started, 3)}
 
 
@@ -125,7 +125,7 @@ def _baseline(data: dict[str, np.ndarray], y: np.ndarray, fit_rows: np.ndarray,
     x = np.hstack(list(data.values()))
     try:
         gmm = GaussianMixture(1, covariance_type="full", random_state=seed).fit(x[fit_rows])
-        result = evaluate(y, -gmm.score_samples(x))
+        result = ranking_metrics(y, -gmm.score_samples(x))
     except ValueError as e:                       # singular covariance (d > n)
         return {"auroc": None, "average_precision": None, "error": str(e)[:120],
                 "n_components": 1, "seconds": round(time.perf_counter() - started, 3)}

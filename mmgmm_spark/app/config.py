@@ -34,7 +34,7 @@ class StorageConfig(Section):
     engine: Literal["auto", "delta-spark", "delta-rs"] = "auto"
 
 
-class TrackingConfig(Section):
+class TrackingSection(Section):
     uri: str | None = None
     experiment: str = "mmgmm-spark"
     registered_model: str = "mmgmm-spark"
@@ -169,7 +169,7 @@ class AppConfig(Section):
     work_dir: str = "work"
     spark: SparkConfig = Field(default_factory=SparkConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
-    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    tracking: TrackingSection = Field(default_factory=TrackingSection)
     data: DataConfig
     model: ModelConfig = Field(default_factory=ModelConfig)
     preprocessing: PreprocessingConfig = Field(default_factory=PreprocessingConfig)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -38,6 +39,14 @@ ArrayData = Mapping[str, np.ndarray]
 
 class NotFittedError(RuntimeError):
     """A method that needs fitted parameters was called before ``fit`` or ``load``."""
+
+
+def information_criteria(mean_log_likelihood: float, n_rows: int,
+                         n_parameters: int) -> dict[str, float]:
+    """BIC and AIC from the mean log-likelihood of n rows (lower is better)."""
+    deviance = -2.0 * mean_log_likelihood * n_rows
+    return {"bic": deviance + n_parameters * math.log(n_rows),
+            "aic": deviance + 2.0 * n_parameters}
 
 
 def log_iteration(report: IterationReport) -> None:
@@ -211,13 +220,16 @@ class MultimodalGaussianMixture:
 
     def bic(self, data: ArrayData) -> float:
         """Bayesian information criterion (lower is better)."""
-        n = self.to_batch(data).n_rows
-        return -2 * self.score(data) * n + self.n_parameters() * np.log(n)
+        return self._criteria(data)["bic"]
 
     def aic(self, data: ArrayData) -> float:
         """Akaike information criterion (lower is better)."""
-        n = self.to_batch(data).n_rows
-        return -2 * self.score(data) * n + 2 * self.n_parameters()
+        return self._criteria(data)["aic"]
+
+    def _criteria(self, data: ArrayData) -> dict[str, float]:
+        log_likelihood = self.score_samples(data)
+        return information_criteria(float(log_likelihood.mean()), len(log_likelihood),
+                                    self.n_parameters())
 
     def sample(self, n_samples: int = 1) -> tuple[dict[str, np.ndarray], np.ndarray]:
         """Draw rows from the mixture: ({modality: (n, d)}, component labels (n,))."""

@@ -38,7 +38,11 @@ from mmgmm_spark.io.checkpoints import (
 )
 from mmgmm_spark.models.detector import AnomalyDetector, modality_column
 from mmgmm_spark.models.fusion import Preprocessing
-from mmgmm_spark.models.mixture import MultimodalGaussianMixture, log_iteration
+from mmgmm_spark.models.mixture import (
+    MultimodalGaussianMixture,
+    information_criteria,
+    log_iteration,
+)
 from mmgmm_spark.spark.data import CachedBlocks, cached_blocks
 from mmgmm_spark.spark.score import training_summary, training_threshold
 from mmgmm_spark.tracking import plots
@@ -124,13 +128,8 @@ class MetricLogger:
 
 def model_params(model: MultimodalGaussianMixture, contamination: float) -> dict[str, Any]:
     """Modalities (dim, covariance type, fusion weight) and hyperparameters as run params."""
-    params: dict[str, Any] = {
-        "modalities": ",".join(m.name for m in model.modalities),
-        "n_components": model.n_components, "tol": model.tol, "reg_covar": model.reg_covar,
-        "max_iter": model.max_iter, "n_init": model.n_init, "init_params": model.init_params,
-        "random_state": model.random_state if isinstance(model.random_state, int) else None,
-        "contamination": contamination,
-    }
+    params: dict[str, Any] = {"modalities": ",".join(m.name for m in model.modalities),
+                              **model.spec().hyperparameters(), "contamination": contamination}
     for m in model.modalities:
         params.update({f"modality.{m.name}.dim": m.dim,
                        f"modality.{m.name}.covariance_type": m.covariance_type,
@@ -154,14 +153,6 @@ def table_params(table_versions: Mapping[str, Any]) -> tuple[dict[str, Any], dic
             entry["table"] = value.table
         document[key] = entry
     return params, {"mmgmm.delta_tables": json.dumps(document, sort_keys=True)}
-
-
-def information_criteria(mean_log_likelihood: float, n_rows: int,
-                         n_parameters: int) -> dict[str, float]:
-    """BIC and AIC from the mean log-likelihood of n rows (lower is better)."""
-    deviance = -2.0 * mean_log_likelihood * n_rows
-    return {"bic": deviance + n_parameters * math.log(n_rows),
-            "aic": deviance + 2.0 * n_parameters}
 
 
 @dataclass

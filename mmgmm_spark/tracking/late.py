@@ -17,14 +17,13 @@ import numpy as np
 
 from mmgmm_spark.models.detector import AnomalyDetector
 from mmgmm_spark.models.fusion import LatePart, Preprocessing, late_model, observing
-from mmgmm_spark.models.mixture import MultimodalGaussianMixture
+from mmgmm_spark.models.mixture import MultimodalGaussianMixture, information_criteria
 from mmgmm_spark.spark.data import CachedBlocks
 from mmgmm_spark.spark.score import training_threshold
 from mmgmm_spark.tracking.config import TrackingConfig, tracking
 from mmgmm_spark.tracking.fit import (
     PLOT_ROWS,
     FitRun,
-    information_criteria,
     log_figures,
     mlflow_run,
     model_params,
