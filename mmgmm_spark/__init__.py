@@ -25,6 +25,8 @@ a registration: ``spark.fit`` registers Spark DataFrames as training data
 ``MultimodalGaussianMixture.fit(df)`` works without ``models`` importing Spark.
 """
 
+from importlib.metadata import PackageNotFoundError, version
+
 import mmgmm_spark.spark.fit  # noqa: F401  (registers Spark DataFrames as training data)
 from mmgmm_spark.core.batch import DataValidationError
 from mmgmm_spark.core.em import ConvergenceWarning
@@ -43,4 +45,7 @@ __all__ = [
     "MultimodalGaussianMixture",
     "NotFittedError",
 ]
-__version__ = "0.1.0"
+try:
+    __version__ = version("mmgmm-spark")
+except PackageNotFoundError:  # a source tree on sys.path that was never installed
+    __version__ = "0+unknown"

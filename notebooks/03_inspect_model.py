@@ -29,11 +29,11 @@ if "spark" not in globals():  # predefined on Databricks
 # COMMAND ----------
 
 champion = load_champion(config)
-detector = champion.detector
+model_name, model_version, detector = champion.name, champion.version, champion.detector
 # a model trained with `preprocessing:` or `model.fusion` early/late is a FusionModel around
 # its mixture(s): "joint", "early", or one per modality for late
 mixtures = champion.mixtures
-print(f"{champion.uri} -> {champion.name} version {champion.version}: "
+print(f"{champion.uri} -> {model_name} version {model_version}: "
       f"threshold {detector.threshold:.3f}, contamination {detector.contamination}")
 for key, model in mixtures.items():
     print(f"mixture '{key}': K={len(model.weights_)}")

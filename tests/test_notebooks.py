@@ -18,7 +18,7 @@ import yaml
 from conftest import copy_empty_mlflow_store
 from deltalake import DeltaTable, write_deltalake
 
-from mmgmm_spark import notebook_support
+from mmgmm_spark.app import notebook_support
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
 

@@ -14,9 +14,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from mmgmm_spark.app.config import AppConfig, ConfigError, load_config
+from mmgmm_spark import __version__
+from mmgmm_spark.app.config import AppConfig, ConfigError, default_config_path, load_config
 
-DEFAULT_CONFIG = "conf/local.yaml"
 log = logging.getLogger("mmgmm_spark")
 
 
@@ -148,20 +148,25 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 
 def _with_config(run: Callable[[argparse.Namespace, AppConfig], int]):
     def wrapped(args: argparse.Namespace) -> int:
-        return run(args, load_config(args.config, args.set))
+        overrides = [*args.set, *([f"work_dir={args.work_dir}"] if args.work_dir else [])]
+        return run(args, load_config(args.config or default_config_path(), overrides))
 
     return wrapped
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmgmm", description=__doc__.split("\n")[0])
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     def command(name: str, run, help_text: str) -> argparse.ArgumentParser:
         p = commands.add_parser(name, help=help_text)
-        p.add_argument("--config", default=DEFAULT_CONFIG, help=f"YAML (default {DEFAULT_CONFIG})")
+        p.add_argument("--config", default=None,
+                       help="YAML (default: the embedded local config, conf/local.yaml in a clone)")
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config value, e.g. model.n_components=12")
+        p.add_argument("--work-dir", default=None, metavar="DIR",
+                       help="same as --set work_dir=DIR (where local tables and MLflow go)")
         p.set_defaults(run=_with_config(run))
         return p
 

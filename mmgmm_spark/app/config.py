@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
@@ -231,6 +232,27 @@ def _describe(error: ValidationError, source: str, overridden: set[str]) -> str:
     return f"{source}: invalid configuration: " + "; ".join(lines)
 
 
+WORK_DIR_PLACEHOLDER = "{work_dir}"
+
+
+def _with_work_dir(value: Any, work_dir: str | None = None) -> Any:
+    """``value`` (the whole document first) with "{work_dir}" in strings replaced."""
+    if work_dir is None and isinstance(value, dict):
+        work_dir = str(value.get("work_dir", AppConfig.model_fields["work_dir"].default))
+    if isinstance(value, dict):
+        return {key: _with_work_dir(item, work_dir) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_with_work_dir(item, work_dir) for item in value]
+    if isinstance(value, str) and WORK_DIR_PLACEHOLDER in value:
+        return value.replace(WORK_DIR_PLACEHOLDER, work_dir)
+    return value
+
+
+def default_config_path() -> str:
+    """The embedded default configuration shipped inside the package."""
+    return str(resources.files("mmgmm_spark.app") / "defaults" / "local.yaml")
+
+
 def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> AppConfig:
     """Read, override and validate a YAML config; errors name the field and the file."""
     source = str(path)
@@ -239,15 +261,15 @@ def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> 
             document = yaml.safe_load(f) or {}
     except FileNotFoundError:
         raise ConfigError(f"Config file {source} does not exist (relative paths start at "
-                          f"{os.getcwd()}): run from the project root, where conf/local.yaml "
-                          "is, or pass --config FILE.") from None
+                          f"{os.getcwd()}). Pass --config FILE, or leave --config out for the "
+                          "embedded default.") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{source}: not valid YAML: {e}") from None
     if not isinstance(document, dict):
         raise ConfigError(f"{source}: the top level must be a mapping of sections.")
     apply_overrides(document, overrides or [])
     try:
-        return AppConfig.model_validate(document)
+        return AppConfig.model_validate(_with_work_dir(document))
     except ValidationError as e:
         overridden = {item.partition("=")[0].strip() for item in overrides or []}
         raise ConfigError(_describe(e, source, overridden)) from None

@@ -39,7 +39,8 @@ def write_demo_tables(spark: SparkSession, config: AppConfig, labels_table: str,
     configured = [m.name for m in config.data.modalities]
     if sorted(configured) != sorted(dims):
         raise ValueError(f"The demo generates modalities {sorted(dims)}; the config lists "
-                         f"{configured}. Use conf/local.yaml for the demo.")
+                         f"{configured}. Run the demo with the embedded default config "
+                         "(no --config).")
     data = generate(n_rows, DEMO_MODALITIES, seed=seed)
     ids = np.array([f"entity-{i:07d}" for i in range(n_rows)], dtype=object)
     id_column = config.data.id_column

@@ -86,13 +86,13 @@ def training_data(data: Any, modalities: tuple[Modality, ...],
         options: passed to a registered source (e.g. ``rows_per_block``); ``source`` also
             names in-memory rows in error messages (default "data").
     """
-    if isinstance(data, TrainingData):
-        yield data
-        return
-    for accepts, make in _SOURCES:
+    for accepts, make in _SOURCES:  # first: a Connect DataFrame "has" every attribute
         if accepts(data):
             with make(data, modalities, **options) as rows:
                 yield rows
             return
+    if isinstance(data, TrainingData):
+        yield data
+        return
     source = options.get("source", "data")
     yield InMemoryRows(batch_from_arrays(data, modalities, source), source)
