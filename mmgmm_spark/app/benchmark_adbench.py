@@ -111,7 +111,7 @@ def _run_one(data: dict[str, np.ndarray], y: np.ndarray, config: FusionConfig,
              fit_rows: np.ndarray) -> dict[str, Any]:
     started = time.perf_counter()
     score, model = _fit_score(data, config, fit_rows)
-    chosen = model.chosen()
+    chosen = model.chosen
     ks = {key: c["n_components"] for key, c in chosen.items()}
     return {**evaluate(y, score), "n_components": next(iter(ks.values())) if len(ks) == 1
             else ks, "chosen": chosen, "seconds": round(time.perf_counter() - started, 3)}
