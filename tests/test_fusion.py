@@ -180,3 +180,13 @@ def test_degenerate_feature_warnings_say_projected_features_are_components() -> 
     assert messages[0].endswith("In 'a' the features are principal components of the "
                                 "preprocessing, not input columns.)")
     assert messages[1] == "Modality 'b': feature(s) [0] have no variance"
+
+
+def test_the_registry_names_every_strategy_and_refuses_an_unknown_one() -> None:
+    from mmgmm_spark.models.fusion import STRATEGIES, get_strategy, names_with
+
+    assert list(STRATEGIES) == ["joint", "early", "late"]
+    assert all(get_strategy(name).name == name for name in STRATEGIES)
+    assert names_with("resume") == ["joint", "early"] and names_with("fusion_weights") == ["joint"]
+    with pytest.raises(ValueError, match="'joint', 'early', 'late'.*'middle'"):
+        FusionConfig("middle")

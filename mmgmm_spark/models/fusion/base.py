@@ -164,12 +164,12 @@ def dense(batch: Batch) -> Arrays:
     return {name: block.dense() for name, block in batch.blocks.items()}
 
 
-def projected(model: FittedFusion, data: Arrays) -> Arrays:
+def projected_rows(model: FittedFusion, data: Arrays) -> Arrays:
     """{modality: (n, q_m)} the preprocessed rows (NaN rows stay NaN)."""
     return {name: p.transform(data[name]) for name, p in model.preprocessors_.items()}
 
 
-def residuals(model: FittedFusion, data: Arrays) -> Arrays:
+def residual_terms(model: FittedFusion, data: Arrays) -> Arrays:
     """{modality: (n,)} the preprocessing's log-density terms (NaN where missing)."""
     return {name: p.residual_log_density(data[name]) for name, p in model.preprocessors_.items()}
 

@@ -20,7 +20,7 @@ class FusionConfig:
     """Everything that defines a fused detector except the data.
 
     Attributes:
-        strategy: "joint", "early" or "late".
+        strategy: a name in :data:`STRATEGIES` ("joint", "early" or "late").
         n_components: grid of K; the lowest-BIC admissible fit is kept.
         covariance_types: grid of covariance types (each of "full", "tied", "diag",
             "spherical"), searched with K.

@@ -26,8 +26,8 @@ from mmgmm_spark.models.fusion.base import (
     TrainingSet,
     dense,
     observed,
-    projected,
-    residuals,
+    projected_rows,
+    residual_terms,
 )
 from mmgmm_spark.models.mixture import MultimodalGaussianMixture
 
@@ -57,7 +57,7 @@ class EarlyFusion(FusionStrategy):
 
     def columns(self, model: FittedFusion, data: Arrays) -> Arrays:
         mixture, spans = model.mixtures_[EARLY], spans_of(model)
-        x, extra = projected(model, data), residuals(model, data)
+        x, extra = projected_rows(model, data), residual_terms(model, data)
         joint = _log_prob(model, x)
         out = {LOG_LIKELIHOOD: logsumexp_rows(joint)
                + sum(np.nan_to_num(r) for r in extra.values()),
@@ -72,7 +72,7 @@ class EarlyFusion(FusionStrategy):
         return out
 
     def log_responsibilities(self, model: FittedFusion, data: Arrays) -> np.ndarray:
-        joint = _log_prob(model, projected(model, data))
+        joint = _log_prob(model, projected_rows(model, data))
         return joint - logsumexp_rows(joint)[:, None]
 
     def mixture_modalities(self, modalities: tuple[Modality, ...],

@@ -20,8 +20,8 @@ from mmgmm_spark.models.fusion.base import (
     TrainingSet,
     dense,
     mixture_log_prob,
-    projected,
-    residuals,
+    projected_rows,
+    residual_terms,
 )
 
 
@@ -41,7 +41,7 @@ class JointFusion(FusionStrategy):
 
     def columns(self, model: FittedFusion, data: Arrays) -> Arrays:
         mixture = model.mixtures_[JOINT]
-        x, extra = projected(model, data), residuals(model, data)
+        x, extra = projected_rows(model, data), residual_terms(model, data)
         total, log_resp = mixture_log_prob(mixture, x)
         out = {CLUSTER: log_resp.argmax(axis=1).astype(np.int32)}
         for m in model.modalities:
@@ -52,7 +52,7 @@ class JointFusion(FusionStrategy):
         return out
 
     def log_responsibilities(self, model: FittedFusion, data: Arrays) -> np.ndarray:
-        return mixture_log_prob(model.mixtures_[JOINT], projected(model, data))[1]
+        return mixture_log_prob(model.mixtures_[JOINT], projected_rows(model, data))[1]
 
 
 JOINT_FUSION = JointFusion()

@@ -23,8 +23,8 @@ from mmgmm_spark.models.fusion.base import (
     dense,
     mixture_log_prob,
     observed,
-    projected,
-    residuals,
+    projected_rows,
+    residual_terms,
 )
 
 MIN_STD = 1e-12
@@ -90,7 +90,7 @@ LATE_FUSION = LateFusion()
 def modality_log_likelihoods(model: FittedFusion, data: Arrays) -> tuple[Arrays, np.ndarray]:
     """Each modality's own mixture log-density (n,) (NaN where missing), and (n,) the most
     probable component of the first observed modality's mixture (-1: none)."""
-    x, extra = projected(model, data), residuals(model, data)
+    x, extra = projected_rows(model, data), residual_terms(model, data)
     out = {}
     cluster = np.full(len(next(iter(data.values()))), -1, dtype=np.int32)
     for m in reversed(model.modalities):                 # the first observed one wins
