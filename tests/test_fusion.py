@@ -99,7 +99,7 @@ def test_late_score_is_the_hand_computed_combination(two_views) -> None:
 def test_bic_selects_the_number_of_clusters_without_labels(two_views) -> None:
     model = FusionModel(MODALITIES, FusionConfig("joint", n_components=(1, 2, 3)))
     model.fit(two_views)
-    assert model.chosen()["joint"]["n_components"] == 2
+    assert model.chosen["joint"]["n_components"] == 2
     bics = {c["n_components"]: c["bic"] for c in model.selection_["joint"]}
     assert bics[2] == min(bics.values())
 
@@ -111,7 +111,7 @@ def test_projection_grid_is_chosen_by_bic() -> None:
                         FusionConfig("joint", n_components=(1,), projection_grid=(1, 3, 10),
                                      standardise=False))      # isotropic noise stays isotropic
     model.fit({"e": x})
-    assert model.chosen()["joint"]["projection"] == {"e": 3}
+    assert model.chosen["joint"]["projection"] == {"e": 3}
 
 
 def test_auto_standardisation_is_chosen_by_bic_only_for_projected_modalities() -> None:
@@ -180,3 +180,13 @@ def test_degenerate_feature_warnings_say_projected_features_are_components() -> 
     assert messages[0].endswith("In 'a' the features are principal components of the "
                                 "preprocessing, not input columns.)")
     assert messages[1] == "Modality 'b': feature(s) [0] have no variance"
+
+
+def test_the_registry_names_every_strategy_and_refuses_an_unknown_one() -> None:
+    from mmgmm_spark.models.fusion import STRATEGIES, get_strategy, names_with
+
+    assert list(STRATEGIES) == ["joint", "early", "late"]
+    assert all(get_strategy(name).name == name for name in STRATEGIES)
+    assert names_with("resume") == ["joint", "early"] and names_with("fusion_weights") == ["joint"]
+    with pytest.raises(ValueError, match="'joint', 'early', 'late'.*'middle'"):
+        FusionConfig("middle")

@@ -20,7 +20,6 @@ from mmgmm_spark.models.detector import AnomalyDetector
 from mmgmm_spark.spark.arrow import arrow_table
 from mmgmm_spark.spark.data import CachedBlocks
 from mmgmm_spark.spark.score import (
-    fit_detector_dataframe,
     read_and_join,
     score_to_delta,
     training_threshold,
@@ -81,14 +80,13 @@ def test_training_threshold_is_the_exact_quantile(spark, data, detector, use_rdd
 
 def test_spark_training_path_and_tracked_spark_fit(spark, data, tmp_path):
     df = spark.createDataFrame(arrow_table(data)).repartition(2)
-    model = MultimodalGaussianMixture(MODALITIES, 3, random_state=0, max_iter=20)
-    fitted, scores = fit_detector_dataframe(model, df, 0.05)
-    assert fitted.threshold == pytest.approx(
-        np.quantile(-model.score_samples(data), 0.95), rel=1e-12)
     config = TrackingConfig(work_dir=str(tmp_path), registered_model_name=None)
     run = tracked_fit(MultimodalGaussianMixture(MODALITIES, 3, random_state=0, max_iter=20), df,
                       contamination=0.05, config=config, log_model=False,
                       table_versions={"image": 0, "text": 0})
+    fitted, model = run.detector, run.detector.model
+    assert fitted.threshold == pytest.approx(
+        np.quantile(-model.score_samples(data), 0.95), rel=1e-12)
     history = config.client().get_metric_history(run.run_id, "mean_log_likelihood")
     assert len(history) == run.detector.model.n_iter_
     np.testing.assert_allclose(run.metrics["bic"], run.detector.model.bic(data), rtol=1e-10)

@@ -111,7 +111,7 @@ def _run_one(data: dict[str, np.ndarray], y: np.ndarray, config: FusionConfig,
              fit_rows: np.ndarray) -> dict[str, Any]:
     started = time.perf_counter()
     score, model = _fit_score(data, config, fit_rows)
-    chosen = model.chosen()
+    chosen = model.chosen
     ks = {key: c["n_components"] for key, c in chosen.items()}
     return {**ranking_metrics(y, score), "n_components": next(iter(ks.values())) if len(ks) == 1
             else ks, "chosen": chosen, "seconds": round(time.perf_counter() - started, 3)}
@@ -157,7 +157,7 @@ def run_set(data: dict[str, np.ndarray], y: np.ndarray, strategies: tuple[str, .
             "views": {view: int(x.shape[1]) for view, x in data.items()}, "results": results}
 
 
-def run_adbench(data_dir: str | Path, strategies: tuple[str, ...] = STRATEGIES,
+def run_adbench(data_dir: str | Path, strategies: tuple[str, ...] = tuple(STRATEGIES),
                 config: FusionConfig | None = None, *, max_rows: int = 100_000, seed: int = 0,
                 only: list[str] | None = None, baseline: bool = True) -> dict[str, Any]:
     """Fit and score every data set under ``data_dir``; return the JSON-able results.
@@ -178,7 +178,7 @@ def run_adbench(data_dir: str | Path, strategies: tuple[str, ...] = STRATEGIES,
     """
     bad = [s for s in strategies if s not in STRATEGIES]
     if bad:
-        raise ValueError(f"Unknown strategies {bad}; choose from {STRATEGIES}.")
+        raise ValueError(f"Unknown strategies {bad}; choose from {tuple(STRATEGIES)}.")
     config = replace(config or FusionConfig(), random_state=seed)
     selected = {name: views for name, views in discover(data_dir).items()
                 if not only or any(o in name for o in only)}

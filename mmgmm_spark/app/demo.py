@@ -18,6 +18,7 @@ from sklearn.metrics import roc_auc_score
 from mmgmm_spark.app.config import AppConfig
 from mmgmm_spark.app.pipeline import scores_with_labels
 from mmgmm_spark.app.synthetic import DEMO_MODALITIES, SyntheticData, generate
+from mmgmm_spark.models.scores import ANOMALY_SCORE, modality_column
 from mmgmm_spark.spark.arrow import arrow_table
 from mmgmm_spark.storage import TableWrite, write_table
 
@@ -74,7 +75,7 @@ def modality_surprise(frame: pd.DataFrame, names: list[str]) -> pd.DataFrame:
     """Per modality, the z-score of the negative marginal log-likelihood (NaN where missing)."""
     out = {}
     for name in names:
-        score = -frame[f"{name}_log_likelihood"]
+        score = -frame[modality_column(name)]
         out[name] = (score - score.mean()) / score.std()
     return pd.DataFrame(out, index=frame.index)
 
@@ -90,16 +91,16 @@ def demo_report(spark: SparkSession, config: AppConfig, labels_table: str,
                 metrics: dict[str, float], top: int = 8) -> DemoReport:
     """Per-kind AUROC of the joint model and of a per-modality detector, and the top rows."""
     names = [m.name for m in config.data.modalities]
-    columns = ["anomaly_score", "kind", *[f"{n}_log_likelihood" for n in names],
+    columns = [ANOMALY_SCORE.name, "kind", *[modality_column(n) for n in names],
                config.data.id_column]
     # the demo's own data set (a few hundred thousand rows) is brought to the driver for the
     # per-kind report; production evaluation is pipeline.evaluate, which bounds what it collects
     frame = scores_with_labels(spark, config, labels_table).select(*columns).toPandas()
     surprise = modality_surprise(frame, names)
     per_modality = surprise.max(axis=1)      # flags a row unusual in any single modality
-    ranked = frame.sort_values("anomaly_score", ascending=False).head(top)
-    table = pd.concat([ranked[[config.data.id_column, "kind", "anomaly_score"]],
+    ranked = frame.sort_values(ANOMALY_SCORE.name, ascending=False).head(top)
+    table = pd.concat([ranked[[config.data.id_column, "kind", ANOMALY_SCORE.name]],
                        surprise.loc[ranked.index].round(1)], axis=1)
     table["most_unusual"] = surprise.loc[ranked.index].idxmax(axis=1)
-    return DemoReport(metrics, _auroc_by_kind(frame, frame["anomaly_score"]),
+    return DemoReport(metrics, _auroc_by_kind(frame, frame[ANOMALY_SCORE.name]),
                       _auroc_by_kind(frame, per_modality), table)

@@ -23,14 +23,24 @@ from mmgmm_spark.core.batch import DataValidationError
 from mmgmm_spark.core.modality import Modality
 from mmgmm_spark.models.evaluation import evaluate_scores, log_evaluation
 from mmgmm_spark.models.fusion import (
-    EARLY,
     FUSION_PARAM,
+    JOINT,
     PREPROCESSING_PREFIX,
     FusionConfig,
     Preprocessing,
+    either,
+    get_strategy,
+    names_with,
     preprocessing_params,
 )
 from mmgmm_spark.models.mixture import MultimodalGaussianMixture
+from mmgmm_spark.models.scores import (
+    ANOMALY_SCORE,
+    MODEL_NAME,
+    MODEL_VERSION,
+    SCORED_AT,
+    SCORING_RUN_ID,
+)
 from mmgmm_spark.spark.arrow import batch_from_arrow
 from mmgmm_spark.spark.data import CachedBlocks
 from mmgmm_spark.spark.preprocess import fit_preprocessing_options
@@ -140,7 +150,7 @@ def preprocessing_grid(config: AppConfig) -> list[tuple[bool, int | str | None]]
 def uses_preprocessing(config: AppConfig) -> bool:
     """Whether the fit puts a :class:`Preprocessing` (and a fusion model) in front of the
     mixture: with standardisation or a projection to fit, or a fusion other than ``joint``."""
-    return config.model.fusion != "joint" or any(
+    return not get_strategy(config.model.fusion).plain_mixture or any(
         standardise or projection is not None
         for standardise, projection in preprocessing_grid(config))
 
@@ -168,7 +178,7 @@ def pinned_to_run(config: AppConfig, run_id: str) -> AppConfig:
     used = {k: v for k, v in run.data.params.items()
             if k.startswith(PREPROCESSING_PREFIX) or k == FUSION_PARAM}
     if used and FUSION_PARAM not in used:     # logged before fusion strategies were params
-        used[FUSION_PARAM] = "joint"
+        used[FUSION_PARAM] = JOINT
     wanted = ({FUSION_PARAM: pinned.model.fusion,
                **{k: str(v) for k, v in preprocessing_params(fusion_config(pinned)).items()}}
               if uses_preprocessing(pinned) else {})
@@ -218,17 +228,18 @@ def train(spark: SparkSession, config: AppConfig, resume_run_id: str | None = No
 def _check_train_options(config: AppConfig, resume_run_id: str | None) -> None:
     """Refuse the combinations :func:`train` cannot run, naming the settings, before any
     data is read."""
-    sweep, strategy = config.model.sweep, config.model.fusion
-    if resume_run_id is not None and (sweep is not None or strategy == "late"):
-        raise ConfigError("--resume works for a single joint or early fit, not with "
-                          "model.sweep or model.fusion late: run the fit again without --resume.")
-    if sweep is not None and strategy == "late":
+    sweep, fusion = config.model.sweep, get_strategy(config.model.fusion)
+    if resume_run_id is not None and (sweep is not None or not fusion.resume):
+        raise ConfigError(f"--resume works for a single {either(names_with('resume'))} fit, not "
+                          f"with model.sweep or model.fusion {either(names_with('resume', False))}"
+                          ": run the fit again without --resume.")
+    if sweep is not None and not fusion.sweep:
         raise ConfigError("model.sweep selects one mixture by BIC: use it with model.fusion "
-                          "joint or early (late fits one mixture per modality).")
-    if config.scoring.include_responsibilities and strategy == "late":
-        raise ConfigError(_NO_RESPONSIBILITIES.format(what="model.fusion late"))
+                          f"{either(names_with('sweep'))} ({fusion.name} {fusion.summary}).")
+    if config.scoring.include_responsibilities and not fusion.responsibilities:
+        raise ConfigError(_NO_RESPONSIBILITIES.format(what=f"model.fusion {fusion.name}"))
     if sweep is not None:
-        names = [EARLY] if strategy == "early" else [m.name for m in config.data.modalities]
+        names = fusion.block_names([m.name for m in config.data.modalities])
         check_covariance_names(sweep.covariance_types, names)
 
 
@@ -242,7 +253,7 @@ def _fit(data: DataFrame | CachedBlocks, modalities: list[Modality], config: App
     """The tracked fit, late fit or sweep the config asks for, on the training rows."""
     model_options, k = _model_options(config), config.model.n_components
     preprocessing = options[0] if options else None
-    if config.model.fusion == "late":
+    if get_strategy(config.model.fusion).per_modality:
         models = {m.name: MultimodalGaussianMixture(
             preprocessing.for_modality(m.name).mixture_modalities(), k, **model_options)
             for m in modalities}
@@ -324,10 +335,10 @@ def score(spark: SparkSession, config: AppConfig, scoring_run_id: str | None = N
     """Score every entity with the configured model URI and write the Delta output table."""
     features = read_features(spark, config)
     registered = load_matching_model(config, features)
-    strategy = getattr(registered.detector.model, "strategy", "joint")
-    if config.scoring.include_responsibilities and strategy == "late":
+    fusion = registered.detector.fusion
+    if config.scoring.include_responsibilities and not fusion.responsibilities:
         raise ConfigError(_NO_RESPONSIBILITIES.format(
-            what=f"model {config.model_uri()} uses late fusion: it"))
+            what=f"model {config.model_uri()} uses {fusion.name} fusion: it"))
     try:
         return score_registered(
             spark, features.df, config.scoring.output_table, config.model_uri(),
@@ -355,7 +366,7 @@ def scores_with_labels(spark: SparkSession, config: AppConfig, labels_table: str
     """The output table's rows (of one scoring run: default the latest) joined to the labels."""
     scores = read_table(spark, config.scoring.output_table, engine=config.storage.engine).df
     if scoring_run_id is None:
-        latest = scores.orderBy(F.col("scored_at").desc()).select("scoring_run_id").first()
+        latest = scores.orderBy(F.col(SCORED_AT).desc()).select(SCORING_RUN_ID).first()
         if latest is None:
             raise DataValidationError(
                 f"Output table {config.scoring.output_table!r} is empty: run `mmgmm score`.")
@@ -366,7 +377,7 @@ def scores_with_labels(spark: SparkSession, config: AppConfig, labels_table: str
             f"Labels table {labels_table!r} has no column {label_column!r} "
             f"(columns: {labels.columns}).")
     id_column = config.data.id_column
-    return (scores.where(F.col("scoring_run_id") == scoring_run_id)
+    return (scores.where(F.col(SCORING_RUN_ID) == scoring_run_id)
             .join(labels.select(id_column, F.col(label_column).alias("label"),
                                 *[c for c in labels.columns if c == "kind"]), id_column))
 
@@ -376,7 +387,7 @@ def _no_labelled_rows(spark: SparkSession, config: AppConfig, labels_table: str,
     output = config.scoring.output_table
     if scoring_run_id is not None:
         scores = read_table(spark, output, engine=config.storage.engine).df
-        if scores.where(F.col("scoring_run_id") == scoring_run_id).isEmpty():
+        if scores.where(F.col(SCORING_RUN_ID) == scoring_run_id).isEmpty():
             return (f"Output table {output!r} has no rows of scoring run {scoring_run_id!r}; "
                     "check --scoring-run-id (omit it to evaluate the latest run).")
     return (f"No id of labels table {labels_table!r} matches the scored ids of {output!r} on "
@@ -396,12 +407,12 @@ def evaluate(spark: SparkSession, config: AppConfig, labels_table: str,
         raise DataValidationError(
             f"{n_rows} labelled rows: evaluation collects (score, label) pairs and is limited "
             f"to {MAX_EVALUATION_ROWS}; evaluate on a sample of the labels table.")
-    table = joined.select("anomaly_score", "label").toArrow()
-    first = joined.select("scoring_run_id", "model_name", "model_version").first()
+    table = joined.select(ANOMALY_SCORE.name, "label").toArrow()
+    first = joined.select(SCORING_RUN_ID, MODEL_NAME, MODEL_VERSION).first()
     tracking = tracking_config(config)
     with tracking_context(tracking):
-        detector = load_detector(f"models:/{first['model_name']}/{first['model_version']}")
+        detector = load_detector(f"models:/{first[MODEL_NAME]}/{first[MODEL_VERSION]}")
     metrics = evaluate_scores(table.column("label").to_numpy(zero_copy_only=False),
-                              table.column("anomaly_score").to_numpy(), detector.threshold)
-    log_evaluation(metrics, run_id=first["scoring_run_id"], client=tracking.client())
+                              table.column(ANOMALY_SCORE.name).to_numpy(), detector.threshold)
+    log_evaluation(metrics, run_id=first[SCORING_RUN_ID], client=tracking.client())
     return metrics

@@ -16,21 +16,30 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from mmgmm_spark.core.batch import Batch
+from mmgmm_spark.core.batch import Batch, batch_from_arrays
 from mmgmm_spark.core.densities import (
     modality_log_likelihoods,
     normalise_log_prob,
     weighted_log_prob,
 )
-from mmgmm_spark.models.fusion import FusionModel, is_fusion_artefact
+from mmgmm_spark.core.modality import Modality
+from mmgmm_spark.models.fusion import (
+    JOINT,
+    FusionModel,
+    FusionStrategy,
+    get_strategy,
+    is_fusion_artefact,
+)
 from mmgmm_spark.models.mixture import MultimodalGaussianMixture, load_model, save_model
+from mmgmm_spark.models.scores import (
+    CLUSTER,
+    LOG_LIKELIHOOD,
+    ScoreColumn,
+    output_schema,
+    score_columns,
+)
 
-SCORE_COLUMNS = ("log_likelihood", "anomaly_score", "is_anomaly", "cluster")
-
-
-def modality_column(name: str) -> str:
-    """Output column of a modality's marginal log-likelihood."""
-    return f"{name}_log_likelihood"
+__all__ = ["AnomalyDetector"]
 
 
 class AnomalyDetector:
@@ -52,12 +61,23 @@ class AnomalyDetector:
         self.threshold = threshold
 
     @property
-    def modalities(self):
+    def modalities(self) -> list[Modality]:
         return self.model.modalities
+
+    @property
+    def fusion(self) -> FusionStrategy:
+        """The model's fusion strategy (a plain mixture is ``joint``)."""
+        if isinstance(self.model, FusionModel):
+            return self.model.fusion
+        return get_strategy(JOINT)
+
+    def output_schema(self, responsibilities: bool = False) -> list[ScoreColumn]:
+        """The columns scoring returns, in order (see :mod:`mmgmm_spark.models.scores`)."""
+        return output_schema([m.name for m in self.modalities], responsibilities)
 
     def output_columns(self) -> list[str]:
         """Names of the columns :meth:`score_batch` returns, in order."""
-        return [*SCORE_COLUMNS, *(modality_column(m.name) for m in self.modalities)]
+        return [c.name for c in self.output_schema()]
 
     def set_threshold(self, training_scores: np.ndarray) -> float:
         """Threshold = (1 - contamination) quantile of the training anomaly scores (n,)."""
@@ -68,28 +88,14 @@ class AnomalyDetector:
         """Per row: log-likelihood, anomaly score, flag, most probable component, and the
         marginal log-likelihood of each modality (NaN where missing); each (n,)."""
         if isinstance(self.model, FusionModel):
-            return self._fusion_columns(batch)
+            values = self.model.batch_columns(batch)
+            return score_columns(values[LOG_LIKELIHOOD.name], values[CLUSTER.name],
+                                 {m.name: values[m.name] for m in self.modalities},
+                                 self.threshold)
         params, modalities = self.model.params, self.modalities
         log_likelihood, log_resp = normalise_log_prob(weighted_log_prob(batch, params, modalities))
-        anomaly_score = -log_likelihood
-        threshold = np.inf if self.threshold is None else self.threshold
-        columns = {"log_likelihood": log_likelihood, "anomaly_score": anomaly_score,
-                   "is_anomaly": anomaly_score > threshold,
-                   "cluster": log_resp.argmax(axis=1).astype(np.int32)}
-        for name, values in modality_log_likelihoods(batch, params, modalities).items():
-            columns[modality_column(name)] = values
-        return columns
-
-    def _fusion_columns(self, batch: Batch) -> dict[str, np.ndarray]:
-        values = self.model.batch_columns(batch)
-        anomaly_score = -values["log_likelihood"]
-        threshold = np.inf if self.threshold is None else self.threshold
-        columns = {"log_likelihood": values["log_likelihood"], "anomaly_score": anomaly_score,
-                   "is_anomaly": anomaly_score > threshold,
-                   "cluster": values["cluster"].astype(np.int32)}
-        for m in self.modalities:
-            columns[modality_column(m.name)] = values[m.name]
-        return columns
+        return score_columns(log_likelihood, log_resp.argmax(axis=1),
+                             modality_log_likelihoods(batch, params, modalities), self.threshold)
 
     def responsibilities(self, batch: Batch) -> np.ndarray:
         """(n, K) posterior probability of each mixture component per row."""
@@ -100,7 +106,7 @@ class AnomalyDetector:
 
     def score(self, data: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """:meth:`score_batch` on a dict of (n, d_m) arrays (NaN rows = missing)."""
-        return self.score_batch(self.model.to_batch(data))
+        return self.score_batch(batch_from_arrays(data, self.modalities))
 
     @classmethod
     def fit(cls, model: MultimodalGaussianMixture | FusionModel,

@@ -64,11 +64,3 @@ def log_evaluation(metrics: dict[str, float], *, run_id: str | None = None,
     now = int(time.time() * 1000)
     client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in named.items()])
 
-
-def evaluate_detector(detector: Any, data: dict[str, np.ndarray], is_anomaly: np.ndarray,
-                      **log_options: Any) -> dict[str, float]:
-    """Score ``data`` with an :class:`AnomalyDetector`, evaluate, and log to MLflow."""
-    scores = detector.score(data)["anomaly_score"]
-    metrics = evaluate_scores(is_anomaly, scores, detector.threshold)
-    log_evaluation(metrics, **log_options)
-    return metrics

@@ -41,7 +41,7 @@ Codec = tuple[Callable[[T_], tuple[np.ndarray, ...]], Callable[[tuple[np.ndarray
 NUMERIC_ELEMENTS = (T.DoubleType, T.FloatType, T.IntegerType, T.LongType, T.ShortType)
 
 
-def _features_column(df: DataFrame, column: str, source: str) -> Column:
+def features_column(df: DataFrame, column: str, source: str) -> Column:
     """``column`` as array<double>, from array<float|double|int> or a Spark ML vector."""
     if column not in df.columns:
         raise DataValidationError(
@@ -65,7 +65,7 @@ def _features_column(df: DataFrame, column: str, source: str) -> Column:
 def modality_frame(df: DataFrame, modalities: tuple[Modality, ...],
                    source: str = "DataFrame") -> DataFrame:
     """One array<double> column per modality (named after it), all other columns dropped."""
-    return df.select(*[_features_column(df, m.name, source).alias(m.name) for m in modalities])
+    return df.select(*[features_column(df, m.name, source).alias(m.name) for m in modalities])
 
 
 def join_modalities(frames: Mapping[str, DataFrame], id_column: str,
@@ -86,7 +86,7 @@ def join_modalities(frames: Mapping[str, DataFrame], id_column: str,
     parts = []
     for name, df in frames.items():
         column = features_columns.get(name) or (name if name in df.columns else "features")
-        features = _features_column(df, column, f"modality '{name}'").alias(name)
+        features = features_column(df, column, f"modality '{name}'").alias(name)
         # A null vector is a missing modality: that row is as good as absent.
         parts.append(df.select(F.col(id_column), features).where(F.col(name).isNotNull()))
     return reduce(lambda left, right: left.join(right, on=id_column, how="full_outer"), parts)

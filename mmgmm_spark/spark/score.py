@@ -5,7 +5,8 @@
   the scores: a summary pass (count, sum, min, max), then histogram passes of ``bins`` counts
   that narrow the value range holding the wanted order statistic, until at most
   ``max_collect`` candidate values remain; only those reach the driver.
-* :func:`score_dataframe`: :meth:`AnomalyDetector.score_batch` as ``mapInArrow`` tasks.
+* :func:`score_dataframe`: :meth:`AnomalyDetector.score_batch` as ``mapInArrow`` tasks; the
+  output columns and their Spark types are :mod:`mmgmm_spark.models.scores`'.
 * :func:`score_to_delta`: scores plus model name/version, scoring run id and time, written
   to a Delta table in one transaction that replaces the rows of the same scoring run.
 """
@@ -26,21 +27,26 @@ from pyspark.sql import types as T
 
 from mmgmm_spark.core.batch import Batch
 from mmgmm_spark.core.densities import normalise_log_prob, weighted_log_prob
-from mmgmm_spark.core.em import IterationCallback
 from mmgmm_spark.models.detector import AnomalyDetector
 from mmgmm_spark.models.fusion import FusionModel
 from mmgmm_spark.models.mixture import MultimodalGaussianMixture
+from mmgmm_spark.models.scores import (
+    LOG_LIKELIHOOD,
+    MODEL_NAME,
+    MODEL_VERSION,
+    SCORED_AT,
+    SCORING_RUN_ID,
+)
 from mmgmm_spark.spark.arrow import batch_from_arrow, decode_arrays, encode_arrays
 from mmgmm_spark.spark.data import (
     CachedBlocks,
-    _features_column,
+    features_column,
     payload_batches,
     translated_errors,
 )
 from mmgmm_spark.spark.tasks import spark_task
 
 Stats = tuple[np.ndarray, ...]
-RUN_COLUMN = "scoring_run_id"
 
 
 # ------------------------------------------------------------------------ training threshold
@@ -68,7 +74,7 @@ class TrainingScores:
 def anomaly_scores(model: MultimodalGaussianMixture | FusionModel, batch: Batch) -> np.ndarray:
     """(n,) negative log-likelihood of the rows of ``batch`` (preprocessing included)."""
     if isinstance(model, FusionModel):
-        return -model.batch_columns(batch)["log_likelihood"]
+        return -model.batch_columns(batch)[LOG_LIKELIHOOD.name]
     log_likelihood, _ = normalise_log_prob(weighted_log_prob(batch, model.params, model.modalities))
     return -log_likelihood
 
@@ -237,39 +243,13 @@ def _summarise(reducer: _ScoreReducer) -> tuple[int, float, float, float, float]
     return int(n), float(total), float(lo), float(hi), float(squares)
 
 
-def fit_detector(model: MultimodalGaussianMixture, data: CachedBlocks, contamination: float,
-                 *, on_iteration: IterationCallback | None = None, **fit_options
-                 ) -> tuple[AnomalyDetector, TrainingScores]:
-    """``model.fit`` then :func:`training_threshold` on the same cached blocks."""
-    model.fit(data, on_iteration=on_iteration, **fit_options)
-    scores = training_threshold(model, data, contamination)
-    return AnomalyDetector(model, contamination, scores.threshold), scores
-
-
-def fit_detector_dataframe(model: MultimodalGaussianMixture, df: DataFrame,
-                           contamination: float, *, source: str = "DataFrame",
-                           rows_per_block: int = 65_536, use_rdd: bool | None = None,
-                           on_iteration: IterationCallback | None = None, **fit_options
-                           ) -> tuple[AnomalyDetector, TrainingScores]:
-    """The Spark training path: CachedBlocks -> fit -> threshold -> unpersist."""
-    data = CachedBlocks(df, model.modalities, source, rows_per_block, use_rdd)
-    try:
-        return fit_detector(model, data, contamination, on_iteration=on_iteration,
-                            **fit_options)
-    finally:
-        data.unpersist()
-
-
 # ------------------------------------------------------------------------------- scoring
 def score_schema(detector: AnomalyDetector, id_field: T.StructField,
                  responsibilities: bool) -> T.StructType:
-    """Output schema of :func:`score_dataframe`."""
-    types = {"is_anomaly": T.BooleanType(), "cluster": T.IntegerType()}
-    fields = [id_field] + [T.StructField(name, types.get(name, T.DoubleType()))
-                           for name in detector.output_columns()]
-    if responsibilities:
-        fields.append(T.StructField("responsibilities", T.ArrayType(T.DoubleType(), False)))
-    return T.StructType(fields)
+    """Output schema of :func:`score_dataframe`: ``id_field``, then the detector's
+    :meth:`AnomalyDetector.output_schema` (types from :mod:`mmgmm_spark.models.scores`)."""
+    return T.StructType([id_field, *(T.StructField.fromJson(c.spark_field())
+                                     for c in detector.output_schema(responsibilities))])
 
 
 def _responsibility_column(detector: AnomalyDetector, batch: Batch) -> pa.ListArray:
@@ -287,7 +267,7 @@ def score_dataframe(df: DataFrame, detector: AnomalyDetector, *, id_column: str 
     :meth:`AnomalyDetector.output_columns` and, if asked, ``responsibilities`` (K,) per row.
     """
     modalities = detector.modalities
-    frame = df.select(F.col(id_column), *[_features_column(df, m.name, source).alias(m.name)
+    frame = df.select(F.col(id_column), *[features_column(df, m.name, source).alias(m.name)
                                           for m in modalities])
     schema = score_schema(detector, frame.schema[id_column], responsibilities)
     arrow_schema = pa.schema([pa.field(f.name, _arrow_type(f.dataType)) for f in schema.fields])
@@ -345,13 +325,13 @@ def score_to_delta(spark: SparkSession, df: DataFrame, table: str, detector: Ano
     when = (scored_at or datetime.now(UTC)).astimezone(UTC)
     scored = score_dataframe(df, detector, id_column=id_column,
                              responsibilities=responsibilities).select(
-        "*", F.lit(model_name).alias("model_name"), F.lit(str(model_version)).alias(
-            "model_version"), F.lit(run_id).alias(RUN_COLUMN),
+        "*", F.lit(model_name).alias(MODEL_NAME),
+        F.lit(str(model_version)).alias(MODEL_VERSION), F.lit(run_id).alias(SCORING_RUN_ID),
         # From text: a datetime literal would be shifted by the Python process's time zone.
-        F.lit(when.strftime("%Y-%m-%d %H:%M:%S.%f")).cast("timestamp_ntz").alias("scored_at"))
+        F.lit(when.strftime("%Y-%m-%d %H:%M:%S.%f")).cast("timestamp_ntz").alias(SCORED_AT))
     with translated_errors():
         written = write_table(spark, scored, table, mode="overwrite",
-                              replace_where={RUN_COLUMN: run_id}, engine=engine)
+                              replace_where={SCORING_RUN_ID: run_id}, engine=engine)
     return ScoringResult(written.table, written.version, run_id, model_name, str(model_version),
                          when)
 

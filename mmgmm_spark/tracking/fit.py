@@ -36,13 +36,14 @@ from mmgmm_spark.io.checkpoints import (
     CheckpointError,
     load_checkpoint,
 )
-from mmgmm_spark.models.detector import AnomalyDetector, modality_column
+from mmgmm_spark.models.detector import AnomalyDetector
 from mmgmm_spark.models.fusion import Preprocessing
 from mmgmm_spark.models.mixture import (
     MultimodalGaussianMixture,
     information_criteria,
     log_iteration,
 )
+from mmgmm_spark.models.scores import modality_column
 from mmgmm_spark.spark.data import CachedBlocks, cached_blocks
 from mmgmm_spark.spark.score import training_summary, training_threshold
 from mmgmm_spark.tracking import plots

@@ -8,7 +8,7 @@ pickles nothing; :meth:`AnomalyDetectorPyfunc.load_context` reads the arrays bac
 Input: a pandas DataFrame with one column per modality, each cell a sequence of ``d_m``
 floats or ``None`` (modality missing for that row). Output: a DataFrame with the columns of
 :meth:`AnomalyDetector.output_columns` (``log_likelihood``, ``anomaly_score``, ``is_anomaly``,
-``cluster``, ``<modality>_log_likelihood``).
+``cluster``, ``<modality>_log_likelihood``; names and types: :mod:`mmgmm_spark.models.scores`).
 
 On Spark, ``mlflow.pyfunc.spark_udf(spark, uri, env_manager="local")`` infers the struct
 result type from the signature; call it with the modality columns in signature order::
@@ -46,8 +46,6 @@ if TYPE_CHECKING:
 
 DETECTOR_ARTIFACT = "detector"
 ENTRY_FILE = os.path.join(os.path.dirname(__file__), "pyfunc_entry.py")
-OUTPUT_TYPES = {"log_likelihood": DataType.double, "anomaly_score": DataType.double,
-                "is_anomaly": DataType.boolean, "cluster": DataType.integer}
 
 
 def frame_to_batch(frame: pd.DataFrame, modalities: tuple[Modality, ...],
@@ -98,11 +96,12 @@ class AnomalyDetectorPyfunc(PythonModel):
 
 
 def model_signature(detector: AnomalyDetector) -> ModelSignature:
-    """Inputs: one optional ``array<double>`` column per modality; outputs: the score columns."""
+    """Inputs: one optional ``array<double>`` column per modality; outputs: the score columns
+    with the MLflow types of :mod:`mmgmm_spark.models.scores`."""
     inputs = Schema([ColSpec(Array(DataType.double), m.name, required=False)
                      for m in detector.modalities])
-    outputs = Schema([ColSpec(OUTPUT_TYPES.get(name, DataType.double), name)
-                      for name in detector.output_columns()])
+    outputs = Schema([ColSpec(DataType[c.mlflow_type], c.name)
+                      for c in detector.output_schema()])
     return ModelSignature(inputs=inputs, outputs=outputs)
 
 

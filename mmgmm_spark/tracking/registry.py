@@ -92,7 +92,7 @@ def _incomparable(champion: AnomalyDetector, candidate: AnomalyDetector) -> str 
         return [(m.name, m.dim) for m in detector.modalities]
 
     def weights(detector: AnomalyDetector) -> list[float]:
-        weighted = getattr(detector.model, "strategy", "joint") == "joint"
+        weighted = detector.fusion.fusion_weights
         return [m.weight if weighted else 1.0 for m in detector.modalities]
 
     if inputs(champion) != inputs(candidate):

@@ -1,0 +1,114 @@
+"""The configuration of a fused detector, and its preprocessing settings as run params."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from mmgmm_spark.core.modality import COVARIANCE_TYPES
+from mmgmm_spark.models.fusion.base import FusionStrategy
+from mmgmm_spark.models.fusion.registry import get_strategy
+
+PREPROCESSING_PREFIX = "preprocessing."
+FUSION_PARAM = "fusion"
+"""Run parameter naming the strategy of a fit with a :class:`Preprocessing`."""
+
+
+@dataclass(frozen=True)
+class FusionConfig:
+    """Everything that defines a fused detector except the data.
+
+    Attributes:
+        strategy: a name in :data:`STRATEGIES` ("joint", "early" or "late").
+        n_components: grid of K; the lowest-BIC admissible fit is kept.
+        covariance_types: grid of covariance types (each of "full", "tied", "diag",
+            "spherical"), searched with K.
+        projection: per-modality q: "auto" (see
+            :func:`mmgmm_spark.core.preprocessing.auto_n_components`), an int, or None (none).
+        projection_grid: optional q values searched by BIC instead of ``projection``
+            (the same q for every modality, capped at its width).
+        standardise: standardise every feature before anything else: True, False, or
+            "auto": a modality that is projected by PCA is tried both ways and BIC chooses
+            (PCA depends on the scales; embeddings' raw scales often carry information); one
+            that is not projected is standardised.
+        whiten: scale projected coordinates to unit variance.
+        residual: keep the PCA reconstruction error in the density (isotropic noise).
+        variance: explained-variance target of the "auto" projection.
+        rows_per_dim: the "auto" projection keeps at most n / rows_per_dim components.
+        min_weight: candidates with a component weight below this are not admissible
+            (K = 1 always is): a tiny component tends to model a cluster of anomalies.
+        reg_covar, max_iter, tol, n_init, init_params, random_state: EM settings.
+    """
+
+    strategy: str = "joint"
+    n_components: tuple[int, ...] = (1, 2, 3)
+    covariance_types: tuple[str, ...] = ("full",)
+    projection: int | str | None = "auto"
+    projection_grid: tuple[int, ...] | None = None
+    standardise: bool | str = "auto"
+    whiten: bool = True
+    residual: bool = True
+    variance: float = 0.95
+    rows_per_dim: int = 10
+    min_weight: float = 0.1
+    reg_covar: float = 1e-3
+    max_iter: int = 200
+    tol: float = 1e-3
+    n_init: int = 1
+    init_params: str = "kmeans"
+    random_state: int | None = 0
+
+    def __post_init__(self) -> None:
+        get_strategy(self.strategy)
+        if not self.n_components or any(int(k) < 1 for k in self.n_components):
+            raise ValueError(f"n_components must be a non-empty grid of K >= 1, "
+                             f"got {self.n_components!r}.")
+        bad = [c for c in self.covariance_types if c not in COVARIANCE_TYPES]
+        if not self.covariance_types or bad:
+            raise ValueError(f"covariance_types must be a non-empty subset of "
+                             f"{COVARIANCE_TYPES}, got {self.covariance_types!r}.")
+        if self.standardise not in (True, False, "auto"):
+            raise ValueError(f"standardise must be true, false or 'auto', "
+                             f"got {self.standardise!r}.")
+        if not (self.projection is None or self.projection == "auto"
+                or (isinstance(self.projection, int) and self.projection >= 1)):
+            raise ValueError(f"projection must be 'auto', None or an int >= 1, "
+                             f"got {self.projection!r}.")
+
+    @property
+    def fusion(self) -> FusionStrategy:
+        """The :class:`FusionStrategy` called :attr:`strategy`."""
+        return get_strategy(self.strategy)
+
+    def preprocessor_options(self) -> dict[str, Any]:
+        """Keyword arguments of :meth:`ModalityPreprocessor.fit` set by this config."""
+        return {"whiten": self.whiten, "residual": self.residual, "variance": self.variance,
+                "rows_per_dim": self.rows_per_dim}
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["n_components"] = list(self.n_components)
+        out["covariance_types"] = list(self.covariance_types)
+        if self.projection_grid is not None:
+            out["projection_grid"] = list(self.projection_grid)
+        return out
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> FusionConfig:
+        d = dict(d)
+        for key in ("n_components", "covariance_types", "projection_grid"):
+            if d.get(key) is not None:
+                d[key] = tuple(d[key])
+        return cls(**d)
+
+
+def preprocessing_params(config: FusionConfig) -> dict[str, Any]:
+    """The preprocessing settings of ``config`` as run parameters (``preprocessing.*``)."""
+    keys = ("standardise", "projection", "whiten", "residual", "variance", "rows_per_dim")
+    return {PREPROCESSING_PREFIX + key: getattr(config, key) for key in keys}
+
+
+def capped(q: int | str | None, width: int) -> int | str | None:
+    """A fixed projection size never exceeds the modality's width."""
+    return min(q, width) if isinstance(q, int) else q

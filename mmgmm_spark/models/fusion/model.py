@@ -1,0 +1,199 @@
+"""The fused estimator: preprocessing + a fusion strategy + its mixture(s), as one model.
+
+See :mod:`mmgmm_spark.models.fusion` for the strategies and the meaning of the columns.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from mmgmm_spark.core.batch import Batch, batch_from_arrays
+from mmgmm_spark.core.modality import Modality, check_modalities
+from mmgmm_spark.core.preprocessing import ModalityPreprocessor
+from mmgmm_spark.io.model_files import ModelFormatError
+from mmgmm_spark.models.fusion.base import LOG_LIKELIHOOD, FusionStrategy, Stats, dense
+from mmgmm_spark.models.fusion.config import FusionConfig
+from mmgmm_spark.models.fusion.selection import Grid, select
+from mmgmm_spark.models.mixture import (
+    MultimodalGaussianMixture,
+    NotFittedError,
+    load_model,
+    save_model,
+)
+
+FORMAT = "mmgmm-spark-fusion/1"
+FUSION_JSON = "fusion.json"
+PREPROCESSING = "preprocessing.npz"
+
+ArrayData = Mapping[str, np.ndarray]
+
+
+class FusionModel:
+    """Preprocessing + a fusion strategy + its mixture(s), fitted and scored as one model.
+
+    Args:
+        modalities: the input feature blocks (their ``covariance_type`` is ignored: the
+            config's grid decides; their ``weight`` is the fusion weight of ``joint``).
+        config: a :class:`FusionConfig`.
+        mixture_options: extra keyword arguments for every
+            :class:`MultimodalGaussianMixture` (e.g. ``weights_init``); not saved.
+    """
+
+    def __init__(self, modalities: list[Modality], config: FusionConfig | None = None,
+                 mixture_options: dict[str, Any] | None = None) -> None:
+        self.modalities = check_modalities(modalities)
+        self.config = config or FusionConfig()
+        self.mixture_options = dict(mixture_options or {})
+        self.preprocessors_: dict[str, ModalityPreprocessor] = {}
+        self.mixtures_: dict[str, MultimodalGaussianMixture] = {}
+        self.late_stats_: Stats = {}
+        self.selection_: dict[str, list[dict]] = {}
+        self.n_train_rows_ = 0
+        self.extra_: dict[str, Any] = {}
+
+    @property
+    def strategy(self) -> str:
+        """The strategy's name (``config.strategy``)."""
+        return self.config.strategy
+
+    @property
+    def fusion(self) -> FusionStrategy:
+        """The :class:`FusionStrategy` of this model."""
+        return self.config.fusion
+
+    # ----------------------------------------------------------------------------- fitting
+    def fit(self, data: ArrayData) -> FusionModel:
+        """Fit preprocessing and mixture(s) on a dict of (n, d_m) arrays (NaN rows = missing)."""
+        batch = self.to_batch(data)
+        self.n_train_rows_ = batch.n_rows
+        grid = Grid(self.config, self.fusion, self.mixture_options)
+        self.preprocessors_, self.mixtures_ = {}, {}
+        for training in self.fusion.training_sets(list(self.modalities), batch):
+            best, candidates = select(grid, training)
+            self.selection_[training.key] = [c.summary() for c in candidates]
+            self.preprocessors_.update(best.preprocessors)
+            self.mixtures_[training.key] = best.mixture
+        self.late_stats_ = self.fusion.fitted_stats(self, dense(batch))
+        return self
+
+    # ----------------------------------------------------------------------------- scoring
+    def _check_fitted(self) -> None:
+        if not self.mixtures_:
+            raise NotFittedError("This FusionModel is not fitted yet: call fit() or load().")
+
+    def to_batch(self, data: ArrayData) -> Batch:
+        """Validate a dict of (n, d_m) arrays against the input modalities."""
+        return batch_from_arrays(data, self.modalities)
+
+    def columns(self, data: ArrayData) -> dict[str, np.ndarray]:
+        """Per row (each (n,)): log_likelihood, cluster and ``<modality>`` log-likelihoods.
+
+        See :mod:`mmgmm_spark.models.fusion` for what they mean under each strategy.
+        """
+        return self.batch_columns(self.to_batch(data))
+
+    def batch_columns(self, batch: Batch) -> dict[str, np.ndarray]:
+        """:meth:`columns` of a validated :class:`Batch`; modality keys are plain names."""
+        self._check_fitted()
+        return self.fusion.columns(self, dense(batch))
+
+    def responsibilities(self, batch: Batch) -> np.ndarray:
+        """(n, K) component posteriors of the ``joint`` or ``early`` mixture (``early``: of
+        each row's observed coordinates). ``late`` has one mixture per modality: undefined."""
+        self._check_fitted()
+        return np.exp(self.fusion.log_responsibilities(self, dense(batch)))
+
+    def score_samples(self, data: ArrayData) -> np.ndarray:
+        """(n,) the fused log-likelihood (the negative is the anomaly score)."""
+        return self.columns(data)[LOG_LIKELIHOOD]
+
+    def log_density(self, data: ArrayData) -> np.ndarray:
+        """(n,) log-density of the rows in input units: ``log_likelihood`` for ``joint`` and
+        ``early``; for ``late`` the sum over observed modalities of their own mixtures'
+        log-densities (the density of independent modalities). Comparable across strategies
+        when every ``joint`` modality weight is 1 (a weight scales its modality's term)."""
+        return self.fusion.log_density(self, self.columns(data))
+
+    def score(self, data: ArrayData) -> float:
+        """Mean :meth:`log_density` of the rows (what the champion check compares)."""
+        return float(self.log_density(data).mean())
+
+    # ---------------------------------------------------------------------------- summary
+    @property
+    def chosen(self) -> dict[str, dict]:
+        """Per mixture (``joint``, ``early`` or each modality for ``late``): the chosen K,
+        covariance type and projection sizes."""
+        self._check_fitted()
+        return {key: {"n_components": int(m.n_components),
+                      "covariance_type": m.modalities[0].covariance_type,
+                      "projection": {name: self.preprocessors_[name].output_dim for name in
+                                     self.fusion.preprocessed_names(key, self.modalities)}}
+                for key, m in self.mixtures_.items()}
+
+    # ------------------------------------------------------------------------ persistence
+    def save(self, path: str, extra: dict[str, Any] | None = None) -> None:
+        """Write to directory ``path``: fusion.json, preprocessing.npz and one model directory
+        per mixture (:mod:`mmgmm_spark.io.model_files`). No pickle anywhere."""
+        self._check_fitted()
+        os.makedirs(path, exist_ok=True)
+        arrays, meta = {}, {}
+        for index, m in enumerate(self.modalities):
+            a, meta[m.name] = self.preprocessors_[m.name].to_arrays(f"p{index}_")
+            arrays.update(a)
+        np.savez(os.path.join(path, PREPROCESSING), **arrays)
+        mixtures = {}
+        for index, (key, mixture) in enumerate(self.mixtures_.items()):
+            mixtures[key] = f"mixture_{index}"
+            save_model(mixture, os.path.join(path, mixtures[key]))
+        document = {"format": FORMAT, "modalities": [m.to_dict() for m in self.modalities],
+                    "config": self.config.to_dict(), "preprocessing": meta,
+                    "mixtures": mixtures,
+                    "late_stats": {k: list(v) for k, v in self.late_stats_.items()},
+                    "selection": self.selection_, "n_train_rows": int(self.n_train_rows_),
+                    "extra": {**self.extra_, **(extra or {})}}
+        with open(os.path.join(path, FUSION_JSON), "w") as f:
+            json.dump(document, f, indent=2)
+
+    @classmethod
+    def load(cls, path: str) -> FusionModel:
+        """Read a directory written by :meth:`save`, validating arrays and metadata."""
+        try:
+            with open(os.path.join(path, FUSION_JSON)) as f:
+                document = json.load(f)
+            if document.get("format") != FORMAT:
+                raise ValueError(f"not an {FORMAT} artefact")
+            model = cls([Modality.from_dict(d) for d in document["modalities"]],
+                        FusionConfig.from_dict(document["config"]))
+            arrays = dict(np.load(os.path.join(path, PREPROCESSING), allow_pickle=False))
+            for index, m in enumerate(model.modalities):
+                p = ModalityPreprocessor.from_arrays(arrays, document["preprocessing"][m.name],
+                                                     f"p{index}_")
+                if p.input_dim != m.dim:
+                    raise ValueError(f"preprocessing of '{m.name}' has width {p.input_dim}")
+                model.preprocessors_[m.name] = p
+            model.mixtures_ = {key: load_model(os.path.join(path, sub))
+                               for key, sub in document["mixtures"].items()}
+            model.late_stats_ = {k: (float(v[0]), float(v[1]))
+                                 for k, v in document.get("late_stats", {}).items()}
+            model.selection_ = dict(document.get("selection", {}))
+            model.n_train_rows_ = int(document.get("n_train_rows", 0))
+            model.extra_ = dict(document.get("extra", {}))
+        except (OSError, KeyError, TypeError, ValueError) as e:
+            raise ModelFormatError(f"{path} is not a valid fusion model: {e}") from None
+        model._check_consistency()
+        return model
+
+    def _check_consistency(self) -> None:
+        error = self.fusion.consistency_error(self)
+        if error is not None:
+            raise ModelFormatError(error)
+
+
+def is_fusion_artefact(path: str) -> bool:
+    """True when directory ``path`` holds a :class:`FusionModel` (not a plain mixture)."""
+    return os.path.isfile(os.path.join(path, FUSION_JSON))
