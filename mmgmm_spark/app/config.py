@@ -11,11 +11,20 @@ import os
 import re
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
+from mmgmm_spark.core.covariance import covariance_type
 from mmgmm_spark.core.errors import ConfigError
 from mmgmm_spark.core.init import INIT_METHODS
 
@@ -42,11 +51,20 @@ class TrackingSection(Section):
     alias: str = "champion"
 
 
+def _registered_covariance(value: str) -> str:
+    covariance_type(value)  # a ValueError names the registered types
+    return value
+
+
+CovarianceName = Annotated[str, AfterValidator(_registered_covariance)]
+"""A covariance type name of the registry (:mod:`mmgmm_spark.core.covariance`)."""
+
+
 class ModalityConfig(Section):
     name: str
     table: str
     features_column: str = "features"
-    covariance_type: Literal["full", "tied", "diag", "spherical"] = "full"
+    covariance_type: CovarianceName = "full"
     weight: float = Field(1.0, gt=0)
     dim: int | None = Field(None, ge=1)
     version: int | None = Field(None, ge=0)
@@ -86,7 +104,7 @@ class SweepConfig(Section):
     section's)."""
 
     n_components: list[int] = Field(default_factory=list)
-    covariance_types: list[dict[str, Literal["full", "tied", "diag", "spherical"]]] = Field(
+    covariance_types: list[dict[str, CovarianceName]] = Field(
         default_factory=list)
     standardise: list[bool] = Field(default_factory=list)
     projection: list[int | str | None] = Field(default_factory=list)

@@ -59,49 +59,9 @@ class Centred:
         return out
 
 
-def _mahalanobis_full(x: Centred, gaussian: GaussianBlock, means: np.ndarray) -> np.ndarray:
-    # (x - m)^T P (x - m) = sum_{i<=j} c_ij P_ij x_i x_j - 2 x^T P m + m^T P m, where c is 1
-    # on the diagonal and 2 off it; x is centred near the data, so the terms stay small.
-    chol = gaussian.precisions_cholesky
-    whitened_means = np.einsum("kji,kj->ki", chol, means)            # C^T m, (K, d)
-    linear = np.einsum("kij,kj->ki", chol, whitened_means)           # P m, (K, d)
-    coefficients = np.hstack([gaussian.pair_precisions, -2.0 * linear,
-                              (whitened_means ** 2).sum(axis=1)[:, None]])
-    maha = coefficients @ x.moment_rows                              # (K, n)
-    return np.maximum(maha, 0.0, out=maha).T
-
-
-def _mahalanobis_tied(block: Centred, gaussian: GaussianBlock,
-                      means: np.ndarray) -> np.ndarray:
-    x, chol = block.values, gaussian.precisions_cholesky
-    y = x @ chol
-    b = means @ chol
-    return (y * y).sum(axis=1)[:, None] - 2.0 * (y @ b.T) + (b * b).sum(axis=1)[None]
-
-
-def _mahalanobis_diag(block: Centred, gaussian: GaussianBlock,
-                      means: np.ndarray) -> np.ndarray:
-    x, chol = block.values, gaussian.precisions_cholesky
-    precision = chol * chol
-    return ((x * x) @ precision.T - 2.0 * (x @ (means * precision).T)
-            + (means * means * precision).sum(axis=1)[None])
-
-
-def _mahalanobis_spherical(block: Centred, gaussian: GaussianBlock,
-                           means: np.ndarray) -> np.ndarray:
-    x, chol = block.values, gaussian.precisions_cholesky
-    precision = chol * chol
-    return ((x * x).sum(axis=1)[:, None] - 2.0 * (x @ means.T)
-            + (means * means).sum(axis=1)[None]) * precision[None]
-
-
-MAHALANOBIS = {"full": _mahalanobis_full, "tied": _mahalanobis_tied,
-               "diag": _mahalanobis_diag, "spherical": _mahalanobis_spherical}
-
-
 def log_gaussian_density(block: Centred, gaussian: GaussianBlock) -> np.ndarray:
     """(n_observed, K) log N(x_i | mu_k, Sigma_k) of the rows of a centred block."""
-    maha = MAHALANOBIS[gaussian.covariance_type](block, gaussian, gaussian.means - block.centre)
+    maha = gaussian.kind.mahalanobis(block, gaussian, gaussian.means - block.centre)
     return -0.5 * (gaussian.dim * LOG_2PI + maha) + gaussian.log_det_precision_cholesky()
 
 

@@ -14,6 +14,7 @@ import warnings
 import numpy as np
 
 from mmgmm_spark.core.batch import Batch, DataValidationError
+from mmgmm_spark.core.covariance import covariance_type
 from mmgmm_spark.core.modality import Modality
 from mmgmm_spark.core.params import (
     DegenerateComponentWarning,
@@ -35,9 +36,7 @@ def pooled_params(batch: Batch, modalities: tuple[Modality, ...], n_components: 
         values = batch.blocks[m.name].values
         mean = values.mean(axis=0)
         cov = np.atleast_2d(np.cov(values, rowvar=False, bias=True)) + reg_covar * np.eye(m.dim)
-        covariances = {"full": np.broadcast_to(cov, (k, m.dim, m.dim)).copy(), "tied": cov,
-                       "diag": np.tile(np.diag(cov), (k, 1)),
-                       "spherical": np.full(k, np.diag(cov).mean())}[m.covariance_type]
+        covariances = covariance_type(m.covariance_type).pooled(cov, k)
         blocks[m.name] = GaussianBlock.from_covariances(
             m.covariance_type, np.tile(mean, (k, 1)), covariances, m.name, reg_covar)
     return MixtureParams(np.full(k, 1.0 / k), blocks)

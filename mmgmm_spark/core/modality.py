@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
+from mmgmm_spark.core.covariance import COVARIANCE_TYPES as REGISTRY
+
+COVARIANCE_TYPES = tuple(REGISTRY)
+"""The names of the registered covariance types (:mod:`mmgmm_spark.core.covariance`)."""
 
 
 @dataclass(frozen=True)

@@ -1,18 +1,7 @@
 """Mixture parameters: component weights and, per modality, a block of Gaussian parameters.
 
-Shapes follow scikit-learn's ``GaussianMixture`` for each covariance type (K components,
-d features):
-
-=========== ============== ========================
-type        covariances    precisions_cholesky
-=========== ============== ========================
-full        (K, d, d)      (K, d, d)
-tied        (d, d)         (d, d)
-diag        (K, d)         (K, d)
-spherical   (K,)           (K,)
-=========== ============== ========================
-
-``precisions_cholesky`` C satisfies ``C @ C.T == inv(covariance)``.
+Shapes follow scikit-learn's ``GaussianMixture`` for each covariance type; what depends on
+the type is the type's object in :mod:`mmgmm_spark.core.covariance`.
 """
 
 from __future__ import annotations
@@ -21,73 +10,39 @@ from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
-from scipy import linalg
 
+from mmgmm_spark.core.covariance import (
+    CovarianceType,
+    DegenerateComponentError,
+    covariance_type,
+)
 from mmgmm_spark.core.modality import Modality
 
-
-class DegenerateComponentError(ValueError):
-    """A component's covariance is not positive definite, so the fit cannot go on."""
+__all__ = ["DegenerateComponentError", "DegenerateComponentWarning", "GaussianBlock",
+           "MixtureParams", "check_param_shapes", "covariance_shape",
+           "covariances_from_precisions", "precisions_cholesky_from_covariances"]
 
 
 class DegenerateComponentWarning(UserWarning):
     """A component collapsed (almost no rows) but the fit could go on thanks to ``reg_covar``."""
 
 
-def covariance_shape(covariance_type: str, n_components: int, dim: int) -> tuple[int, ...]:
+def covariance_shape(kind: str, n_components: int, dim: int) -> tuple[int, ...]:
     """Shape of ``covariances``/``precisions_cholesky`` for a covariance type."""
-    return {"full": (n_components, dim, dim), "tied": (dim, dim),
-            "diag": (n_components, dim), "spherical": (n_components,)}[covariance_type]
+    return covariance_type(kind).shape(n_components, dim)
 
 
-def _singular(modality: str, component: int | str,
-              reg_covar: float | None) -> DegenerateComponentError:
-    hint = f"increase reg_covar (now {reg_covar:g}), " if reg_covar is not None else ""
-    return DegenerateComponentError(
-        f"Component {component} of modality '{modality}' has a covariance that is not positive "
-        f"definite (collapsed onto too few or identical rows). Try to {hint}reduce n_components, "
-        "or standardise the features."
-    )
-
-
-def _lower_cholesky(matrix: np.ndarray, modality: str, component: int | str,
-                    reg_covar: float | None) -> np.ndarray:
-    try:
-        return linalg.cholesky(matrix, lower=True)
-    except linalg.LinAlgError:
-        raise _singular(modality, component, reg_covar) from None
-
-
-def precisions_cholesky_from_covariances(covariance_type: str, covariances: np.ndarray,
+def precisions_cholesky_from_covariances(kind: str, covariances: np.ndarray,
                                          modality: str = "?",
                                          reg_covar: float | None = None) -> np.ndarray:
     """C with C @ C.T = inv(covariance), per scikit-learn's ``_compute_precision_cholesky``."""
-    if covariance_type in ("diag", "spherical"):
-        bad = np.flatnonzero((covariances <= 0.0).reshape(len(covariances), -1).any(axis=1))
-        if bad.size:
-            raise _singular(modality, int(bad[0]), reg_covar)
-        return 1.0 / np.sqrt(covariances)
-    stack = covariances[None] if covariance_type == "tied" else covariances
-    chol = np.empty_like(stack)
-    for k, cov in enumerate(stack):
-        lower = _lower_cholesky(cov, modality, "(tied)" if covariance_type == "tied" else k,
-                                reg_covar)
-        chol[k] = linalg.solve_triangular(lower, np.eye(cov.shape[0]), lower=True).T
-    return chol[0] if covariance_type == "tied" else chol
+    return covariance_type(kind).precisions_cholesky(covariances, modality, reg_covar)
 
 
-def covariances_from_precisions(covariance_type: str, precisions: np.ndarray,
+def covariances_from_precisions(kind: str, precisions: np.ndarray,
                                 modality: str = "?") -> tuple[np.ndarray, np.ndarray]:
     """(covariances, precisions_cholesky) from precision matrices (as ``precisions_init``)."""
-    if covariance_type in ("diag", "spherical"):
-        if np.any(precisions <= 0):
-            raise ValueError(f"precisions_init['{modality}'] must be positive.")
-        return 1.0 / precisions, np.sqrt(precisions)
-    stack = precisions[None] if covariance_type == "tied" else precisions
-    chol = np.stack([_lower_cholesky(p, modality, k, None) for k, p in enumerate(stack)])
-    eye = np.eye(stack.shape[-1])
-    cov = np.stack([linalg.cho_solve((c, True), eye) for c in chol])
-    return (cov[0], chol[0]) if covariance_type == "tied" else (cov, chol)
+    return covariance_type(kind).from_precisions(precisions, modality)
 
 
 @dataclass(frozen=True)
@@ -117,23 +72,18 @@ class GaussianBlock:
     def dim(self) -> int:
         return self.means.shape[1]
 
+    @property
+    def kind(self) -> CovarianceType:
+        """The registered object of this block's covariance type."""
+        return covariance_type(self.covariance_type)
+
     def log_det_precision_cholesky(self) -> np.ndarray:
         """(K,) or scalar (tied): log det C, i.e. half the log-determinant of the precision."""
-        c = self.precisions_cholesky
-        if self.covariance_type == "full":
-            return np.log(np.diagonal(c, axis1=1, axis2=2)).sum(axis=1)
-        if self.covariance_type == "tied":
-            return np.log(np.diag(c)).sum()
-        if self.covariance_type == "diag":
-            return np.log(c).sum(axis=1)
-        return self.dim * np.log(c)
+        return self.kind.log_det(self.precisions_cholesky, self.dim)
 
     def precisions(self) -> np.ndarray:
         """Inverse covariances, in the covariance type's shape (C @ C.T, or C**2)."""
-        c = self.precisions_cholesky
-        if self.covariance_type in ("full", "tied"):
-            return c @ np.swapaxes(c, -1, -2)
-        return c ** 2
+        return self.kind.precisions(self.precisions_cholesky)
 
     @cached_property
     def pair_precisions(self) -> np.ndarray:
@@ -145,21 +95,12 @@ class GaussianBlock:
 
     def full_covariances(self, n_components: int) -> np.ndarray:
         """(K, d, d) dense covariance of every component, whatever the type."""
-        cov = self.covariances
-        if self.covariance_type == "full":
-            return cov
-        if self.covariance_type == "tied":
-            return np.broadcast_to(cov, (n_components, *cov.shape)).copy()
-        if self.covariance_type == "diag":
-            return np.stack([np.diag(c) for c in cov])
-        return cov[:, None, None] * np.eye(self.dim)[None]
+        return self.kind.dense(self.covariances, n_components, self.dim)
 
     def n_parameters(self) -> int:
         """Free parameters of the block: means plus covariances (as scikit-learn counts them)."""
         k, d = self.means.shape
-        cov = {"full": k * d * (d + 1) / 2, "tied": d * (d + 1) / 2,
-               "diag": k * d, "spherical": k}[self.covariance_type]
-        return int(cov + k * d)
+        return int(self.kind.n_covariance_parameters(k, d) + k * d)
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ import numpy as np
 from threadpoolctl import ThreadpoolController
 
 from mmgmm_spark.core.batch import Batch
+from mmgmm_spark.core.covariance import covariance_type
 from mmgmm_spark.core.densities import (
     Centred,
     centred_blocks,
@@ -84,8 +85,8 @@ class SufficientStats:
     def zero(cls, modalities: tuple[Modality, ...], n_components: int) -> SufficientStats:
         """The neutral element of :meth:`merge`."""
         k = n_components
-        blocks = {m.name: BlockStats(np.zeros(k), np.zeros((k, m.dim)),
-                                     np.zeros(_second_shape(m.covariance_type, k, m.dim)))
+        blocks = {m.name: BlockStats(np.zeros(k), np.zeros((k, m.dim)), np.zeros(
+            covariance_type(m.covariance_type).second_shape(k, m.dim)))
                   for m in modalities}
         return cls(0, 0.0, np.zeros(k), blocks)
 
@@ -114,7 +115,7 @@ class SufficientStats:
         mass, offset = vector[2: 2 + k], 2 + k
         blocks = {}
         for m in modalities:
-            shapes = [(k,), (k, m.dim), _second_shape(m.covariance_type, k, m.dim)]
+            shapes = [(k,), (k, m.dim), covariance_type(m.covariance_type).second_shape(k, m.dim)]
             arrays = []
             for shape in shapes:
                 size = int(np.prod(shape))
@@ -142,42 +143,16 @@ class SufficientStats:
         return MixtureParams(weights, blocks)
 
 
-def _second_shape(covariance_type: str, n_components: int, dim: int) -> tuple[int, ...]:
-    return {"full": (n_components, dim * (dim + 1) // 2), "tied": (dim, dim)}.get(
-        covariance_type, (n_components, dim))
-
-
-def _unpack_symmetric(packed: np.ndarray, dim: int) -> np.ndarray:
-    """(K, d, d) symmetric matrices from their upper triangles (K, d(d+1)/2)."""
-    rows, cols = np.triu_indices(dim)
-    out = np.empty((packed.shape[0], dim, dim))
-    out[:, rows, cols] = packed
-    out[:, cols, rows] = packed
-    return out
-
-
 def _block_params(modality: Modality, stats: BlockStats, previous: GaussianBlock,
                   previous_weights: np.ndarray, reg_covar: float) -> GaussianBlock:
+    kind = covariance_type(modality.covariance_type)
     mass = stats.mass + EPS10
     offset = stats.first / mass[:, None]                     # new mean - centre, (K, d)
     means = shift(previous, previous_weights) + offset
-    kind = modality.covariance_type
-    if kind == "full":
-        second = _unpack_symmetric(stats.second, modality.dim)
-        cov = second / mass[:, None, None] - offset[:, :, None] * offset[:, None, :]
-    elif kind == "tied":
-        cov = (stats.second - (mass[:, None] * offset).T @ offset) / mass.sum()
-    else:
-        cov = stats.second / mass[:, None] - offset ** 2
+    cov = kind.covariances(stats.second, mass, offset)
     empty = stats.mass < EMPTY_MASS
-    diagonal = np.diagonal(cov, axis1=-2, axis2=-1) if kind in ("full", "tied") else cov
-    _warn_if_regularised(modality, diagonal, empty, reg_covar)
-    if kind in ("full", "tied"):
-        cov[..., np.arange(modality.dim), np.arange(modality.dim)] += reg_covar
-    else:
-        cov += reg_covar
-        if kind == "spherical":
-            cov = cov.mean(axis=1)
+    _warn_if_regularised(modality, kind.variances(cov), empty, reg_covar)
+    cov = kind.regularised(cov, reg_covar)
     if empty.any():
         warnings.warn(
             f"Modality '{modality.name}': component(s) {np.flatnonzero(empty).tolist()} hold no "
@@ -186,11 +161,8 @@ def _block_params(modality: Modality, stats: BlockStats, previous: GaussianBlock
             DegenerateComponentWarning, stacklevel=3,
         )
         means[empty] = previous.means[empty]
-        if kind != "tied":
-            cov[empty] = previous.covariances[empty]
-        elif empty.all():
-            cov = previous.covariances
-    return GaussianBlock.from_covariances(kind, means, cov, modality.name, reg_covar)
+        cov = kind.keep_empty(cov, previous.covariances, empty)
+    return GaussianBlock.from_covariances(kind.name, means, cov, modality.name, reg_covar)
 
 
 def _warn_if_regularised(modality: Modality, variances: np.ndarray, empty: np.ndarray,
@@ -220,23 +192,17 @@ def _warn_if_regularised(modality: Modality, variances: np.ndarray, empty: np.nd
 def _chunk_rows(n_components: int, modalities: tuple[Modality, ...]) -> int:
     """Rows per chunk, so that the widest per-row intermediate has about CHUNK_ELEMENTS cells.
 
-    Per row the kernels hold K log-probabilities, the sum of d_m features and, for each full
-    block, d_m(d_m+1)/2 pair products.
+    Per row the kernels hold K log-probabilities, the sum of d_m features and each block's
+    own intermediates (:meth:`CovarianceType.row_cells`: d_m(d_m+1)/2 pair products if full).
     """
     width = max(n_components, sum(m.dim for m in modalities),
-                *(m.dim * (m.dim + 1) // 2 for m in modalities if m.covariance_type == "full"))
+                *(covariance_type(m.covariance_type).row_cells(m.dim) for m in modalities))
     return max(16, CHUNK_ELEMENTS // width)
 
 
-def _block_stats(resp: np.ndarray, x: Centred, covariance_type: str) -> BlockStats:
+def _block_stats(resp: np.ndarray, x: Centred, covariance: str) -> BlockStats:
     """Statistics of one modality from responsibilities (n, K) and its centred rows (n, d)."""
-    values = x.values
-    if covariance_type == "full":
-        pairs = values.shape[1] * (values.shape[1] + 1) // 2
-        moments = (x.moment_rows @ resp).T                          # (K, pairs + d + 1)
-        return BlockStats(moments[:, -1], moments[:, pairs:-1], moments[:, :pairs])
-    second = values.T @ values if covariance_type == "tied" else resp.T @ (values * values)
-    return BlockStats(resp.sum(axis=0), resp.T @ values, second)
+    return BlockStats(*covariance_type(covariance).statistics(resp, x))
 
 
 def _stats_of_chunk(batch: Batch, params: MixtureParams, modalities: tuple[Modality, ...],
