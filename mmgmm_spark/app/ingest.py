@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from py4j.protocol import Py4JJavaError
 from pyspark.errors import PySparkException
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -119,16 +120,24 @@ def read_file(spark: SparkSession, path: str, id_column: str) -> DataFrame:
     raise DataValidationError(f"{path}: unsupported file type (use .parquet, .csv or .npz).")
 
 
+def _root_cause(error: Exception) -> str:
+    """The first line of the innermost Java cause (or of the Python error)."""
+    cause = getattr(error, "java_exception", None)
+    while cause is not None and cause.getCause() is not None:
+        cause = cause.getCause()
+    text = str(cause.getMessage() if cause is not None else error).strip()
+    return text.splitlines()[0][:300] if text else type(error).__name__
+
+
 @contextmanager
 def spark_errors(origin: str) -> Iterator[None]:
     """A Spark failure while reading or checking ``origin`` as one user error (exit 2)."""
     try:
         yield
-    except PySparkException as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    except (PySparkException, Py4JJavaError) as error:
         raise DataValidationError(
-            f"{origin}: Spark could not read it ({first}); check that the file is a valid "
-            "Parquet/CSV/.npz file with a header row.") from None
+            f"{origin}: Spark could not read it ({_root_cause(error)}); check that the file "
+            "is a valid Parquet/CSV/.npz file with a header row.") from None
 
 
 # ----------------------------------------------------------------------------- ids
