@@ -5,6 +5,7 @@ The anomaly score ranks rows (higher = more anomalous); the flag is ``score > th
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any
 
@@ -73,7 +74,8 @@ def evaluate_by_kind(is_anomaly: np.ndarray, anomaly_score: np.ndarray,
 
     Returns:
         {"auroc/<k>", "average_precision/<k>", "n_rows/<k>"} for every kind of an anomalous
-        row (normal rows' kind values are ignored).
+        row (normal rows' kind values are ignored; characters MLflow refuses in a metric
+        name become ``_`` in ``<k>``).
     """
     labels = np.asarray(is_anomaly).astype(bool)
     scores = np.asarray(anomaly_score, dtype=np.float64)
@@ -84,6 +86,7 @@ def evaluate_by_kind(is_anomaly: np.ndarray, anomaly_score: np.ndarray,
         positive = labels[rows]
         if positive.all():
             continue  # no normal rows to rank against
+        name = re.sub(r"[^\w\-. :]", "_", name)
         out[f"auroc/{name}"] = float(roc_auc_score(positive, scores[rows]))
         out[f"average_precision/{name}"] = float(average_precision_score(positive, scores[rows]))
         out[f"n_rows/{name}"] = float(positive.sum())
