@@ -327,3 +327,14 @@ def test_evaluate_labels_as_parquet_and_refused_columns(
     no_kind = cli(capsys, "evaluate", "--config", files.config, "--labels", files.labels,
                   "--kind-column", "type")
     assert_user_error(no_kind, "'type'", "--kind-column")
+
+
+@pytest.mark.parametrize("item, path, columns", [
+    ("profile=p.csv", "p.csv", None), ("profile=p.csv:a,b", "p.csv", "a,b"),
+    ("profile=s3://bucket/p.parquet", "s3://bucket/p.parquet", None),
+    ("profile=s3://bucket/p.parquet:stat_*", "s3://bucket/p.parquet", "stat_*")])
+def test_modality_argument_keeps_url_paths(item: str, path: str, columns: str | None) -> None:
+    from mmgmm_spark.app.cli import parse_modality
+
+    source = parse_modality(item, {"profile": "t"})
+    assert (source.path, source.columns, source.table) == (path, columns, "t")

@@ -99,7 +99,9 @@ def parse_modality(item: str, tables: dict[str, str]):
     from mmgmm_spark.app.ingest import ModalitySource
 
     name, sep, rest = item.partition("=")
-    path, _, columns = rest.partition(":")
+    path, colon, columns = rest.rpartition(":")
+    if not colon or columns.startswith("//"):      # no COLUMNS (s3://... is a path)
+        path, columns = rest, ""
     if not sep or name not in tables:
         raise ConfigError(f"--modality {item!r}: expected NAME=PATH[:COLUMNS] with NAME one "
                           f"of the config's modalities {sorted(tables)}.")
