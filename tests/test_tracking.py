@@ -105,13 +105,20 @@ def test_registered_model_in_fresh_process_reproduces_scores(config, data, first
     assert not any(p.endswith(".pkl") for p in files)
 
 
-def test_every_em_iteration_is_a_log_line(config, data, caplog):
-    model = MultimodalGaussianMixture(MODALITIES, 2, random_state=0, tol=0.0, max_iter=3)
-    with caplog.at_level(logging.INFO, logger="mmgmm_spark.models.mixture"):
+def test_every_em_iteration_is_a_debug_line_and_info_every_tenth(config, data, caplog):
+    model = MultimodalGaussianMixture(MODALITIES, 2, random_state=0, tol=0.0, max_iter=23)
+    with caplog.at_level(logging.DEBUG, logger="mmgmm_spark.models.mixture"):
         tracked_fit(model, data[0], config=config, log_model=False)
-    lines = [r.getMessage() for r in caplog.records if "EM iteration" in r.getMessage()]
-    assert [line.split(":")[0] for line in lines] == [f"EM iteration {i}" for i in (1, 2, 3)]
-    assert f"mean log-likelihood {model.lower_bounds_[-1]:.6f}" in lines[-1]
+    lines = [(r.levelno, r.getMessage()) for r in caplog.records
+             if "EM iteration" in r.getMessage()]
+    debug = [m.split(":")[0] for level, m in lines if level == logging.DEBUG]
+    info = [m for level, m in lines if level == logging.INFO]
+    assert len(debug) + len(info) - 1 == 23     # every iteration once, plus the final line
+    assert [m.split(":")[0] for m in info] == [
+        "EM iteration 1", "EM iteration 10", "EM iteration 20",
+        "EM iteration 23 (last, max_iter reached)"]
+    assert not {f"EM iteration {i}" for i in (1, 10, 20)} & set(debug)
+    assert f"mean log-likelihood {model.lower_bounds_[-1]:.6f}" in info[-1]
 
 
 def test_champion_alias_moves_only_when_not_worse(config, data, first_fit):

@@ -94,21 +94,30 @@ def print_demo_report(report, config: AppConfig, scores_table: str) -> None:
     print(f"Open the MLflow UI:  mlflow ui --backend-store-uri {uri}")
 
 
+def parse_modality(item: str, tables: dict[str, str]):
+    """``NAME=PATH[:COLUMNS]`` as a :class:`~mmgmm_spark.app.ingest.ModalitySource`."""
+    from mmgmm_spark.app.ingest import ModalitySource
+
+    name, sep, rest = item.partition("=")
+    path, colon, columns = rest.rpartition(":")
+    if not colon or columns.startswith("//"):      # no COLUMNS (s3://... is a path)
+        path, columns = rest, ""
+    if not sep or name not in tables:
+        raise ConfigError(f"--modality {item!r}: expected NAME=PATH[:COLUMNS] with NAME one "
+                          f"of the config's modalities {sorted(tables)}.")
+    return ModalitySource(name, path, tables[name], columns or None)
+
+
 def cmd_ingest(args: argparse.Namespace, config: AppConfig) -> int:
-    from mmgmm_spark.app.ingest import ModalitySource, ingest
+    from mmgmm_spark.app.ingest import ingest
 
     tables = {m.name: m.table for m in config.data.modalities}
-    sources = []
-    for item in args.modality:
-        name, sep, rest = item.partition("=")
-        path, _, columns = rest.partition(":")
-        if not sep or name not in tables:
-            raise ConfigError(f"--modality {item!r}: expected NAME=PATH[:COLUMNS] with NAME one "
-                              f"of the config's modalities {sorted(tables)}.")
-        sources.append(ModalitySource(name, path, tables[name], columns or None))
-    writes = ingest(_spark(config), sources, config.data.id_column, config.storage.engine)
-    for name, write in writes.items():
-        print(f"{name}: wrote {write.table} version {write.version}")
+    sources = [parse_modality(item, tables) for item in args.modality]
+    written = ingest(_spark(config), sources, config.data.id_column, config.storage.engine,
+                     id_type=args.id_type or config.data.id_type)
+    for name, done in written.items():
+        print(f"{name}: {done.source.path} ({done.columns}) -> Delta table {done.write.table} "
+              f"version {done.write.version}: {done.n_rows} rows, dim {done.dim}")
     return 0
 
 
@@ -134,9 +143,17 @@ def cmd_evaluate(args: argparse.Namespace, config: AppConfig) -> int:
     from mmgmm_spark.app import pipeline
 
     metrics = pipeline.evaluate(_spark(config), config, args.labels, args.label_column,
-                                args.scoring_run_id)
+                                args.scoring_run_id, kind_column=args.kind_column)
     for name, value in metrics.items():
-        print(f"{name}: {value:.6g}")
+        if "/" not in name:
+            print(f"{name}: {value:.6g}")
+    kinds = sorted({name.split("/", 1)[1] for name in metrics if "/" in name})
+    if kinds:
+        print(f"\nby {args.kind_column} (its anomalous rows against every normal row):")
+        print(f"  {'kind':22s} {'rows':>8s} {'auroc':>8s} {'average_precision':>18s}")
+    for kind in kinds:
+        print(f"  {kind:22s} {metrics['n_rows/' + kind]:8.0f} {metrics['auroc/' + kind]:8.4f} "
+              f"{metrics['average_precision/' + kind]:18.4f}")
     return 0
 
 
@@ -175,15 +192,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p = command("ingest", cmd_ingest, "Parquet/CSV/.npz files to per-modality Delta tables")
     p.add_argument("--modality", action="append", required=True, metavar="NAME=PATH[:COLUMNS]",
-                   help="COLUMNS: an array column, or a prefix of numbered columns (image_)")
+                   help="COLUMNS: an array column (embedding), named columns (a,b,c), a glob "
+                        "(col_*) or a prefix of numbered columns (image_ for image_0, ...); "
+                        "the table is the config's data.modalities[].table of NAME")
+    p.add_argument("--id-type", choices=["string", "long"], default=None,
+                   help="cast every file's ids to this type first (default: data.id_type, "
+                        "else as read; CSV ids are read as text)")
     p = command("train", cmd_train, "fit (or sweep), track in MLflow, register")
     p.add_argument("--resume", metavar="RUN_ID", default=None,
                    help="continue an interrupted training run from its last checkpoint")
     p = command("score", cmd_score, "score the feature tables into the output Delta table")
     p.add_argument("--scoring-run-id", default=None, help="re-run (replace) this scoring run")
     p = command("evaluate", cmd_evaluate, "AUROC/AP/precision of the scores against labels")
-    p.add_argument("--labels", required=True, help="Delta table with the id and a label column")
-    p.add_argument("--label-column", default="is_anomaly")
+    p.add_argument("--labels", required=True,
+                   help="Delta table, Parquet or CSV file with the id and a label column")
+    p.add_argument("--label-column", default="is_anomaly",
+                   help="true/1 = anomaly, false/0 = normal (default: is_anomaly)")
+    p.add_argument("--kind-column", default=None, metavar="KIND",
+                   help="also report AUROC and average precision per anomaly kind")
     p.add_argument("--scoring-run-id", default=None)
     bench = commands.add_parser("benchmark", help="accuracy benchmarks")
     kinds = bench.add_subparsers(dest="kind", required=True)

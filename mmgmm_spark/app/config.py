@@ -79,6 +79,8 @@ class ModalityConfig(Section):
 
 class DataConfig(Section):
     id_column: str = "id"
+    id_type: Literal["string", "long"] | None = None
+    """``mmgmm ingest`` casts every file's ids to this type (null: keep them as read)."""
     modalities: list[ModalityConfig] = Field(min_length=1)
 
     @model_validator(mode="after")

@@ -19,9 +19,10 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from mmgmm_spark.app.config import AppConfig, ConfigError
+from mmgmm_spark.app.labels import read_labels
 from mmgmm_spark.core.batch import DataValidationError
 from mmgmm_spark.core.modality import Modality
-from mmgmm_spark.models.evaluation import evaluate_scores, log_evaluation
+from mmgmm_spark.models.evaluation import evaluate_by_kind, evaluate_scores, log_evaluation
 from mmgmm_spark.models.fusion import (
     FUSION_PARAM,
     JOINT,
@@ -361,9 +362,10 @@ def score(spark: SparkSession, config: AppConfig, scoring_run_id: str | None = N
 
 
 def scores_with_labels(spark: SparkSession, config: AppConfig, labels_table: str,
-                       label_column: str = "is_anomaly", scoring_run_id: str | None = None
-                       ) -> DataFrame:
-    """The output table's rows (of one scoring run: default the latest) joined to the labels."""
+                       label_column: str = "is_anomaly", scoring_run_id: str | None = None,
+                       kind_column: str | None = None) -> DataFrame:
+    """The output table's rows (of one scoring run: default the latest) joined to the labels
+    (a Delta table, Parquet or CSV file; see :func:`read_labels`)."""
     scores = read_table(spark, config.scoring.output_table, engine=config.storage.engine).df
     if scoring_run_id is None:
         latest = scores.orderBy(F.col(SCORED_AT).desc()).select(SCORING_RUN_ID).first()
@@ -371,15 +373,10 @@ def scores_with_labels(spark: SparkSession, config: AppConfig, labels_table: str
             raise DataValidationError(
                 f"Output table {config.scoring.output_table!r} is empty: run `mmgmm score`.")
         scoring_run_id = latest[0]
-    labels = read_table(spark, labels_table, engine=config.storage.engine).df
-    if label_column not in labels.columns:
-        raise DataValidationError(
-            f"Labels table {labels_table!r} has no column {label_column!r} "
-            f"(columns: {labels.columns}).")
     id_column = config.data.id_column
-    return (scores.where(F.col(SCORING_RUN_ID) == scoring_run_id)
-            .join(labels.select(id_column, F.col(label_column).alias("label"),
-                                *[c for c in labels.columns if c == "kind"]), id_column))
+    labels = read_labels(spark, config, labels_table, scores.schema[id_column].dataType,
+                         label_column, kind_column)
+    return scores.where(F.col(SCORING_RUN_ID) == scoring_run_id).join(labels, id_column)
 
 
 def _no_labelled_rows(spark: SparkSession, config: AppConfig, labels_table: str,
@@ -395,10 +392,13 @@ def _no_labelled_rows(spark: SparkSession, config: AppConfig, labels_table: str,
 
 
 def evaluate(spark: SparkSession, config: AppConfig, labels_table: str,
-             label_column: str = "is_anomaly", scoring_run_id: str | None = None
-             ) -> dict[str, float]:
-    """AUROC, average precision, precision/recall at the threshold; logged to the scoring run."""
-    joined = scores_with_labels(spark, config, labels_table, label_column, scoring_run_id)
+             label_column: str = "is_anomaly", scoring_run_id: str | None = None,
+             kind_column: str | None = None) -> dict[str, float]:
+    """AUROC, average precision, precision/recall at the threshold (and, with
+    ``kind_column``, AUROC and average precision per anomaly kind: ``auroc/<kind>``...);
+    logged to the scoring run."""
+    joined = scores_with_labels(spark, config, labels_table, label_column, scoring_run_id,
+                                kind_column)
     n_rows = joined.count()
     if n_rows == 0:
         raise DataValidationError(_no_labelled_rows(spark, config, labels_table,
@@ -407,12 +407,17 @@ def evaluate(spark: SparkSession, config: AppConfig, labels_table: str,
         raise DataValidationError(
             f"{n_rows} labelled rows: evaluation collects (score, label) pairs and is limited "
             f"to {MAX_EVALUATION_ROWS}; evaluate on a sample of the labels table.")
-    table = joined.select(ANOMALY_SCORE.name, "label").toArrow()
+    table = joined.select(ANOMALY_SCORE.name, "label", *(["kind"] if kind_column else [])
+                          ).toArrow()
     first = joined.select(SCORING_RUN_ID, MODEL_NAME, MODEL_VERSION).first()
     tracking = tracking_config(config)
     with tracking_context(tracking):
         detector = load_detector(f"models:/{first[MODEL_NAME]}/{first[MODEL_VERSION]}")
-    metrics = evaluate_scores(table.column("label").to_numpy(zero_copy_only=False),
-                              table.column(ANOMALY_SCORE.name).to_numpy(), detector.threshold)
+    labels = table.column("label").to_numpy(zero_copy_only=False)
+    scores = table.column(ANOMALY_SCORE.name).to_numpy()
+    metrics = evaluate_scores(labels, scores, detector.threshold)
+    if kind_column:
+        metrics |= evaluate_by_kind(labels, scores, table.column("kind").to_numpy(
+            zero_copy_only=False))
     log_evaluation(metrics, run_id=first[SCORING_RUN_ID], client=tracking.client())
     return metrics

@@ -49,9 +49,24 @@ def information_criteria(mean_log_likelihood: float, n_rows: int,
             "aic": deviance + 2.0 * n_parameters}
 
 
+LOG_EVERY = 10
+"""EM iterations between two INFO progress lines; every iteration is a DEBUG line."""
+
+
 def log_iteration(report: IterationReport) -> None:
-    log.info("EM iteration %d: mean log-likelihood %.6f (change %.3g) in %.2f s",
-             report.iteration, report.mean_log_likelihood, report.change, report.seconds)
+    """Log an EM iteration: at INFO the first and every :data:`LOG_EVERY`-th, else at DEBUG
+    (the fit's last iteration is an INFO line of :func:`log_fit_end`)."""
+    progress = report.iteration == 1 or report.iteration % LOG_EVERY == 0
+    log.log(logging.INFO if progress else logging.DEBUG,
+            "EM iteration %d: mean log-likelihood %.6f (change %.3g) in %.2f s",
+            report.iteration, report.mean_log_likelihood, report.change, report.seconds)
+
+
+def log_fit_end(result: EMResult, n_rows: int) -> None:
+    """One INFO line when a fit ends: iterations, convergence, final mean log-likelihood."""
+    log.info("EM iteration %d (last, %s): mean log-likelihood %.6f on %d rows",
+             result.n_iter, "converged" if result.converged else "max_iter reached",
+             result.lower_bound, n_rows)
 
 
 class MultimodalGaussianMixture:
@@ -133,6 +148,7 @@ class MultimodalGaussianMixture:
             result = fit_em(spec, rows, on_iteration=on_iteration, on_progress=checkpointer,
                             resume=resume, init_sample_rows=init_sample_rows,
                             tree_depth=tree_depth)
+            log_fit_end(result, rows.n_rows)
             return self.set_result(result, rows.n_rows)
 
     def initial_params(self, batch: Batch, rng: np.random.RandomState) -> MixtureParams:

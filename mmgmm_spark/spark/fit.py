@@ -93,8 +93,8 @@ class SparkRows:
 
     def init_sample(self, max_rows: int, seed: int) -> Batch:
         sample = self.data.sample(max_rows, seed=seed)
-        log.info("Fitting on %d rows of %s (%s path, init sample %d rows)", self.n_rows,
-                 self.source, "RDD" if self.data.rdd is not None else "DataFrame-only",
+        log.info("Fitting on %s: %d rows (%s path, init sample %d rows)", self.source,
+                 self.n_rows, "RDD" if self.data.rdd is not None else "DataFrame-only",
                  sample.n_rows)
         return sample
 

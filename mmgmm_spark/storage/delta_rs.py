@@ -128,7 +128,8 @@ def _open(ref: TableRef, version: int | None = None) -> DeltaTable:
     if not _is_delta(root):
         raise StorageError(
             f"Delta table {ref.display!r} not found (no _delta_log in {root}); write it first "
-            "(write_table / write_modality_table) or fix the path."
+            "(`mmgmm ingest` writes the modality tables, `mmgmm score` the scores table) or "
+            "fix the path."
         )
     try:
         latest = DeltaTable(root)

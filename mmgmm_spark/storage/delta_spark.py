@@ -55,8 +55,9 @@ def read(spark: SparkSession, ref: TableRef, version: int | None) -> tuple[DataF
     latest = _latest_version(spark, ref)
     if latest is None:
         raise StorageError(
-            f"Delta table {ref.display!r} not found; write it first (write_table / "
-            "write_modality_table) or fix the path/name."
+            f"Delta table {ref.display!r} not found; write it first "
+            "(`mmgmm ingest` writes the modality tables, `mmgmm score` the scores table) or "
+            "fix the path/name."
         )
     if version is None:
         version = latest
