@@ -6,6 +6,7 @@ the type is the type's object in :mod:`mmgmm_spark.core.covariance`.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -20,7 +21,19 @@ from mmgmm_spark.core.modality import Modality
 
 __all__ = ["DegenerateComponentError", "DegenerateComponentWarning", "GaussianBlock",
            "MixtureParams", "check_param_shapes", "covariance_shape",
-           "covariances_from_precisions", "precisions_cholesky_from_covariances"]
+           "covariances_from_precisions", "precisions_cholesky_from_covariances", "stored_array"]
+
+
+def stored_array(arrays: Mapping[str, np.ndarray], key: str, shape: tuple[int, ...],
+                 what: str = "array") -> np.ndarray:
+    """``arrays[key]`` if it is finite float64 of ``shape``; else a ValueError naming it."""
+    if key not in arrays:
+        raise ValueError(f"lacks {what} '{key}'.")
+    value = arrays[key]
+    if value.dtype != np.float64 or value.shape != shape or not np.all(np.isfinite(value)):
+        raise ValueError(f"{what} '{key}' must be finite float64 of shape {shape}, got "
+                         f"{value.dtype} {value.shape}.")
+    return value
 
 
 class DegenerateComponentWarning(UserWarning):

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from mmgmm_spark.core.batch import Batch, Block
+from mmgmm_spark.core.params import stored_array
 
 LOG_2PI = float(np.log(2.0 * np.pi))
 VARIANCE_FLOOR = 1e-9
@@ -298,10 +299,4 @@ def _deterministic_signs(components: np.ndarray) -> np.ndarray:
 
 
 def _checked(arrays: dict[str, np.ndarray], key: str, shape: tuple[int, ...]) -> np.ndarray:
-    if key not in arrays:
-        raise ValueError(f"preprocessing array '{key}' is missing.")
-    value = arrays[key]
-    if value.dtype != np.float64 or value.shape != shape or not np.all(np.isfinite(value)):
-        raise ValueError(f"preprocessing array '{key}' must be finite float64 of shape {shape}, "
-                         f"got {value.dtype} {value.shape}.")
-    return value
+    return stored_array(arrays, key, shape, "preprocessing array")

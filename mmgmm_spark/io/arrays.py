@@ -20,6 +20,7 @@ from mmgmm_spark.core.params import (
     MixtureParams,
     covariance_shape,
     precisions_cholesky_from_covariances,
+    stored_array,
 )
 
 BLOCK_FIELDS = ("means", "covariances", "precisions_cholesky")
@@ -48,13 +49,10 @@ def param_arrays(params: MixtureParams, modalities: tuple[Modality, ...],
 
 def _finite_array(arrays: Mapping[str, np.ndarray], key: str,
                   shape: tuple[int, ...]) -> np.ndarray:
-    if key not in arrays:
-        raise ArrayFormatError(f"lacks array '{key}'.")
-    value = arrays[key]
-    if value.dtype != np.float64 or value.shape != shape or not np.all(np.isfinite(value)):
-        raise ArrayFormatError(f"'{key}' must be finite float64 of shape {shape}, got "
-                               f"{value.dtype} {value.shape}.")
-    return value
+    try:
+        return stored_array(arrays, key, shape)
+    except ValueError as error:
+        raise ArrayFormatError(str(error)) from None
 
 
 def _block(arrays: Mapping[str, np.ndarray], key: str, modality: Modality,
