@@ -328,8 +328,12 @@ def validate_source(spark: SparkSession, source: ModalitySource, id_column: str,
                        source.origin)
         df, columns = features_frame(raw, source, id_column)
         df = check_values(df, columns, id_column, source.origin).cache()
-        n_rows = check_ids(df, source.path, id_column, FEATURES)
-        dim = check_width(df, source.path)
+        try:
+            n_rows = check_ids(df, source.path, id_column, FEATURES)
+            dim = check_width(df, source.path)
+        except Exception:
+            df.unpersist()
+            raise
     return _Validated(source, df, columns, n_rows, dim)
 
 
@@ -351,9 +355,10 @@ def ingest(spark: SparkSession, sources: list[ModalitySource], id_column: str = 
     ``id_type`` (``string`` or ``long``) casts every source's ids before the uniqueness and
     join checks (e.g. CSV ids, read as text, next to Parquet integer ids).
     """
-    checked = {source.name: validate_source(spark, source, id_column, id_type)
-               for source in sources}
+    checked: dict[str, _Validated] = {}
     try:
+        for source in sources:
+            checked[source.name] = validate_source(spark, source, id_column, id_type)
         check_same_id_type(checked, id_column)
         return {name: IngestedModality(v.source, write_table(spark, v.df, v.source.table,
                                                              mode="overwrite", engine=engine),
