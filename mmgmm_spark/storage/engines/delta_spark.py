@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import re
 import time
 import uuid
 from collections.abc import Mapping
@@ -123,7 +124,7 @@ def write(spark: SparkSession, df: DataFrame, ref: TableRef, mode: str,
             break
         except Exception as exc:
             if not _is_lost_race(exc):
-                _raise_storage_error(exc, ref)
+                _raise_storage_error(exc, ref, replace_where)
                 raise
             if not retry or attempt == COMMIT_ATTEMPTS:
                 raise StorageError(
@@ -201,10 +202,17 @@ def _is_lost_race(exc: Exception) -> bool:
                                        "TABLE_OR_VIEW_ALREADY_EXISTS"))
 
 
-def _raise_storage_error(exc: Exception, ref: TableRef) -> None:
-    """Delta's NOT NULL check, as the same StorageError the delta-rs engine raises."""
+def _raise_storage_error(exc: Exception, ref: TableRef,
+                         replace_where: Mapping[str, str | int] | None) -> None:
+    """Delta's NOT NULL and replaceWhere checks, as the StorageErrors delta-rs raises."""
     text = str(exc)
-    if "DELTA_NOT_NULL_CONSTRAINT_VIOLATED" in text or "NOT NULL constraint violated" in text:
+    if replace_where and "DELTA_VIOLATE_CONSTRAINT" in text:
+        raise StorageError(
+            f"Table {ref.display!r}: rows of the data do not satisfy replace_where "
+            f"{dict(replace_where)}; a replace may only write rows it replaces. Nothing was "
+            "committed."
+        ) from exc
+    if "DELTA_NOT_NULL_CONSTRAINT_VIOLATED" in text:
         raise StorageError(
             f"Table {ref.display!r}: NOT NULL column(s) would receive nulls "
             f"({_first_line(exc)}); drop or fill those rows first. Nothing was committed."
@@ -212,7 +220,9 @@ def _raise_storage_error(exc: Exception, ref: TableRef) -> None:
 
 
 def _first_line(exc: Exception) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    """Delta's own message (``[DELTA_...] ...``) inside a Py4J error, else its first line."""
+    delta = re.search(r"\[DELTA_[A-Z_]+\][^\n]*", str(exc))
+    return delta.group(0) if delta else (str(exc).strip().splitlines() or [repr(exc)])[0]
 
 
 def has_delta_spark(spark: SparkSession) -> bool:
