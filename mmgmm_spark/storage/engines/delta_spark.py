@@ -12,7 +12,7 @@ Delta Spark is transactional itself; this module only maps the shared interface 
 * every write tagged with a unique id in the commit's ``userMetadata``: the version reported is
   the one whose ``commitInfo`` carries it (found in the table's history), never "the latest",
   which a concurrent writer may have moved on;
-* a commit that loses a race (Delta's ``DeltaConcurrentModificationException``) is re-run when
+* a commit that loses a race (one of ``delta.exceptions``' conflict exceptions) is re-run when
   that is safe (an append, or a replace, which Delta recomputes on the new snapshot); a plain
   overwrite is not, and fails with an error saying another writer won. Delta's own commit is
   atomic, so a failed job leaves the table as it was.
@@ -191,9 +191,11 @@ def committed_version(spark: SparkSession, ref: TableRef, write_id: str) -> int:
 
 
 def _is_lost_race(exc: Exception) -> bool:
-    from delta.exceptions import DeltaConcurrentModificationException
+    import delta.exceptions
 
-    if isinstance(exc, DeltaConcurrentModificationException):
+    # Delta's conflict classes do not share a Python base class: check them all.
+    conflicts = tuple(getattr(delta.exceptions, name) for name in delta.exceptions.__all__)
+    if isinstance(exc, conflicts):
         return True
     # Two first writes to an empty directory / a new catalog table: the loser sees the table
     # created meanwhile.
