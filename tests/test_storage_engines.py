@@ -331,3 +331,12 @@ def test_tables_written_by_one_engine_are_read_by_the_other(delta_spark, writer,
                 replace_where={"run_id": "r1"}, engine=reader)
     expected = sorted([r for r in history[-1] if r[0] != "r1"] + [("r1", 20, 20.0)])
     assert engine_rows(spark, path, writer) == lake_rows(path) == expected
+
+
+def test_readme_spark_submit_names_the_derived_package():
+    """README's spark-submit line prints the package with the helper, and names the rule."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    line = readme[readme.index("**spark-submit**"):readme.index("**Databricks**")]
+    assert "print(delta_package())" in line and "delta-spark_2.13:4.0.0" not in line
+    assert "`io.delta:delta-spark_<pyspark major.minor>_2.13:<delta-spark version>`" in line
+    assert delta_package().startswith(f"io.delta:{delta_artifact()}:")
