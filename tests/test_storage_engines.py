@@ -340,3 +340,13 @@ def test_readme_spark_submit_names_the_derived_package():
     assert "print(delta_package())" in line and "delta-spark_2.13:4.0.0" not in line
     assert "`io.delta:delta-spark_<pyspark major.minor>_2.13:<delta-spark version>`" in line
     assert delta_package().startswith(f"io.delta:{delta_artifact()}:")
+
+
+def test_jar_version_falls_back_to_a_published_patch_of_the_same_minor(monkeypatch):
+    from mmgmm_spark.spark import session
+
+    monkeypatch.setattr(session.importlib.metadata, "version", lambda name: "4.4.1")
+    assert session.delta_jar_version(["4.4.0", "4.4.1"]) == "4.4.1"
+    assert session.delta_jar_version(["4.3.1", "4.4.0", "4.5.0"]) == "4.4.0"
+    assert session.delta_jar_version(["4.3.1", "4.4.2"]) == "4.4.1"  # none older, same minor
+    assert session.delta_jar_version([]) == "4.4.1"
