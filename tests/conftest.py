@@ -21,13 +21,61 @@ def adbench_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def spark():
-    """A local[2] SparkSession shared by the whole run."""
+    """A local[2] SparkSession shared by the whole run.
+
+    Its JVM also loads Delta Lake's jars when they are available locally (``make install``),
+    without Delta's extension (so ``storage.engine: auto`` stays delta-rs, as in the quick
+    start): a JVM's classpath is fixed when it starts, and :func:`delta_spark` restarts the
+    context with the extension in this same JVM.
+    """
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     from mmgmm_spark.spark.session import build_spark
 
-    session = build_spark("local[2]", app_name="mmgmm-spark-tests")
+    session = build_spark("local[2]", app_name="mmgmm-spark-tests", conf=_delta_jars_conf())
     yield session
     session.stop()
+
+
+def _delta_jars_conf() -> dict[str, str]:
+    from mmgmm_spark.spark.session import delta_jar_version, delta_package, local_delta_versions
+
+    if delta_jar_version() not in local_delta_versions():
+        return {}
+    return {"spark.jars.packages": delta_package()}
+
+
+@pytest.fixture(scope="session")
+def delta_spark(request, tmp_path_factory):
+    """A local[2] SparkSession with Delta Lake's connector (jars, extension, DeltaCatalog; a
+    fresh ``spark_catalog`` warehouse), started once for the tests that ask for it.
+
+    pyspark runs one JVM per process, so this restarts the shared session's context in the
+    JVM that already loaded Delta's jars (tests using it run last, see
+    ``pytest_collection_modifyitems``). Skipped, with the reason, when the jars are not
+    available (``make install`` fetches them).
+    """
+    from pyspark import SparkContext
+
+    from mmgmm_spark.spark.session import build_spark, delta_package
+
+    running = SparkContext._active_spark_context is not None
+    if running and not _delta_jars_conf():
+        pytest.skip(f"Delta Lake jars {delta_package()} not available locally (run make install)")
+    if running:
+        request.getfixturevalue("spark").stop()
+    warehouse = tmp_path_factory.mktemp("warehouse")
+    try:
+        session = build_spark("local[2]", app_name="mmgmm-spark-delta-tests", delta=True,
+                              conf={"spark.sql.warehouse.dir": str(warehouse)})
+    except Exception as exc:  # Spark's resolver could not download the jars either
+        pytest.skip(f"Delta Lake jars {delta_package()} cannot be resolved: {exc}")
+    yield session
+    session.stop()
+
+
+def pytest_collection_modifyitems(items):
+    """Tests on the Delta session run after all others (it replaces the shared session)."""
+    items.sort(key=lambda item: "delta_spark" in getattr(item, "fixturenames", ()))
 
 
 def local_tracking(tmp_path_factory, name: str):

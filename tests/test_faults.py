@@ -80,7 +80,7 @@ def detector(data):
 
 def commits_meet_at_a_barrier(monkeypatch) -> list[str]:
     """Make each thread's first commit wait for the other's: both commit on stale snapshots."""
-    from mmgmm_spark.storage import delta_rs
+    from mmgmm_spark.storage.engines import delta_rs
 
     barrier = threading.Barrier(2, timeout=120)
     seen: set[int] = set()

@@ -190,7 +190,7 @@ def test_table_names_are_validated(name):
 
 
 def test_catalog_names_are_quoted_and_replace_where_literals_escaped():
-    from mmgmm_spark.storage.delta_spark import replace_where_sql
+    from mmgmm_spark.storage.engines.delta_spark import replace_where_sql
 
     assert resolve_table("main.features.image").catalog_name == "`main`.`features`.`image`"
     assert replace_where_sql({"run": "x' OR '1'='1", "n": 3}) == (

@@ -21,7 +21,6 @@ from mmgmm_spark.storage import (
     StorageError,
     check_ids,
     choose_engine,
-    delta_rs,
     features_as_double_array,
     read_modality,
     read_table,
@@ -29,7 +28,8 @@ from mmgmm_spark.storage import (
     write_modality_table,
     write_table,
 )
-from mmgmm_spark.storage.delta_spark import replace_where_sql
+from mmgmm_spark.storage.engines import delta_rs
+from mmgmm_spark.storage.engines.delta_spark import replace_where_sql
 
 pytestmark = pytest.mark.spark
 

@@ -1,4 +1,4 @@
-"""Per-modality Delta tables: one interface, two engines.
+"""Per-modality Delta tables: one interface, two engines (``engines.REGISTRY``).
 
 * ``delta-spark``: Spark's own Delta (``format("delta")``), chosen by ``engine="auto"`` when
   the session has the Delta extension (or runs on Databricks); tables by path or catalog name.
@@ -15,26 +15,31 @@ from mmgmm_spark.storage.api import (
     write_modality_table,
     write_table,
 )
+from mmgmm_spark.storage.engines import ENGINE_NAMES, Engine, choose_engine, get_engine
+from mmgmm_spark.storage.engines.delta_spark import has_delta_spark
 from mmgmm_spark.storage.tables import (
     StorageError,
     TableRead,
     TableRef,
     TableWrite,
     check_ids,
-    choose_engine,
+    features_as_double,
     features_as_double_array,
-    has_delta_spark,
     resolve_table,
 )
 
 __all__ = [
+    "ENGINE_NAMES",
+    "Engine",
     "StorageError",
     "TableRead",
     "TableRef",
     "TableWrite",
     "check_ids",
     "choose_engine",
+    "features_as_double",
     "features_as_double_array",
+    "get_engine",
     "has_delta_spark",
     "read_modality",
     "read_table",

@@ -10,13 +10,12 @@ import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import types as T  # noqa: N812
 
-from mmgmm_spark.storage import delta_rs, delta_spark
+from mmgmm_spark.storage.engines import get_engine
 from mmgmm_spark.storage.tables import (
     StorageError,
     TableRead,
     TableWrite,
     check_ids,
-    choose_engine,
     features_as_double_array,
     id_column,
     require_columns,
@@ -33,7 +32,7 @@ def read_table(spark: SparkSession, table: TableLike, *, version: int | None = N
     Args:
         table: a local path / ``file://`` URI, or (delta-spark only) a catalog name.
         version: Delta version to time-travel to; the version actually read is returned.
-        engine: ``auto``, ``delta-spark`` or ``delta-rs`` (see :func:`choose_engine`).
+        engine: ``auto``, ``delta-spark`` or ``delta-rs`` (see ``engines.get_engine``).
 
     Returns:
         ``TableRead(df, table, version, engine)`` with all columns of the table (with the
@@ -42,10 +41,9 @@ def read_table(spark: SparkSession, table: TableLike, *, version: int | None = N
     if version is not None and (isinstance(version, bool) or not isinstance(version, int)):
         raise StorageError(f"version must be an integer Delta version, got {version!r}.")
     ref = resolve_table(table)
-    chosen = choose_engine(spark, engine)
-    module = delta_spark if chosen == "delta-spark" else delta_rs
-    df, read_version = module.read(spark, ref, version)
-    return TableRead(df=df, table=ref.display, version=read_version, engine=chosen)
+    chosen = get_engine(spark, engine)
+    df, read_version = chosen.read(spark, ref, version)
+    return TableRead(df=df, table=ref.display, version=read_version, engine=chosen.name)
 
 
 def read_modality(spark: SparkSession, table: TableLike, *, id_col: str = "id",
@@ -85,17 +83,15 @@ def write_table(spark: SparkSession, df: DataFrame, table: TableLike, *, mode: s
     Returns:
         ``TableWrite(table, version, mode, engine, files_added, files_removed)``.
 
-    A failure leaves the table at its previous version; see ``delta_rs`` for how the embedded
-    engine stages files and commits.
+    A failure leaves the table at its previous version; see ``engines/delta_rs.py`` for how
+    the embedded engine stages files and commits, ``engines/delta_spark.py`` for Delta Spark.
     """
     if mode not in ("append", "overwrite"):
         raise StorageError(f"mode must be 'append' or 'overwrite', got {mode!r}.")
     if replace_where is not None and mode != "overwrite":
         raise StorageError("replace_where needs mode='overwrite' (it overwrites matching rows).")
     ref = resolve_table(table)
-    chosen = choose_engine(spark, engine)
-    module = delta_spark if chosen == "delta-spark" else delta_rs
-    return module.write(spark, df, ref, mode, replace_where)
+    return get_engine(spark, engine).write(spark, df, ref, mode, replace_where)
 
 
 def write_modality_table(spark: SparkSession, table: TableLike, ids: Sequence | np.ndarray,

@@ -1,7 +1,7 @@
-"""Table references, engine choice, results and validation shared by both storage engines.
+"""Table references, results and validation shared by the storage engines.
 
-Nothing here touches the Delta log: ``delta_rs.py`` and ``delta_spark.py`` do, behind the same
-two calls (``read(spark, ref, version) -> (df, version)`` and ``write(...) -> TableWrite``).
+Nothing here touches the Delta log: the engines in ``engines/`` do, behind the ``Engine``
+protocol (``read(spark, ref, version) -> (df, version)`` and ``write(...) -> TableWrite``).
 """
 
 from __future__ import annotations
@@ -13,12 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F  # noqa: N812
 from pyspark.sql import types as T  # noqa: N812
-
-ENGINES = ("auto", "delta-spark", "delta-rs")
-DELTA_EXTENSION = "io.delta.sql.DeltaSparkSessionExtension"
 
 # One to three dot-separated parts (catalog.schema.table); each part a plain SQL identifier.
 _CATALOG_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*){0,2}$")
@@ -105,50 +102,6 @@ def _local_ref(display: str, local: str) -> TableRef:
     return TableRef(display=display, path="file://" + absolute, local_path=absolute)
 
 
-# ----------------------------------------------------------------------------- engine choice
-
-
-def _conf(spark: SparkSession, key: str) -> str:
-    try:
-        return spark.conf.get(key, "") or ""
-    except Exception:  # Spark Connect servers may refuse some keys; absent is the safe answer
-        return ""
-
-
-def has_delta_spark(spark: SparkSession) -> bool:
-    """True when Spark's own Delta (``format("delta")``) is usable in this session.
-
-    That is: ``spark.sql.extensions`` lists ``io.delta.sql.DeltaSparkSessionExtension`` (clusters
-    started with the Delta package) or we run on Databricks, where Delta is built in. Only
-    configuration is read, so this works under Spark Connect too.
-    """
-    if DELTA_EXTENSION in _conf(spark, "spark.sql.extensions"):
-        return True
-    if os.environ.get("DATABRICKS_RUNTIME_VERSION"):
-        return True
-    return bool(_conf(spark, "spark.databricks.clusterUsageTags.sparkVersion"))
-
-
-def choose_engine(spark: SparkSession, engine: str = "auto") -> str:
-    """Resolve ``engine`` to ``"delta-spark"`` or ``"delta-rs"``.
-
-    ``auto`` picks delta-spark when :func:`has_delta_spark` says so, else delta-rs (embedded,
-    local tables). Forcing ``delta-spark`` in a session without Delta is an error.
-    """
-    if engine not in ENGINES:
-        raise StorageError(f"Unknown storage engine {engine!r}; use one of {ENGINES}.")
-    if engine == "auto":
-        return "delta-spark" if has_delta_spark(spark) else "delta-rs"
-    if engine == "delta-spark" and not has_delta_spark(spark):
-        raise StorageError(
-            "engine='delta-spark' needs Delta Lake in the Spark session: start Spark with the "
-            f"delta-spark package and spark.sql.extensions={DELTA_EXTENSION}, "
-            "spark.sql.catalog.spark_catalog=org.apache.spark.sql.delta.catalog.DeltaCatalog "
-            "(or run on Databricks); otherwise use engine='delta-rs' (or 'auto') with a path."
-        )
-    return engine
-
-
 # ----------------------------------------------------------------------------- validation
 
 
@@ -216,32 +169,39 @@ def _vector_struct_to_array(col: Column) -> Column:
         .otherwise(sparse)
 
 
-def features_as_double_array(df: DataFrame, table: str, features_col: str) -> DataFrame:
-    """Return ``df`` with ``features_col`` as ``array<double>``.
+NUMERIC_ELEMENTS = (T.DoubleType, T.FloatType, T.LongType, T.IntegerType, T.ShortType)
 
-    Accepted: ``array<double>`` (unchanged), ``array<float>`` (cast, exact), a Spark ML
-    ``VectorUDT`` (``vector_to_array``) and the vector struct
-    ``struct<type,size,indices,values>`` that Delta tables written from vectors hold.
+
+def features_as_double(df: DataFrame, table: str, features_col: str) -> Column:
+    """``features_col`` of ``df`` as an ``array<double>`` column (a null stays null).
+
+    Accepted: arrays of double (unchanged), float (exact) or integers, a Spark ML ``VectorUDT``
+    and the vector struct ``struct<type,size,indices,values>`` that Delta tables written from
+    vectors hold; anything else is an error naming ``table`` and the column.
     """
     require_columns(df, table, [features_col])
     data_type = df.schema[features_col].dataType
     col = F.col(features_col)
     if isinstance(data_type, T.ArrayType) and isinstance(data_type.elementType, T.DoubleType):
-        return df
-    if isinstance(data_type, T.ArrayType) and isinstance(data_type.elementType, T.FloatType):
-        converted = col.cast(T.ArrayType(T.DoubleType()))
-    elif _is_vector_udt(data_type):
+        return col
+    if isinstance(data_type, T.ArrayType) and isinstance(data_type.elementType, NUMERIC_ELEMENTS):
+        return col.cast(T.ArrayType(T.DoubleType()))
+    if _is_vector_udt(data_type):
         from pyspark.ml.functions import vector_to_array
 
-        converted = vector_to_array(col, "float64")
-    elif _is_vector_struct(data_type):
-        converted = _vector_struct_to_array(col)
-    else:
-        raise StorageError(
-            f"Table {table!r}: column {features_col!r} has type {data_type.simpleString()}; "
-            "features must be array<double>, array<float> or a Spark ML vector."
-        )
-    return df.withColumn(features_col, converted)
+        # vector_to_array rejects nulls, and a null vector is a missing modality
+        return F.when(col.isNotNull(), vector_to_array(col, "float64"))
+    if _is_vector_struct(data_type):
+        return _vector_struct_to_array(col)
+    raise StorageError(
+        f"Table {table!r}: column {features_col!r} has type {data_type.simpleString()}; "
+        "features must be array<double>, array<float> or a Spark ML vector."
+    )
+
+
+def features_as_double_array(df: DataFrame, table: str, features_col: str) -> DataFrame:
+    """Return ``df`` with ``features_col`` converted by :func:`features_as_double`."""
+    return df.withColumn(features_col, features_as_double(df, table, features_col))
 
 
 def id_column(df: DataFrame, table: str, id_col: str) -> DataFrame:

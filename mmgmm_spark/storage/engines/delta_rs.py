@@ -231,12 +231,6 @@ def _local_file(uri: str) -> str:
     return os.path.normpath(unquote(urlparse(uri).path))
 
 
-def table_schema(ref: TableRef) -> T.StructType | None:
-    """The current Spark schema of the table, or None if it does not exist."""
-    root = _local(ref)
-    return _spark_schema(_open(ref)) if _is_delta(root) else None
-
-
 # ----------------------------------------------------------------------------- writing
 
 
@@ -281,70 +275,20 @@ def write(spark: SparkSession, df: DataFrame, ref: TableRef, mode: str,
           replace_where: Mapping[str, str | int] | None) -> TableWrite:
     """Write ``df`` to a local Delta table in one delta-rs commit (see the module docstring)."""
     root = _local(ref)
-    exists = _is_delta(root)
-    if not exists and os.path.isdir(root) and not all(
-            name.startswith("write-") for name in os.listdir(root)):  # others' staging is fine
-        raise StorageError(
-            f"{ref.display!r} is a non-empty directory but not a Delta table (no _delta_log); "
-            "choose another path or remove the directory."
-        )
-    dt = _open(ref) if exists else None
+    dt = _open(ref) if _check_writable_location(ref, root) else None
     arrow_schema = _arrow_schema(df, ref)
     _check_target(dt, ref, df, mode, replace_where)
-    if replace_where:
-        missing = [c for c in replace_where if c not in df.columns]
-        if missing:
-            raise StorageError(
-                f"replace_where columns {missing} are not columns of the data written to "
-                f"{ref.display!r} (columns: {df.columns})."
-            )
-
+    _check_replace_columns(df, ref, replace_where)
     write_id = uuid.uuid4().hex
     directories = [f"write-{write_id}", f"write-{write_id}-kept"]
     try:
         adds = _stage(df, root, directories[0])
         if replace_where:
             _check_rows_match(spark, root, adds, ref, replace_where)
-        for attempt in range(1, COMMIT_ATTEMPTS + 1):
-            try:
-                n_added, removed = _commit(spark, dt, ref, root, adds, arrow_schema, mode,
-                                           replace_where, write_id)
-                break
-            except _CommitConflictError as conflict:
-                if (attempt == COMMIT_ATTEMPTS or (mode == "overwrite" and not replace_where)
-                        or _landed_version(root, write_id) is not None):
-                    raise conflict.__cause__ from None
-                log.info("table %s: concurrent commit won (attempt %d), retrying on a fresh "
-                         "snapshot: %s", ref.display, attempt, conflict.__cause__)
-                time.sleep(random.uniform(0.05, 0.2) * attempt)
-                dt = _open(ref)
-                _check_target(dt, ref, df, mode, replace_where)
+        n_added, removed = _commit_with_retries(spark, dt, ref, df, adds, arrow_schema, mode,
+                                                replace_where, write_id)
     except BaseException as exc:
-        try:
-            landed = _landed_version(root, write_id)
-        except DeltaError as unreadable:  # cannot tell whether it landed: keep the files
-            raise StorageError(
-                f"Write to table {ref.display!r} failed ({exc}) and its log cannot be read "
-                f"({unreadable}); the staged write-{write_id} files are kept.") from exc
-        if landed is not None:  # failed after its commit: the files are the table's now
-            if isinstance(exc, Exception):
-                raise StorageError(
-                    f"Table {ref.display!r}: the write was committed as version {landed}, "
-                    f"then failed: {exc}") from exc
-            raise
-        for directory in directories:
-            shutil.rmtree(os.path.join(root, directory), ignore_errors=True)
-        if dt is None and os.path.isdir(root) and not os.listdir(root):
-            os.rmdir(root)
-        if isinstance(exc, DeltaError):
-            start = f"was at version {dt.version()}" if dt is not None else "did not exist"
-            raced = (" because another writer committed to the table meanwhile (re-run the "
-                     "write once the other one is done)"
-                     if isinstance(exc, CommitFailedError) else "")
-            raise StorageError(
-                f"Commit to table {ref.display!r} failed{raced}, nothing was committed and the "
-                f"staged files were deleted (the table {start} when the write started): {exc}"
-            ) from exc
+        _undo_failed_write(exc, ref, root, dt, write_id, directories)
         raise
     version = _landed_version(root, write_id)
     version = DeltaTable(root).version() if version is None else version
@@ -352,6 +296,82 @@ def write(spark: SparkSession, df: DataFrame, ref: TableRef, mode: str,
              "replace" if replace_where else mode, version, n_added, removed)
     return TableWrite(table=ref.display, version=version, mode=mode, engine=ENGINE,
                       files_added=n_added, files_removed=removed)
+
+
+def _check_writable_location(ref: TableRef, root: str) -> bool:
+    """True if ``root`` is a Delta table; False if it is absent or holds only staging."""
+    if _is_delta(root):
+        return True
+    if os.path.isdir(root) and not all(
+            name.startswith("write-") for name in os.listdir(root)):  # others' staging is fine
+        raise StorageError(
+            f"{ref.display!r} is a non-empty directory but not a Delta table (no _delta_log); "
+            "choose another path or remove the directory."
+        )
+    return False
+
+
+def _check_replace_columns(df: DataFrame, ref: TableRef,
+                           replace_where: Mapping[str, str | int] | None) -> None:
+    missing = [c for c in replace_where or {} if c not in df.columns]
+    if missing:
+        raise StorageError(
+            f"replace_where columns {missing} are not columns of the data written to "
+            f"{ref.display!r} (columns: {df.columns})."
+        )
+
+
+def _commit_with_retries(spark: SparkSession, dt: DeltaTable | None, ref: TableRef,
+                         df: DataFrame, adds: list[AddAction], arrow_schema: pa.Schema,
+                         mode: str, replace_where: Mapping[str, str | int] | None,
+                         write_id: str) -> tuple[int, int]:
+    """:func:`_commit`, retried on a fresh snapshot after a lost race (module docstring, 5)."""
+    root = _local(ref)
+    for attempt in range(1, COMMIT_ATTEMPTS + 1):
+        try:
+            return _commit(spark, dt, ref, root, adds, arrow_schema, mode, replace_where,
+                           write_id)
+        except _CommitConflictError as conflict:
+            if (attempt == COMMIT_ATTEMPTS or (mode == "overwrite" and not replace_where)
+                    or _landed_version(root, write_id) is not None):
+                raise conflict.__cause__ from None
+            log.info("table %s: concurrent commit won (attempt %d), retrying on a fresh "
+                     "snapshot: %s", ref.display, attempt, conflict.__cause__)
+            time.sleep(random.uniform(0.05, 0.2) * attempt)
+            dt = _open(ref)
+            _check_target(dt, ref, df, mode, replace_where)
+    raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+def _undo_failed_write(exc: BaseException, ref: TableRef, root: str, dt: DeltaTable | None,
+                       write_id: str, directories: list[str]) -> None:
+    """After ``exc``: delete the staged files unless the commit landed; raise a StorageError
+    saying which (the caller re-raises ``exc`` itself when this returns)."""
+    try:
+        landed = _landed_version(root, write_id)
+    except DeltaError as unreadable:  # cannot tell whether it landed: keep the files
+        raise StorageError(
+            f"Write to table {ref.display!r} failed ({exc}) and its log cannot be read "
+            f"({unreadable}); the staged write-{write_id} files are kept.") from exc
+    if landed is not None:  # failed after its commit: the files are the table's now
+        if isinstance(exc, Exception):
+            raise StorageError(
+                f"Table {ref.display!r}: the write was committed as version {landed}, "
+                f"then failed: {exc}") from exc
+        return
+    for directory in directories:
+        shutil.rmtree(os.path.join(root, directory), ignore_errors=True)
+    if dt is None and os.path.isdir(root) and not os.listdir(root):
+        os.rmdir(root)
+    if isinstance(exc, DeltaError):
+        start = f"was at version {dt.version()}" if dt is not None else "did not exist"
+        raced = (" because another writer committed to the table meanwhile (re-run the "
+                 "write once the other one is done)"
+                 if isinstance(exc, CommitFailedError) else "")
+        raise StorageError(
+            f"Commit to table {ref.display!r} failed{raced}, nothing was committed and the "
+            f"staged files were deleted (the table {start} when the write started): {exc}"
+        ) from exc
 
 
 def _check_target(dt: DeltaTable | None, ref: TableRef, df: DataFrame, mode: str,
@@ -477,3 +497,26 @@ def _landed_version(root: str, write_id: str) -> int | None:
         if entry.get(WRITE_ID_KEY) == write_id:
             return int(entry["version"])
     return None
+
+
+class DeltaRsEngine:
+    """The embedded engine (``Engine`` protocol): runs in any session, local paths only."""
+
+    name = ENGINE
+
+    def available(self, spark: SparkSession) -> bool:
+        return True
+
+    def unavailable_reason(self) -> str:
+        return "The delta-rs engine is always available."
+
+    def read(self, spark: SparkSession, ref: TableRef,
+             version: int | None) -> tuple[DataFrame, int]:
+        return read(spark, ref, version)
+
+    def write(self, spark: SparkSession, df: DataFrame, ref: TableRef, mode: str,
+              replace_where: Mapping[str, str | int] | None) -> TableWrite:
+        return write(spark, df, ref, mode, replace_where)
+
+
+DELTA_RS = DeltaRsEngine()

@@ -1,0 +1,278 @@
+"""Delta Lake's Spark connector (``format("delta")``): Databricks and clusters with the Delta
+package (``mmgmm_spark.spark.session.delta_package()`` names the artifact).
+
+Delta Spark is transactional itself; this module only maps the shared interface onto it:
+
+* time travel with ``versionAsOf`` at an explicitly resolved version (so the version returned
+  is exactly the one read);
+* our schema check before appends and replaces (the same message as delta-rs), and Delta's
+  NOT NULL check turned into a :class:`StorageError` naming the table;
+* ``replaceWhere`` for idempotent re-runs, its predicate built from validated column names and
+  quoted literals;
+* every write tagged with a unique id in the commit's ``userMetadata``: the version reported is
+  the one whose ``commitInfo`` carries it (found in the table's history), never "the latest",
+  which a concurrent writer may have moved on;
+* a commit that loses a race (one of ``delta.exceptions``' conflict exceptions) is re-run when
+  that is safe (an append, or a replace, which Delta recomputes on the new snapshot); a plain
+  overwrite is not, and fails with an error saying another writer won. Delta's own commit is
+  atomic, so a failed job leaves the table as it was.
+
+Works under Spark Connect (``delta.tables.DeltaTable`` dispatches to it).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import re
+import time
+import uuid
+from collections.abc import Mapping
+
+from pyspark.sql import DataFrame, DataFrameReader, DataFrameWriter, SparkSession
+from pyspark.sql import functions as F  # noqa: N812
+from pyspark.sql import types as T  # noqa: N812
+
+from mmgmm_spark.storage.tables import (
+    StorageError,
+    TableRef,
+    TableWrite,
+    check_replace_where,
+    schema_mismatch,
+)
+
+log = logging.getLogger(__name__)
+
+ENGINE = "delta-spark"
+DELTA_EXTENSION = "io.delta.sql.DeltaSparkSessionExtension"
+DELTA_CATALOG = "org.apache.spark.sql.delta.catalog.DeltaCatalog"
+COMMIT_ATTEMPTS = 8
+"""Commits tried per append or replace when concurrent writers win the race."""
+HISTORY_SEARCHED = 50
+"""Recent commits searched for this write's id (concurrent writers commit in between)."""
+
+
+def _delta_table(spark: SparkSession, ref: TableRef):  # -> delta.tables.DeltaTable | None
+    from delta.tables import DeltaTable
+
+    if ref.catalog_name is not None:
+        if not spark.catalog.tableExists(ref.display):
+            return None
+        return DeltaTable.forName(spark, ref.catalog_name)
+    if not DeltaTable.isDeltaTable(spark, ref.path):
+        return None
+    return DeltaTable.forPath(spark, ref.path)
+
+
+def _latest_version(spark: SparkSession, ref: TableRef) -> int | None:
+    table = _delta_table(spark, ref)
+    if table is None:
+        return None
+    return int(table.history(1).select("version").first()[0])
+
+
+def _load(reader: DataFrameReader, ref: TableRef) -> DataFrame:
+    if ref.catalog_name is not None:
+        return reader.table(ref.catalog_name)
+    return reader.format("delta").load(ref.path)
+
+
+def read(spark: SparkSession, ref: TableRef, version: int | None) -> tuple[DataFrame, int]:
+    """The table at ``version`` (default: the latest, resolved first), and that version."""
+    latest = _latest_version(spark, ref)
+    if latest is None:
+        raise StorageError(
+            f"Delta table {ref.display!r} not found; write it first "
+            "(`mmgmm ingest` writes the modality tables, `mmgmm score` the scores table) or "
+            "fix the path/name."
+        )
+    if version is None:
+        version = latest
+    elif not 0 <= version <= latest:
+        raise StorageError(f"Table {ref.display!r} has no version {version}; latest is {latest}.")
+    reader = spark.read.option("versionAsOf", int(version))
+    return _load(reader, ref), int(version)
+
+
+def table_schema(spark: SparkSession, ref: TableRef) -> T.StructType | None:
+    """The current schema of the table, or None if it does not exist."""
+    table = _delta_table(spark, ref)
+    return None if table is None else table.toDF().schema
+
+
+def _sql_literal(value: str | int) -> str:
+    if isinstance(value, int):
+        return str(int(value))
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def replace_where_sql(replace_where: Mapping[str, str | int]) -> str:
+    """``\\`run_id\\` = 'r1' AND ...`` from validated names and escaped literals."""
+    check_replace_where(replace_where)
+    return " AND ".join(f"`{c}` = {_sql_literal(v)}" for c, v in replace_where.items())
+
+
+def write(spark: SparkSession, df: DataFrame, ref: TableRef, mode: str,
+          replace_where: Mapping[str, str | int] | None) -> TableWrite:
+    """One Delta Spark commit, retried where safe; returns the version it committed."""
+    write_id = uuid.uuid4().hex
+    retry = mode == "append" or bool(replace_where)
+    for attempt in range(1, COMMIT_ATTEMPTS + 1):
+        _check_schema(spark, df, ref, mode, replace_where)
+        try:
+            _save(_writer(df, mode, replace_where, write_id), ref)
+            break
+        except Exception as exc:
+            if not _is_lost_race(exc):
+                _raise_storage_error(exc, ref, replace_where)
+                raise
+            if not retry or attempt == COMMIT_ATTEMPTS:
+                raise StorageError(
+                    f"Commit to table {ref.display!r} failed because another writer committed "
+                    "to the table meanwhile (re-run the write once the other one is done); "
+                    f"nothing was committed: {_first_line(exc)}") from exc
+            log.info("table %s: concurrent commit won (attempt %d), retrying: %s",
+                     ref.display, attempt, _first_line(exc))
+            time.sleep(random.uniform(0.05, 0.2) * attempt)
+    version = committed_version(spark, ref, write_id)
+    log.info("table %s: %s commit version %d", ref.display,
+             "replace" if replace_where else mode, version)
+    return TableWrite(table=ref.display, version=version, mode=mode, engine=ENGINE)
+
+
+def _check_schema(spark: SparkSession, df: DataFrame, ref: TableRef, mode: str,
+                  replace_where: Mapping[str, str | int] | None) -> None:
+    """Appends and replaces keep the table's schema (checked before any job runs)."""
+    if mode != "append" and not replace_where:
+        return
+    current = table_schema(spark, ref)
+    if current is None:
+        return
+    problem = schema_mismatch(ref.display, current, df.schema)
+    if problem:
+        raise StorageError(problem)
+    missing = [c for c in replace_where or {} if c not in df.columns]
+    if missing:
+        raise StorageError(
+            f"replace_where columns {missing} are not columns of the data written to "
+            f"{ref.display!r} (columns: {df.columns})."
+        )
+
+
+def _writer(df: DataFrame, mode: str, replace_where: Mapping[str, str | int] | None,
+            write_id: str) -> DataFrameWriter:
+    writer = df.write.format("delta").mode(mode).option("userMetadata", write_id)
+    if replace_where:
+        return writer.option("replaceWhere", replace_where_sql(replace_where))
+    if mode == "overwrite":
+        return writer.option("overwriteSchema", "true")
+    return writer
+
+
+def _save(writer: DataFrameWriter, ref: TableRef) -> None:
+    if ref.catalog_name is not None:
+        writer.saveAsTable(ref.catalog_name)
+    else:
+        writer.save(ref.path)
+
+
+def committed_version(spark: SparkSession, ref: TableRef, write_id: str) -> int:
+    """The version whose ``commitInfo.userMetadata`` is ``write_id`` (this write's commit)."""
+    table = _delta_table(spark, ref)
+    found = None if table is None else (
+        table.history(HISTORY_SEARCHED).where(F.col("userMetadata") == write_id)
+        .select("version").first())
+    if found is None:
+        raise StorageError(
+            f"Table {ref.display!r}: the write {write_id} succeeded but its commit is not among "
+            f"the last {HISTORY_SEARCHED} versions of the table's history."
+        )
+    return int(found[0])
+
+
+def _is_lost_race(exc: Exception) -> bool:
+    import delta.exceptions
+
+    # Delta's conflict classes do not share a Python base class: check them all.
+    conflicts = tuple(getattr(delta.exceptions, name) for name in delta.exceptions.__all__)
+    if isinstance(exc, conflicts):
+        return True
+    # Two first writes to an empty directory / a new catalog table: the loser sees the table
+    # created meanwhile.
+    text = str(exc)
+    return any(key in text for key in ("DELTA_PROTOCOL_CHANGED", "DELTA_METADATA_CHANGED",
+                                       "TABLE_OR_VIEW_ALREADY_EXISTS"))
+
+
+def _raise_storage_error(exc: Exception, ref: TableRef,
+                         replace_where: Mapping[str, str | int] | None) -> None:
+    """Delta's NOT NULL and replaceWhere checks, as the StorageErrors delta-rs raises."""
+    text = str(exc)
+    if replace_where and "DELTA_VIOLATE_CONSTRAINT" in text:
+        raise StorageError(
+            f"Table {ref.display!r}: rows of the data do not satisfy replace_where "
+            f"{dict(replace_where)}; a replace may only write rows it replaces. Nothing was "
+            "committed."
+        ) from exc
+    if "DELTA_NOT_NULL_CONSTRAINT_VIOLATED" in text:
+        raise StorageError(
+            f"Table {ref.display!r}: NOT NULL column(s) would receive nulls "
+            f"({_first_line(exc)}); drop or fill those rows first. Nothing was committed."
+        ) from exc
+
+
+def _first_line(exc: Exception) -> str:
+    """Delta's own message (``[DELTA_...] ...``) inside a Py4J error, else its first line."""
+    delta = re.search(r"\[DELTA_[A-Z_]+\][^\n]*", str(exc))
+    return delta.group(0) if delta else (str(exc).strip().splitlines() or [repr(exc)])[0]
+
+
+def has_delta_spark(spark: SparkSession) -> bool:
+    """True when Spark's own Delta (``format("delta")``) is usable in this session.
+
+    That is: ``spark.sql.extensions`` lists ``io.delta.sql.DeltaSparkSessionExtension`` (clusters
+    started with the Delta package) or we run on Databricks, where Delta is built in. Only
+    configuration is read, so this works under Spark Connect too.
+    """
+    if DELTA_EXTENSION in _conf(spark, "spark.sql.extensions"):
+        return True
+    if os.environ.get("DATABRICKS_RUNTIME_VERSION"):
+        return True
+    return bool(_conf(spark, "spark.databricks.clusterUsageTags.sparkVersion"))
+
+
+def _conf(spark: SparkSession, key: str) -> str:
+    try:
+        return spark.conf.get(key, "") or ""
+    except Exception:  # Spark Connect servers may refuse some keys; absent is the safe answer
+        return ""
+
+
+class DeltaSparkEngine:
+    """Delta Lake's Spark connector (``Engine`` protocol): paths, URIs and catalog names."""
+
+    name = ENGINE
+
+    def available(self, spark: SparkSession) -> bool:
+        return has_delta_spark(spark)
+
+    def unavailable_reason(self) -> str:
+        return (
+            "engine='delta-spark' needs Delta Lake in the Spark session: start Spark with the "
+            f"delta-spark package and spark.sql.extensions={DELTA_EXTENSION}, "
+            f"spark.sql.catalog.spark_catalog={DELTA_CATALOG} (build_spark(..., delta=True) "
+            "does this; or run on Databricks); otherwise use engine='delta-rs' (or 'auto') "
+            "with a path."
+        )
+
+    def read(self, spark: SparkSession, ref: TableRef,
+             version: int | None) -> tuple[DataFrame, int]:
+        return read(spark, ref, version)
+
+    def write(self, spark: SparkSession, df: DataFrame, ref: TableRef, mode: str,
+              replace_where: Mapping[str, str | int] | None) -> TableWrite:
+        return write(spark, df, ref, mode, replace_where)
+
+
+DELTA_SPARK = DeltaSparkEngine()
