@@ -21,10 +21,9 @@ log = logging.getLogger("mmgmm_spark")
 
 
 def _spark(config: AppConfig):
-    from mmgmm_spark.spark.session import build_spark
+    from mmgmm_spark.app.pipeline import spark_session
 
-    spark = build_spark(config.spark.master, config.spark.app_name, config.spark.conf,
-                        config.spark.remote)
+    spark = spark_session(config)
     if config.spark.remote is None:
         spark.sparkContext.setLogLevel("ERROR")
         _quiet_task_failures(spark)

@@ -27,6 +27,7 @@ from pydantic import (
 from mmgmm_spark.core.covariance import covariance_type
 from mmgmm_spark.core.errors import ConfigError
 from mmgmm_spark.core.init import INIT_METHODS
+from mmgmm_spark.storage import ENGINE_NAMES
 
 
 class Section(BaseModel):
@@ -41,7 +42,7 @@ class SparkConfig(Section):
 
 
 class StorageConfig(Section):
-    engine: Literal["auto", "delta-spark", "delta-rs"] = "auto"
+    engine: EngineName = "auto"
 
 
 class TrackingSection(Section):
@@ -57,6 +58,15 @@ def _registered_covariance(value: str) -> str:
 
 
 CovarianceName = Annotated[str, AfterValidator(_registered_covariance)]
+
+
+def _registered_engine(value: str) -> str:
+    if value not in ENGINE_NAMES:
+        raise ValueError(f"must be one of {ENGINE_NAMES} (the storage engines' registry)")
+    return value
+
+
+EngineName = Annotated[str, AfterValidator(_registered_engine)]
 """A covariance type name of the registry (:mod:`mmgmm_spark.core.covariance`)."""
 
 

@@ -20,7 +20,6 @@ from mmgmm_spark.app import pipeline
 from mmgmm_spark.app.config import AppConfig, load_config
 from mmgmm_spark.models.detector import AnomalyDetector
 from mmgmm_spark.spark.arrow import batch_from_arrow
-from mmgmm_spark.spark.session import build_spark
 from mmgmm_spark.storage import read_table
 from mmgmm_spark.tracking import load_detector, tracking
 from mmgmm_spark.tracking.plots import component_weights, score_histogram
@@ -63,9 +62,8 @@ def load_notebook_config(path: str, overrides: str = "") -> AppConfig:
 
 
 def spark_for(config: AppConfig) -> SparkSession:
-    """The session for a notebook that has no predefined ``spark`` (``build_spark``)."""
-    return build_spark(config.spark.master, config.spark.app_name, config.spark.conf,
-                       config.spark.remote)
+    """The session for a notebook that has no predefined ``spark``."""
+    return pipeline.spark_session(config)
 
 
 @dataclass(frozen=True)

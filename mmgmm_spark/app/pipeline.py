@@ -46,6 +46,7 @@ from mmgmm_spark.spark.arrow import batch_from_arrow
 from mmgmm_spark.spark.data import CachedBlocks
 from mmgmm_spark.spark.preprocess import fit_preprocessing_options
 from mmgmm_spark.spark.score import ScoringResult, read_and_join
+from mmgmm_spark.spark.session import build_spark
 from mmgmm_spark.storage import StorageError, read_table
 from mmgmm_spark.storage.tables import SCHEMA_MISMATCH, SCHEMA_MISMATCH_HINT
 from mmgmm_spark.tracking import (
@@ -69,6 +70,14 @@ HOLDOUT_BUCKETS = 20
 """Rows whose id hashes to bucket 0 of 20 (5%) are held out of training for the champion check."""
 MAX_HOLDOUT_ROWS = 20_000
 MAX_EVALUATION_ROWS = 5_000_000
+
+
+def spark_session(config: AppConfig) -> SparkSession:
+    """The session the ``spark`` section describes (classic or Spark Connect), with Delta
+    Lake's connector when ``storage.engine`` is ``delta-spark``."""
+    spark = config.spark
+    return build_spark(spark.master, spark.app_name, spark.conf, spark.remote,
+                       delta=config.storage.engine == "delta-spark")
 
 
 def tracking_config(config: AppConfig) -> TrackingConfig:
