@@ -237,7 +237,8 @@ def _local_file(uri: str) -> str:
 def _stage(df: DataFrame, root: str, directory: str) -> list[AddAction]:
     """Write ``df`` as Parquet into ``root/directory``; one AddAction per non-empty file."""
     target = os.path.join(root, directory)
-    df.write.mode("errorifexists").parquet("file://" + target)
+    # "error", not its alias "errorifexists": Spark Connect refuses the alias
+    df.write.mode("error").parquet("file://" + target)
     actions = []
     for name in sorted(os.listdir(target)):
         path = os.path.join(target, name)
