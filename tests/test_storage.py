@@ -21,6 +21,7 @@ from mmgmm_spark.storage import (
     StorageError,
     check_ids,
     choose_engine,
+    features_as_double,
     features_as_double_array,
     read_modality,
     read_table,
@@ -220,6 +221,23 @@ def test_vector_features_are_converted(spark, tmp_path):
     write_deltalake(str(tmp_path / "sparse"), pa.table({"id": ["a", "b"], "features": struct}))
     sparse = read_modality(spark, tmp_path / "sparse", check=False)
     np.testing.assert_array_equal(_arrays(sparse)[1], dense)
+
+
+def test_one_converter_serves_storage_reads_and_spark_inputs(spark):
+    """Storage reads and the Spark fit/score inputs accept the same types and refuse the same."""
+    from mmgmm_spark.core.batch import DataValidationError
+    from mmgmm_spark.spark.data import features_column
+
+    frame = _frame(spark, [("a", [1, 2], "text")],
+                   "id string, features array<int>, bad string")
+    by_storage = frame.select(features_as_double(frame, "t", "features")).first()[0]
+    by_spark = frame.select(features_column(frame, "features", "modality 'm'")).first()[0]
+    assert by_storage == by_spark == [1.0, 2.0]
+    with pytest.raises(StorageError, match=r"Table 't': column 'bad' has type string"):
+        features_as_double(frame, "t", "bad")
+    with pytest.raises(DataValidationError,
+                       match=r"modality 'm': column 'bad' has type string"):
+        features_column(frame, "bad", "modality 'm'")
 
 
 # ----------------------------------------------------------------------------- transactions

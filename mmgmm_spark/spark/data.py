@@ -33,33 +33,25 @@ from mmgmm_spark.spark.arrow import (
 )
 from mmgmm_spark.spark.session import has_rdd_api
 from mmgmm_spark.spark.tasks import spark_task
+from mmgmm_spark.storage import FEATURE_TYPES_HINT, double_array_or_none
 
 T_ = TypeVar("T_")
 Codec = tuple[Callable[[T_], tuple[np.ndarray, ...]], Callable[[tuple[np.ndarray, ...]], T_]]
 """(to arrays, from arrays) of a partial result, for the DataFrame-only path."""
 
-NUMERIC_ELEMENTS = (T.DoubleType, T.FloatType, T.IntegerType, T.LongType, T.ShortType)
-
-
 def features_column(df: DataFrame, column: str, source: str) -> Column:
-    """``column`` as array<double>, from array<float|double|int> or a Spark ML vector."""
+    """``column`` as array<double> (see :func:`storage.double_array_or_none`), else an error."""
     if column not in df.columns:
         raise DataValidationError(
             f"{source}: no column '{column}' (columns: {df.columns}). Name the features "
             "column of each modality after the modality, or map it in the config."
         )
-    data_type = df.schema[column].dataType
-    if isinstance(data_type, T.ArrayType) and isinstance(data_type.elementType, NUMERIC_ELEMENTS):
-        return F.col(column).cast("array<double>")
-    if type(data_type).__name__ == "VectorUDT":
-        from pyspark.ml.functions import vector_to_array
-
-        # vector_to_array rejects nulls, and a null is a missing modality here
-        return F.when(F.col(column).isNotNull(), vector_to_array(F.col(column), dtype="float64"))
-    raise DataValidationError(
-        f"{source}: column '{column}' has type {data_type.simpleString()}; features must be "
-        "array<double>, array<float> or a Spark ML vector."
-    )
+    converted = double_array_or_none(df, column)
+    if converted is None:
+        data_type = df.schema[column].dataType.simpleString()
+        raise DataValidationError(
+            f"{source}: column '{column}' has type {data_type}; {FEATURE_TYPES_HINT}")
+    return converted
 
 
 def modality_frame(df: DataFrame, modalities: tuple[Modality, ...],

@@ -18,11 +18,13 @@ from mmgmm_spark.storage.api import (
 from mmgmm_spark.storage.engines import ENGINE_NAMES, Engine, choose_engine, get_engine
 from mmgmm_spark.storage.engines.delta_spark import has_delta_spark
 from mmgmm_spark.storage.tables import (
+    FEATURE_TYPES_HINT,
     StorageError,
     TableRead,
     TableRef,
     TableWrite,
     check_ids,
+    double_array_or_none,
     features_as_double,
     features_as_double_array,
     resolve_table,
@@ -30,6 +32,7 @@ from mmgmm_spark.storage.tables import (
 
 __all__ = [
     "ENGINE_NAMES",
+    "FEATURE_TYPES_HINT",
     "Engine",
     "StorageError",
     "TableRead",
@@ -37,6 +40,7 @@ __all__ = [
     "TableWrite",
     "check_ids",
     "choose_engine",
+    "double_array_or_none",
     "features_as_double",
     "features_as_double_array",
     "get_engine",

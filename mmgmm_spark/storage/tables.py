@@ -172,16 +172,16 @@ def _vector_struct_to_array(col: Column) -> Column:
 NUMERIC_ELEMENTS = (T.DoubleType, T.FloatType, T.LongType, T.IntegerType, T.ShortType)
 
 
-def features_as_double(df: DataFrame, table: str, features_col: str) -> Column:
-    """``features_col`` of ``df`` as an ``array<double>`` column (a null stays null).
+def double_array_or_none(df: DataFrame, column: str) -> Column | None:
+    """``column`` of ``df`` as an ``array<double>`` column (a null stays null), or None.
 
     Accepted: arrays of double (unchanged), float (exact) or integers, a Spark ML ``VectorUDT``
     and the vector struct ``struct<type,size,indices,values>`` that Delta tables written from
-    vectors hold; anything else is an error naming ``table`` and the column.
+    vectors hold. None for any other type: the caller raises its own error, in its own terms.
+    This is the one features-column converter (storage reads and Spark fit/score inputs).
     """
-    require_columns(df, table, [features_col])
-    data_type = df.schema[features_col].dataType
-    col = F.col(features_col)
+    data_type = df.schema[column].dataType
+    col = F.col(column)
     if isinstance(data_type, T.ArrayType) and isinstance(data_type.elementType, T.DoubleType):
         return col
     if isinstance(data_type, T.ArrayType) and isinstance(data_type.elementType, NUMERIC_ELEMENTS):
@@ -193,10 +193,21 @@ def features_as_double(df: DataFrame, table: str, features_col: str) -> Column:
         return F.when(col.isNotNull(), vector_to_array(col, "float64"))
     if _is_vector_struct(data_type):
         return _vector_struct_to_array(col)
-    raise StorageError(
-        f"Table {table!r}: column {features_col!r} has type {data_type.simpleString()}; "
-        "features must be array<double>, array<float> or a Spark ML vector."
-    )
+    return None
+
+
+FEATURE_TYPES_HINT = "features must be array<double>, array<float> or a Spark ML vector."
+
+
+def features_as_double(df: DataFrame, table: str, features_col: str) -> Column:
+    """:func:`double_array_or_none` of ``features_col``; an unsupported type names ``table``."""
+    require_columns(df, table, [features_col])
+    converted = double_array_or_none(df, features_col)
+    if converted is None:
+        data_type = df.schema[features_col].dataType.simpleString()
+        raise StorageError(
+            f"Table {table!r}: column {features_col!r} has type {data_type}; {FEATURE_TYPES_HINT}")
+    return converted
 
 
 def features_as_double_array(df: DataFrame, table: str, features_col: str) -> DataFrame:
