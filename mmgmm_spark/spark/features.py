@@ -127,7 +127,7 @@ def _finish_bags(n_components: int, bag_column: str, schema: pa.Schema):
     """An ``applyInArrow`` function: one bag's partials -> its row of features."""
 
     @spark_task
-    def finish(table: pa.Table) -> pa.Table:
+    def finish_bag(table: pa.Table) -> pa.Table:
         column = table.column(PARTIALS).combine_chunks()
         sums = column.flatten().to_numpy().reshape(len(column), -1).sum(axis=0, keepdims=True)
         count = np.array([table.column(N_ROWS).to_numpy().sum()])
@@ -136,6 +136,10 @@ def _finish_bags(n_components: int, bag_column: str, schema: pa.Schema):
             [table.column(bag_column).slice(0, 1), pa.array(count),
              dense_list_column(sums[:, :n_components] / count[:, None]),
              dense_list_column(vectors)], schema=schema)
+
+    def finish(table: pa.Table) -> pa.Table:
+        # applyInArrow counts the function's named arguments, which spark_task's wrapper hides
+        return finish_bag(table)
 
     return finish
 
