@@ -224,3 +224,38 @@ def test_bag_sums_and_improved_vectors_equal_reference() -> None:
     for key, vector in zip(distinct, vectors, strict=True):
         np.testing.assert_allclose(vector, expected[key], rtol=1e-10, atol=1e-12)
         assert np.isclose(np.linalg.norm(vector), 1.0)
+
+
+# ------------------------------------------------------------------ models: fitted fusion models
+def test_fusion_model_features_use_its_preprocessing_and_late_is_refused() -> None:
+    from mmgmm_spark.models.features import MixtureFeatures
+    from mmgmm_spark.models.fusion import FusionConfig, FusionModel
+
+    rng = np.random.default_rng(4)
+    data = {"a": blobs(300, 3, seed=5) * 10 + 50, "b": rng.normal(size=(300, 2))}
+    data["b"][::4] = np.nan
+    modalities = [Modality("a", 3), Modality("b", 2)]
+    config = FusionConfig(strategy="joint", n_components=(2,), covariance_types=("diag",),
+                          projection=None, standardise=True, random_state=0)
+    model = FusionModel(modalities, config).fit(data)
+    batch = model.to_batch(data)
+    resp, scores = MixtureFeatures.of(model).row_scores(batch)
+    np.testing.assert_allclose(resp, model.responsibilities(batch), rtol=0, atol=1e-12)
+    # reference: standardise with the fitted scaler written out, then the numpy reference
+    mixture = model.mixtures_["joint"]
+    standardised = {}
+    for name, x in data.items():
+        p = model.preprocessors_[name]
+        standardised[name] = (x - p.mean) / p.scale
+    blocks = {m.name: {"kind": m.covariance_type, "weight": m.weight,
+                       "means": mixture.means_[m.name],
+                       "cov": mixture.params.blocks[m.name].full_covariances(2)}
+              for m in mixture.modalities}
+    ref_resp, ref_scores = reference_scores(standardised, mixture.weights_, blocks)
+    np.testing.assert_allclose(resp, ref_resp, atol=1e-10)
+    np.testing.assert_allclose(scores, ref_scores, rtol=1e-8, atol=1e-10)
+    late = FusionModel(modalities, FusionConfig(strategy="late", n_components=(2,),
+                                                projection=None, standardise=False,
+                                                random_state=0)).fit(data)
+    with pytest.raises(ValueError, match="'late' fusion.*model.fusion joint"):
+        MixtureFeatures.of(late)
