@@ -61,11 +61,6 @@ def fisher_layout(params: MixtureParams, modalities: tuple[Modality, ...]
     return layout
 
 
-def fisher_width(params: MixtureParams, modalities: tuple[Modality, ...]) -> int:
-    """D: the length of a Fisher vector (sum of :func:`fisher_layout`'s lengths)."""
-    return sum(size for _, size in fisher_layout(params, modalities))
-
-
 def row_scores(batch: Batch, params: MixtureParams, modalities: tuple[Modality, ...]
                ) -> tuple[np.ndarray, np.ndarray]:
     """(responsibilities (n, K), Fisher scores (n, D)) of every row of ``batch``.

@@ -57,10 +57,6 @@ class MixtureFeatures:
         """The Fisher vector's blocks (see :func:`mmgmm_spark.core.fisher.fisher_layout`)."""
         return fisher_layout(self.mixture.params, self.mixture.modalities)
 
-    def width(self) -> int:
-        """D: the Fisher vector's length."""
-        return sum(size for _, size in self.layout())
-
     def row_scores(self, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
         """(responsibilities (n, K), per-row Fisher scores (n, D)) of a validated input batch
         (:func:`mmgmm_spark.core.fisher.row_scores` after the preprocessing)."""
