@@ -92,7 +92,7 @@ def project(spark, tmp_path_factory) -> Path:
 def test_every_notebook_is_databricks_source() -> None:
     names = sorted(p.name for p in NOTEBOOKS.glob("*.py"))
     assert names == ["01_explore_features.py", "02_train_sweep.py", "03_inspect_model.py",
-                     "04_score.py"]
+                     "04_score.py", "05_mixture_features.py"]
     for name in names:
         parts = cells(NOTEBOOKS / name)
         assert len(parts) >= 3
@@ -180,3 +180,30 @@ def test_03_inspect_model_of_late_fusion(swept: dict, project: Path) -> None:
     assert ns["model_name"] == "nb-late"
     assert sorted(ns["mixtures"]) == ["a", "b"] and set(ns["means"]) == {"a", "b"}
     assert len(ns["scores"]["anomaly_score"]) == N_ROWS
+
+
+def test_05_mixture_features(project: Path) -> None:
+    """Generated image + text objects: the classifier on the mixture's features against the
+    raw concatenated features, on the same labelled and test objects."""
+    widgets = FakeWidgets({"rows": "3000", "labelled": "200"})
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(notebook_support, "_dbutils", lambda: SimpleNamespace(widgets=widgets))
+        ns = run_notebook("05_mixture_features.py")
+    table = DeltaTable(str(project / "work" / "tables" / "fusion_demo" / "features"))
+    rows = table.to_pyarrow_table().to_pandas()
+    assert len(rows) == 3000 and rows["id"].is_unique
+    resp = np.stack(rows["responsibilities"])
+    np.testing.assert_allclose(resp.sum(axis=1), 1.0, atol=1e-12)
+    assert ns["result"].width == 6 + 6 * 16 + 6 * 8          # weights, image and text means
+    comparison = ns["comparison"].set_index("features")["test accuracy"]
+    assert list(comparison.index) == ["raw concatenated", "responsibilities", "fisher_vector"]
+    assert ns["result"].model_name == "nb-model-fusion"
+    assert comparison.between(1 / 6, 1.0).all()
+    # the same split by hand: the notebook's accuracies are the classifier's, not made up
+    from sklearn.linear_model import LogisticRegression
+
+    mixture = ns["mixture"]["responsibilities"]
+    train, test, group = ns["train"], ns["test"], ns["demo"].group
+    by_hand = LogisticRegression(max_iter=2000).fit(mixture[train], group[train])
+    assert comparison["responsibilities"] == pytest.approx(
+        by_hand.score(mixture[test], group[test]))

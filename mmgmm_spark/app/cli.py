@@ -1,4 +1,4 @@
-"""The ``mmgmm`` command line: demo, ingest, train, score, evaluate, benchmark.
+"""The ``mmgmm`` command line: demo, ingest, train, score, evaluate, features, benchmark.
 
 Every subcommand takes ``--config FILE`` and any number of ``--set section.key=value``
 overrides, exits 0 on success, and on bad input exits 2 with one paragraph naming what is
@@ -156,6 +156,17 @@ def cmd_evaluate(args: argparse.Namespace, config: AppConfig) -> int:
     return 0
 
 
+def cmd_features(args: argparse.Namespace, config: AppConfig) -> int:
+    from mmgmm_spark.app.features import write_features
+
+    result = write_features(_spark(config), config, args.output_table, args.bag_column)
+    blocks = ", ".join(f"{name} {size}" for name, size in result.layout)
+    print(f"wrote {result.table} version {result.version} (model {result.model_name} "
+          f"v{result.model_version}): responsibilities K={result.n_components}, "
+          f"fisher_vector D={result.width} ({blocks})")
+    return 0
+
+
 def cmd_benchmark(args: argparse.Namespace) -> int:
     from mmgmm_spark.app.benchmark_adbench import main as adbench_main
 
@@ -210,6 +221,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kind-column", default=None, metavar="KIND",
                    help="also report AUROC and average precision per anomaly kind")
     p.add_argument("--scoring-run-id", default=None)
+    p = command("features", cmd_features,
+                "per-entity posteriors and Fisher vectors of the model, to a Delta table")
+    p.add_argument("--output-table", required=True, metavar="TABLE",
+                   help="Delta table (path or catalog name) replaced by the features")
+    p.add_argument("--bag-column", default=None, metavar="COLUMN",
+                   help="rows are descriptors of the entity in COLUMN (in every modality "
+                        "table): one Fisher vector per entity")
     bench = commands.add_parser("benchmark", help="accuracy benchmarks")
     kinds = bench.add_subparsers(dest="kind", required=True)
     adbench = kinds.add_parser("adbench", help="ADBench-format .npz files")

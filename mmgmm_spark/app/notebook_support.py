@@ -25,9 +25,9 @@ from mmgmm_spark.tracking import load_detector, tracking
 from mmgmm_spark.tracking.plots import component_weights, score_histogram
 from mmgmm_spark.tracking.registry import resolve_registered
 
-__all__ = ["Champion", "component_weights", "load_champion", "load_notebook_config",
-           "parse_overrides", "sample_scores", "score_histogram", "scoring_run_rows",
-           "spark_for", "widget"]
+__all__ = ["Champion", "component_weights", "feature_arrays", "load_champion",
+           "load_notebook_config", "parse_overrides", "sample_scores", "score_histogram",
+           "scoring_run_rows", "spark_for", "widget"]
 
 
 def _dbutils() -> Any | None:
@@ -105,3 +105,14 @@ def scoring_run_rows(spark: SparkSession, config: AppConfig, table: str,
     """The rows one scoring run wrote to the output table."""
     return (read_table(spark, table, engine=config.storage.engine).df
             .where(F.col("scoring_run_id") == scoring_run_id))
+
+
+def feature_arrays(spark: SparkSession, config: AppConfig, table: str,
+                   ids: np.ndarray) -> dict[str, np.ndarray]:
+    """{column: (n, width)} of the array columns (``responsibilities``, ``fisher_vector``) of
+    a features table (``mmgmm features``), rows in the order of ``ids`` (n,). Brings the
+    table to the driver: for notebook-sized tables."""
+    frame = read_table(spark, table, engine=config.storage.engine).df.toPandas()
+    frame = frame.set_index(config.data.id_column).loc[list(ids)]
+    return {name: np.stack(frame[name].to_numpy())
+            for name in ("responsibilities", "fisher_vector")}

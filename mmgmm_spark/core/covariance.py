@@ -153,6 +153,20 @@ class CovarianceType:
         covariances[empty] = previous[empty]
         return covariances
 
+    def whiten(self, values: np.ndarray, means: np.ndarray, cholesky: np.ndarray) -> np.ndarray:
+        """(n, K, d) whitened offsets y_k = C_k^T (x - mu_k) of rows (n, d) from means (K, d),
+        so that y_k . y_k is the squared Mahalanobis distance (Fisher vectors' mean block)."""
+        raise NotImplementedError
+
+    def variance_width(self, dim: int) -> int:
+        """Fisher-vector numbers per component for the variances (0: none for this type)."""
+        return 0
+
+    def variance_scores(self, whitened: np.ndarray) -> np.ndarray:
+        """(n, K, :meth:`variance_width`) Fisher-normalised gradients of log N with respect to
+        the component's standard deviations, from :meth:`whiten`'s (n, K, d) offsets."""
+        return whitened[:, :, :0]
+
 
 class _Matrices(CovarianceType):
     """Shared by the types whose covariances are d x d matrices (full, tied)."""
@@ -179,6 +193,10 @@ class _Matrices(CovarianceType):
 
     def variances(self, covariances: np.ndarray) -> np.ndarray:
         return np.diagonal(covariances, axis1=-2, axis2=-1)
+
+    def whiten(self, values: np.ndarray, means: np.ndarray, cholesky: np.ndarray) -> np.ndarray:
+        stack = np.broadcast_to(self._stack(cholesky), (len(means), *cholesky.shape[-2:]))
+        return np.einsum("nkd,kde->nke", values[:, None, :] - means[None], stack)
 
     def regularised(self, covariances: np.ndarray, reg_covar: float) -> np.ndarray:
         dim = covariances.shape[-1]
@@ -336,6 +354,16 @@ class DiagCovariance(_Diagonal):
     def pooled(self, covariance: np.ndarray, n_components: int) -> np.ndarray:
         return np.tile(np.diag(covariance), (n_components, 1))
 
+    def whiten(self, values: np.ndarray, means: np.ndarray, cholesky: np.ndarray) -> np.ndarray:
+        return (values[:, None, :] - means[None]) * cholesky[None]
+
+    def variance_width(self, dim: int) -> int:
+        return dim
+
+    def variance_scores(self, whitened: np.ndarray) -> np.ndarray:
+        # d log N / d sigma_j = (y_j^2 - 1) / sigma_j, Fisher information 2 / sigma_j^2
+        return (whitened * whitened - 1.0) / np.sqrt(2.0)
+
     def mahalanobis(self, x: CentredRows, gaussians: Gaussians,
                     means: np.ndarray) -> np.ndarray:
         values, chol = x.values, gaussians.precisions_cholesky
@@ -363,6 +391,17 @@ class SphericalCovariance(_Diagonal):
 
     def pooled(self, covariance: np.ndarray, n_components: int) -> np.ndarray:
         return np.full(n_components, np.diag(covariance).mean())
+
+    def whiten(self, values: np.ndarray, means: np.ndarray, cholesky: np.ndarray) -> np.ndarray:
+        return (values[:, None, :] - means[None]) * cholesky[None, :, None]
+
+    def variance_width(self, dim: int) -> int:
+        return 1
+
+    def variance_scores(self, whitened: np.ndarray) -> np.ndarray:
+        # d log N / d sigma = (|y|^2 - d) / sigma, Fisher information 2 d / sigma^2
+        dim = whitened.shape[2]
+        return ((whitened * whitened).sum(axis=2, keepdims=True) - dim) / np.sqrt(2.0 * dim)
 
     def mahalanobis(self, x: CentredRows, gaussians: Gaussians,
                     means: np.ndarray) -> np.ndarray:

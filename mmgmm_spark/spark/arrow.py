@@ -120,6 +120,13 @@ def payload_mapper(modalities: tuple[Modality, ...], source: str, max_rows: int)
     return encode_partition
 
 
+def dense_list_column(values: np.ndarray) -> pa.ListArray:
+    """Arrow list<double> column of the rows of (n, w) floats, none of them null."""
+    n, width = values.shape
+    offsets = pa.array(np.arange(0, n * width + 1, width, dtype=np.int32))
+    return pa.ListArray.from_arrays(offsets, pa.array(np.ascontiguousarray(values).ravel()))
+
+
 def list_column(values: np.ndarray) -> pa.ListArray:
     """Arrow list<double> column from (n, d) floats; an all-NaN row becomes null (missing)."""
     values = np.asarray(values, dtype=np.float64)

@@ -37,7 +37,12 @@ from mmgmm_spark.models.scores import (
     SCORED_AT,
     SCORING_RUN_ID,
 )
-from mmgmm_spark.spark.arrow import batch_from_arrow, decode_arrays, encode_arrays
+from mmgmm_spark.spark.arrow import (
+    batch_from_arrow,
+    decode_arrays,
+    dense_list_column,
+    encode_arrays,
+)
 from mmgmm_spark.spark.data import (
     CachedBlocks,
     features_column,
@@ -253,10 +258,7 @@ def score_schema(detector: AnomalyDetector, id_field: T.StructField,
 
 
 def _responsibility_column(detector: AnomalyDetector, batch: Batch) -> pa.ListArray:
-    resp = detector.responsibilities(batch)
-    n, k = resp.shape
-    offsets = pa.array(np.arange(0, n * k + 1, k, dtype=np.int32))
-    return pa.ListArray.from_arrays(offsets, pa.array(resp.ravel()))
+    return dense_list_column(detector.responsibilities(batch))
 
 
 def score_dataframe(df: DataFrame, detector: AnomalyDetector, *, id_column: str = "id",

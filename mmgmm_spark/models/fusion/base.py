@@ -67,6 +67,8 @@ class FusionStrategy:
         plain_mixture: without preprocessing it is a bare :class:`MultimodalGaussianMixture`
             (no :class:`FusionModel` is needed around it).
         transforms_rows: the mixture's rows are not the input rows (a selection/reshaping).
+        fisher_vectors: ``mmgmm features`` is defined: one mixture whose blocks are the
+            (preprocessed) modalities, so every row has posteriors and a Fisher vector.
     """
 
     name: ClassVar[str]
@@ -78,6 +80,7 @@ class FusionStrategy:
     per_modality: ClassVar[bool] = False
     plain_mixture: ClassVar[bool] = False
     transforms_rows: ClassVar[bool] = False
+    fisher_vectors: ClassVar[bool] = False
 
     def __repr__(self) -> str:
         return f"<fusion strategy {self.name!r}>"

@@ -31,6 +31,7 @@ class JointFusion(FusionStrategy):
     summary = "fits one mixture of per-modality blocks"
     fusion_weights = True
     plain_mixture = True
+    fisher_vectors = True
 
     def mixture_keys(self, modalities: list[Modality] | tuple[Modality, ...]) -> list[str]:
         return [JOINT]
