@@ -248,7 +248,8 @@ class ModalityPreprocessor:
             arrays[f"{prefix}explained_variance"] = self.explained_variance
         if self.marginal is not None:
             arrays.update(self.marginal.to_arrays(prefix))
-        meta = {"n_quantiles": 0 if self.marginal is None else len(self.marginal.quantiles),"input_dim": self.input_dim, "output_dim": self.output_dim,
+        meta = {"n_quantiles": 0 if self.marginal is None else len(self.marginal.quantiles),
+                "input_dim": self.input_dim, "output_dim": self.output_dim,
                 "projected": self.components is not None,
                 "noise_variance": float(self.noise_variance), "whiten": bool(self.whiten),
                 "residual": bool(self.residual), "n_rows": int(self.n_rows)}
