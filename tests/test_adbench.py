@@ -41,7 +41,7 @@ def test_runner_writes_the_json_schema(tmp_path: Path, capsys) -> None:
     pair = results["datasets"]["pair"]
     assert pair["views"] == {"left": 30, "right": 12} and pair["n_rows"] == 160
     assert set(pair["results"]) == {"joint", "early", "late", "single:left", "single:right",
-                                    "pyod_gmm"}
+                                    "iforest", "gaussian", "ledoit_wolf", "pyod_gmm"}
     for entry in results["datasets"].values():
         for strategy in ("joint", "early", "late"):
             r = entry["results"][strategy]
@@ -61,7 +61,7 @@ def test_runner_refuses_a_directory_without_data_sets(tmp_path: Path, capsys) ->
 
 def test_real_classical_sets_beat_published_dagmm(adbench_dir: Path) -> None:
     results = run_adbench(adbench_dir / "classical", ("joint",), only=["thyroid", "cardio"],
-                          baseline=False)
+                          references=())
     names = {name.split("_", 1)[-1]: entry for name, entry in results["datasets"].items()}
     assert set(names) == {"thyroid", "cardio", "annthyroid"}
     for short in ("thyroid", "cardio"):
@@ -70,7 +70,7 @@ def test_real_classical_sets_beat_published_dagmm(adbench_dir: Path) -> None:
 
 def test_real_mvtec_fusion_beats_published_dagmm(adbench_dir: Path) -> None:
     results = run_adbench(adbench_dir / "mvtec_two_view", ("joint", "early"),
-                          only=["bottle", "cable"], baseline=False)
+                          only=["bottle", "cable"], references=())
     for name, entry in results["datasets"].items():
         for strategy in ("joint", "early"):
             assert entry["results"][strategy]["auroc"] > 0.8, (name, strategy)
