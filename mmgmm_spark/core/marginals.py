@@ -55,8 +55,10 @@ class NormalScores:
         x = x[~np.isnan(x).all(axis=1)]
         if len(x) < 2:
             raise ValueError(f"Normal scores need at least 2 observed rows, got {len(x)}.")
-        m = min(int(n_quantiles), len(x))
-        quantiles = np.quantile(x, plotting_positions(m), axis=0, method="hazen")
+        if n_quantiles >= len(x):     # the order statistics, exactly (no interpolation)
+            quantiles = np.sort(x, axis=0)
+        else:
+            quantiles = np.quantile(x, plotting_positions(n_quantiles), axis=0, method="hazen")
         return cls.from_quantiles(quantiles, x.std(axis=0))
 
     @classmethod
