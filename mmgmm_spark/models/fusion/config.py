@@ -40,6 +40,9 @@ class FusionConfig:
             ``n_quantiles`` quantiles, then Phi^-1) before standardisation and projection: a
             Gaussian-copula mixture (see :mod:`mmgmm_spark.core.marginals`).
         n_quantiles: quantiles stored per feature for ``normal_scores``.
+        ensemble: score by the rank average (mean normal score) of every admissible
+            candidate sharing the chosen preprocessing instead of the lowest-BIC one alone
+            (see :mod:`mmgmm_spark.models.fusion.ensemble`; not for ``late``).
         min_weight: candidates with a component weight below this are not admissible
             (K = 1 always is): a tiny component tends to model a cluster of anomalies.
         reg_covar, max_iter, tol, n_init, init_params, random_state: EM settings.
@@ -57,6 +60,7 @@ class FusionConfig:
     rows_per_dim: int = 10
     normal_scores: bool = False
     n_quantiles: int = 1000
+    ensemble: bool = False
     min_weight: float = 0.1
     reg_covar: float = 1e-3
     max_iter: int = 200
@@ -81,6 +85,9 @@ class FusionConfig:
                 or (isinstance(self.projection, int) and self.projection >= 1)):
             raise ValueError(f"projection must be 'auto', None or an int >= 1, "
                              f"got {self.projection!r}.")
+        if self.ensemble and self.fusion.per_modality:
+            raise ValueError(f"ensemble needs one mixture per model; strategy "
+                             f"'{self.strategy}' fits one per modality: set ensemble false.")
         if int(self.n_quantiles) < 2:
             raise ValueError(f"n_quantiles must be >= 2, got {self.n_quantiles!r}.")
 
