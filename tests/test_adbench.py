@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from mmgmm_spark.app.benchmark_adbench import DAGMM_AUROC, discover, main, run_adbench
 
@@ -75,3 +76,12 @@ def test_real_mvtec_fusion_beats_published_dagmm(adbench_dir: Path) -> None:
         for strategy in ("joint", "early"):
             assert entry["results"][strategy]["auroc"] > 0.8, (name, strategy)
     assert results["summary"]["."]["joint"] > 0.665 + 0.1
+
+
+def test_options_override_the_default_config() -> None:
+    from mmgmm_spark.app.benchmark_adbench import config_with
+
+    config = config_with(["ensemble=true", 'covariance_types=["diag"]'])
+    assert config.ensemble and config.covariance_types == ("diag",)
+    with pytest.raises(ValueError, match="unknown FusionConfig field 'nope'"):
+        config_with(["nope=1"])

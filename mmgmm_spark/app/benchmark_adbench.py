@@ -322,6 +322,22 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def config_with(options: list[str]) -> FusionConfig:
+    """The default :class:`FusionConfig` with ``KEY=JSON`` overrides (lists become tuples)."""
+    fields = FusionConfig().to_dict()
+    for option in options:
+        key, _, value = option.partition("=")
+        if key not in fields:
+            raise ValueError(f"--option {option!r}: unknown FusionConfig field {key!r}; "
+                             f"choose from {sorted(fields)}.")
+        try:
+            fields[key] = json.loads(value)
+        except json.JSONDecodeError:
+            raise ValueError(f"--option {option!r}: the value must be JSON "
+                             f"(true, 3, \"diag\", [1, 2]).") from None
+    return FusionConfig.from_dict(fields)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mmgmm_spark.app.benchmark_adbench",
                                      description=__doc__.split("\n\n")[0])
@@ -331,12 +347,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-rows", type=int, default=100_000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--only", default="", help="comma-separated name substrings")
+    parser.add_argument("--option", action="append", default=[], metavar="KEY=JSON",
+                        help="a FusionConfig field, e.g. --option ensemble=true "
+                             "--option 'covariance_types=[\"diag\"]' (repeatable)")
     parser.add_argument("--references", default=",".join(REFERENCES),
                         help="comma-separated reference detectors ('' for none)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     try:
+        config = config_with(args.option)
         results = run_adbench(args.data_dir, tuple(s for s in args.strategies.split(",") if s),
+                              config,
                               max_rows=args.max_rows, seed=args.seed,
                               only=[o for o in args.only.split(",") if o] or None,
                               references=tuple(r for r in args.references.split(",") if r))
