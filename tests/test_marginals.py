@@ -63,3 +63,12 @@ def test_preprocessor_option_round_trips_and_feeds_the_model(mixed: np.ndarray) 
     np.testing.assert_allclose(model.score_samples({"x": mixed}),
                                multivariate_normal(z.mean(axis=0), cov).logpdf(z)
                                - np.log(pre.scale).sum(), rtol=1e-6)
+
+
+def test_spark_preprocessing_refuses_normal_scores_it_cannot_fit(mixed: np.ndarray) -> None:
+    from mmgmm_spark.core.preprocessing import Moments
+    from mmgmm_spark.models.fusion import Preprocessing
+
+    config = FusionConfig(standardise=True, projection=None, normal_scores=True)
+    with pytest.raises(ValueError, match="normal_scores needs quantiles"):
+        Preprocessing.from_moments([Modality("x", 3)], {"x": Moments.of(mixed)}, config)
