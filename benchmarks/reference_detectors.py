@@ -24,39 +24,22 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
 
 import numpy as np
-from sklearn.covariance import LedoitWolf
 from sklearn.metrics import roc_auc_score
-from sklearn.neighbors import NearestNeighbors
-from sklearn.preprocessing import StandardScaler
 
 from mmgmm_spark.app.benchmark_adbench import discover, load_set
+from mmgmm_spark.app.references import knn_score, ledoit_wolf_score
 
 FUSED = "all views"
-
-
-def knn_score(x: np.ndarray, k: int = 5) -> np.ndarray:
-    """(n,) mean distance of each row of x (n, d) to its k nearest other rows, standardised."""
-    z = StandardScaler().fit_transform(x)
-    distances, _ = NearestNeighbors(n_neighbors=k + 1).fit(z).kneighbors(z)
-    return distances[:, 1:].mean(axis=1)
-
-
-def ledoit_wolf_score(x: np.ndarray) -> np.ndarray:
-    """(n,) squared Mahalanobis distance of each row of x (n, d) under a Ledoit-Wolf fit."""
-    return LedoitWolf().fit(x).mahalanobis(x)
-
-
-DETECTORS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
-    "knn": knn_score, "ledoit_wolf": ledoit_wolf_score}
+DETECTORS = {"knn": knn_score, "ledoit_wolf": ledoit_wolf_score}
+"""The detectors of :mod:`mmgmm_spark.app.references` compared here (fit on all rows)."""
 
 
 def set_aurocs(data: dict[str, np.ndarray], y: np.ndarray) -> dict[str, dict[str, float]]:
     """{detector: {view or FUSED: AUROC}} of one multi-view set."""
     inputs = {**data, FUSED: np.hstack(list(data.values()))}
-    return {name: {view: float(roc_auc_score(y, detector(x))) for view, x in inputs.items()}
+    return {name: {view: float(roc_auc_score(y, detector(x, x, 0))) for view, x in inputs.items()}
             for name, detector in DETECTORS.items()}
 
 

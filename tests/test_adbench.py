@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from mmgmm_spark.app.benchmark_adbench import DAGMM_AUROC, discover, main, run_adbench
 
@@ -41,7 +42,7 @@ def test_runner_writes_the_json_schema(tmp_path: Path, capsys) -> None:
     pair = results["datasets"]["pair"]
     assert pair["views"] == {"left": 30, "right": 12} and pair["n_rows"] == 160
     assert set(pair["results"]) == {"joint", "early", "late", "single:left", "single:right",
-                                    "pyod_gmm"}
+                                    "iforest", "gaussian", "ledoit_wolf", "pyod_gmm"}
     for entry in results["datasets"].values():
         for strategy in ("joint", "early", "late"):
             r = entry["results"][strategy]
@@ -61,7 +62,7 @@ def test_runner_refuses_a_directory_without_data_sets(tmp_path: Path, capsys) ->
 
 def test_real_classical_sets_beat_published_dagmm(adbench_dir: Path) -> None:
     results = run_adbench(adbench_dir / "classical", ("joint",), only=["thyroid", "cardio"],
-                          baseline=False)
+                          references=())
     names = {name.split("_", 1)[-1]: entry for name, entry in results["datasets"].items()}
     assert set(names) == {"thyroid", "cardio", "annthyroid"}
     for short in ("thyroid", "cardio"):
@@ -70,8 +71,17 @@ def test_real_classical_sets_beat_published_dagmm(adbench_dir: Path) -> None:
 
 def test_real_mvtec_fusion_beats_published_dagmm(adbench_dir: Path) -> None:
     results = run_adbench(adbench_dir / "mvtec_two_view", ("joint", "early"),
-                          only=["bottle", "cable"], baseline=False)
+                          only=["bottle", "cable"], references=())
     for name, entry in results["datasets"].items():
         for strategy in ("joint", "early"):
             assert entry["results"][strategy]["auroc"] > 0.8, (name, strategy)
     assert results["summary"]["."]["joint"] > 0.665 + 0.1
+
+
+def test_options_override_the_default_config() -> None:
+    from mmgmm_spark.app.benchmark_adbench import config_with
+
+    config = config_with(["ensemble=true", 'covariance_types=["diag"]'])
+    assert config.ensemble and config.covariance_types == ("diag",)
+    with pytest.raises(ValueError, match="unknown FusionConfig field 'nope'"):
+        config_with(["nope=1"])

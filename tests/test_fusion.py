@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from scipy.stats import multivariate_normal
+from scipy.stats import multivariate_normal, norm, rankdata
 from sklearn.mixture import GaussianMixture
 
 from mmgmm_spark import Modality
@@ -190,3 +190,33 @@ def test_the_registry_names_every_strategy_and_refuses_an_unknown_one() -> None:
     assert names_with("resume") == ["joint", "early"] and names_with("fusion_weights") == ["joint"]
     with pytest.raises(ValueError, match="'joint', 'early', 'late'.*'middle'"):
         FusionConfig("middle")
+
+
+def test_ensemble_is_the_mean_normal_score_of_the_grid_members() -> None:
+    """K=1 full and diag members: closed-form Gaussians, ranks from scipy."""
+    rng = np.random.RandomState(4)
+    x = rng.randn(200, 3) @ rng.randn(3, 3) + 1.0
+    config = FusionConfig(n_components=(1,), covariance_types=("full", "diag"),
+                          projection=None, standardise=True, ensemble=True)
+    model = FusionModel([Modality("x", 3)], config).fit({"x": x})
+    z = (x - x.mean(axis=0)) / x.std(axis=0)
+    cov = np.cov(z, rowvar=False, bias=True) + 1e-3 * np.eye(3)
+    log_scale = np.log(x.std(axis=0)).sum()
+    full = multivariate_normal(z.mean(axis=0), cov).logpdf(z) - log_scale
+    diag = multivariate_normal(z.mean(axis=0), np.diag(np.diag(cov))).logpdf(z) - log_scale
+    expected = np.mean([norm.ppf((rankdata(d) - 0.5) / len(d)) for d in (full, diag)], axis=0)
+    np.testing.assert_allclose(model.score_samples({"x": x}), expected, atol=1e-8)
+    np.testing.assert_allclose(model.log_density({"x": x}), full if model.chosen["joint"][
+        "covariance_type"] == "full" else diag, rtol=1e-6)
+
+
+def test_ensemble_round_trips_and_refuses_late(tmp_path) -> None:
+    rng = np.random.RandomState(5)
+    x = np.vstack([rng.randn(150, 2), rng.randn(150, 2) + 6])
+    model = FusionModel([Modality("x", 2)], FusionConfig(ensemble=True)).fit({"x": x})
+    assert len(model.members_["joint"]) == 3                    # K = 1, 2, 3
+    model.save(str(tmp_path / "m"))
+    loaded = FusionModel.load(str(tmp_path / "m"))
+    np.testing.assert_allclose(loaded.score_samples({"x": x}), model.score_samples({"x": x}))
+    with pytest.raises(ValueError, match="ensemble"):
+        FusionConfig(strategy="late", ensemble=True)

@@ -11,8 +11,12 @@ scored (recorded as ``fit_rows``).
 For multi-view sets every strategy is reported with, as references, each view alone
 (``single:<view>``, the ``joint`` configuration on that view). On one-modality sets the three
 strategies are the same model (``late`` is a monotone transform of it), so it is fitted once.
-``pyod_gmm`` is PyOD's default GMM detector: scikit-learn ``GaussianMixture(1, "full")`` on
-the raw features, negative ``score_samples``.
+The reference detectors of :mod:`mmgmm_spark.app.references` (IsolationForest over 5 seeds,
+one standardised Gaussian, Ledoit-Wolf, PyOD's default GMM) run on the same fit rows, on the
+concatenated views, in the same run. :func:`criteria` checks issue 18's goals against them:
+the mean AUROC at least IForest's + 0.03, no set more than 0.05 below the best of {IForest,
+one Gaussian}; on multi-view sets the ``joint`` mean at least every reference's and every
+single view's, and no set more than 0.01 below its better single view.
 
 Usage: ``python -m mmgmm_spark.app.benchmark_adbench --data-dir DIR --out results.json``.
 """
@@ -33,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from mmgmm_spark.app.references import REFERENCES, reference_result
 from mmgmm_spark.core.modality import Modality
 from mmgmm_spark.models.fusion import STRATEGIES, FusionConfig, FusionModel
 
@@ -41,7 +46,12 @@ log = logging.getLogger(__name__)
 DAGMM_AUROC = {"thyroid": 0.798, "cardio": 0.750, "satellite": 0.623, "smtp": 0.713}
 """Published DAGMM AUROCs (ADBench, unsupervised) used as anchors in the report."""
 DAGMM_MVTEC_MEAN = 0.665
-BASELINE = "pyod_gmm"
+IFOREST_MARGIN = 0.03
+"""The model's mean AUROC must exceed IForest's by this much."""
+WORST_SET_GAP = 0.05
+"""No set more than this below the best of {IForest, one Gaussian}."""
+SINGLE_VIEW_GAP = 0.01
+"""No multi-view set more than this below its better single view."""
 
 
 def discover(data_dir: str | Path) -> dict[str, dict[str, Path]]:
@@ -117,25 +127,10 @@ def _run_one(data: dict[str, np.ndarray], y: np.ndarray, config: FusionConfig,
             else ks, "chosen": chosen, "seconds": round(time.perf_counter() - started, 3)}
 
 
-def _baseline(data: dict[str, np.ndarray], y: np.ndarray, fit_rows: np.ndarray,
-              seed: int) -> dict[str, Any]:
-    from sklearn.mixture import GaussianMixture
-
-    started = time.perf_counter()
-    x = np.hstack(list(data.values()))
-    try:
-        gmm = GaussianMixture(1, covariance_type="full", random_state=seed).fit(x[fit_rows])
-        result = ranking_metrics(y, -gmm.score_samples(x))
-    except ValueError as e:                       # singular covariance (d > n)
-        return {"auroc": None, "average_precision": None, "error": str(e)[:120],
-                "n_components": 1, "seconds": round(time.perf_counter() - started, 3)}
-    return {**result, "n_components": 1, "seconds": round(time.perf_counter() - started, 3)}
-
-
 def run_set(data: dict[str, np.ndarray], y: np.ndarray, strategies: tuple[str, ...],
             config: FusionConfig, max_rows: int = 100_000, seed: int = 0,
-            baseline: bool = True) -> dict[str, Any]:
-    """Results of every strategy (+ single views and baseline) on one data set."""
+            references: tuple[str, ...] = REFERENCES) -> dict[str, Any]:
+    """Results of every strategy (+ single views and reference detectors) on one data set."""
     n = len(y)
     rng = np.random.RandomState(seed)
     fit_rows = (np.sort(rng.choice(n, max_rows, replace=False)) if n > max_rows
@@ -151,15 +146,19 @@ def run_set(data: dict[str, np.ndarray], y: np.ndarray, strategies: tuple[str, .
         for view, x in data.items():
             results[f"single:{view}"] = _run_one({view: x}, y, replace(config, strategy="joint"),
                                                  fit_rows)
-    if baseline:
-        results[BASELINE] = _baseline(data, y, fit_rows, seed)
+    x = np.hstack(list(data.values()))
+    for name in references:
+        started = time.perf_counter()
+        results[name] = {**reference_result(name, x, y, fit_rows, ranking_metrics),
+                         "seconds": round(time.perf_counter() - started, 3)}
     return {"n_rows": n, "fit_rows": int(len(fit_rows)), "anomaly_rate": float(y.mean()),
             "views": {view: int(x.shape[1]) for view, x in data.items()}, "results": results}
 
 
 def run_adbench(data_dir: str | Path, strategies: tuple[str, ...] = tuple(STRATEGIES),
                 config: FusionConfig | None = None, *, max_rows: int = 100_000, seed: int = 0,
-                only: list[str] | None = None, baseline: bool = True) -> dict[str, Any]:
+                only: list[str] | None = None,
+                references: tuple[str, ...] = REFERENCES) -> dict[str, Any]:
     """Fit and score every data set under ``data_dir``; return the JSON-able results.
 
     Args:
@@ -169,12 +168,14 @@ def run_adbench(data_dir: str | Path, strategies: tuple[str, ...] = tuple(STRATE
         max_rows: larger sets are fitted on a random subsample of this many rows.
         seed: subsampling and EM seed.
         only: substrings; when given, only data sets whose name contains one are run.
-        baseline: also run PyOD's default GMM (scikit-learn, one full component).
+        references: reference detectors to run (names in
+            :data:`mmgmm_spark.app.references.DETECTORS`).
 
     Returns:
         {"config": ..., "strategies": [...], "datasets": {name: {"n_rows", "fit_rows",
         "anomaly_rate", "views", "results": {strategy: {"auroc", "average_precision",
-        "n_components", "chosen", "seconds"}}}}, "summary": {group: {strategy: mean AUROC}}}
+        "n_components", "chosen", "seconds"}}}}, "summary": {group: {strategy: mean AUROC}},
+        "criteria": see :func:`criteria`}
     """
     bad = [s for s in strategies if s not in STRATEGIES]
     if bad:
@@ -190,13 +191,15 @@ def run_adbench(data_dir: str | Path, strategies: tuple[str, ...] = tuple(STRATE
     for name, views in selected.items():
         data, y = load_set(views)
         started = time.perf_counter()
-        datasets[name] = run_set(data, y, tuple(strategies), config, max_rows, seed, baseline)
+        datasets[name] = run_set(data, y, tuple(strategies), config, max_rows, seed,
+                                 tuple(references))
         log.info("%s: %s (%.1f s)", name, {k: round(v["auroc"], 3) for k, v in
                                            datasets[name]["results"].items()
                                            if v.get("auroc") is not None},
                  time.perf_counter() - started)
     return {"config": config.to_dict(), "strategies": list(strategies), "max_rows": max_rows,
-            "seed": seed, "datasets": datasets, "summary": summarise(datasets)}
+            "seed": seed, "datasets": datasets, "summary": summarise(datasets),
+            "criteria": criteria(datasets)}
 
 
 def _group(name: str) -> str:
@@ -221,6 +224,59 @@ def summarise(datasets: dict[str, Any]) -> dict[str, dict[str, float]]:
             means["single:best"] = max(singles)
         summary[group] = means
     return summary
+
+
+def _auroc(entry: dict[str, Any], column: str) -> float | None:
+    return entry["results"].get(column, {}).get("auroc")
+
+
+def criteria(datasets: dict[str, Any], model: str = "joint") -> dict[str, dict[str, Any]]:
+    """Per group: issue 18's goals for column ``model`` against the references of the run.
+
+    Returns {group: {"mean_minus_iforest": mean(model) - mean(iforest), "worst_gap":
+    min over sets of model - max(iforest, gaussian), "worst_set", and over the group's
+    multi-view sets "mean_minus_best_reference" (min of model's mean minus each single view's
+    and each reference's mean) and "worst_single_view_gap" (min over sets of model - better
+    single view); "passed": whether every goal holds}.
+    """
+    groups: dict[str, dict[str, Any]] = defaultdict(dict)
+    for name, entry in datasets.items():
+        groups[_group(name)][name] = entry
+    out = {}
+    for group, entries in groups.items():
+        result = _set_goals(entries, model)
+        passed = (result["mean_minus_iforest"] >= IFOREST_MARGIN
+                  and result["worst_gap"] >= -WORST_SET_GAP)
+        multi = [e for e in entries.values() if any(c.startswith("single:")
+                                                     for c in e["results"])]
+        if multi:
+            result.update(_view_goals(multi, model))
+            passed = (result["mean_minus_best_reference"] >= 0
+                      and result["worst_single_view_gap"] >= -SINGLE_VIEW_GAP)
+        out[group] = {**result, "passed": bool(passed)}
+    return out
+
+
+def _set_goals(entries: dict[str, dict[str, Any]], model: str) -> dict[str, Any]:
+    """Mean gain over IForest and the worst set's gap to the best of {IForest, Gaussian}."""
+    ours = np.array([_auroc(e, model) for e in entries.values()], dtype=float)
+    iforest = np.array([_auroc(e, "iforest") for e in entries.values()], dtype=float)
+    best = np.array([max(_auroc(e, "iforest") or 0.0, _auroc(e, "gaussian") or 0.0)
+                     for e in entries.values()])
+    gaps = ours - best
+    return {"mean_minus_iforest": float(ours.mean() - np.nanmean(iforest)),
+            "worst_gap": float(gaps.min()), "worst_set": list(entries)[int(gaps.argmin())]}
+
+
+def _view_goals(entries: list[dict[str, Any]], model: str) -> dict[str, float]:
+    """Multi-view goals: mean vs every single view and reference, worst single-view gap."""
+    ours = np.array([_auroc(e, model) for e in entries], dtype=float)
+    singles = [c for c in entries[0]["results"] if c.startswith("single:")]
+    others = [*singles, *[c for c in REFERENCES if c in entries[0]["results"]]]
+    means = [np.mean([_auroc(e, c) or 0.0 for e in entries]) for c in others]
+    better_view = np.array([max(_auroc(e, c) for c in singles) for e in entries])
+    return {"mean_minus_best_reference": float(ours.mean() - max(means)),
+            "worst_single_view_gap": float((ours - better_view).min())}
 
 
 def _anchor(name: str) -> str:
@@ -257,8 +313,29 @@ def markdown(results: dict[str, Any]) -> str:
             f"**{means[c]:.3f}**" if c in means else "" for c in columns) + f" | {anchor} |")
         if "single:best" in means:
             lines.append(f"\nBest single view mean AUROC: {means['single:best']:.3f}")
+        goals = results.get("criteria", {}).get(group)
+        if goals:
+            lines.append("\nGoals (joint): " + ", ".join(
+                f"{key} {value:+.3f}" if isinstance(value, float) else f"{key} {value}"
+                for key, value in goals.items()))
         lines.append("")
     return "\n".join(lines)
+
+
+def config_with(options: list[str]) -> FusionConfig:
+    """The default :class:`FusionConfig` with ``KEY=JSON`` overrides (lists become tuples)."""
+    fields = FusionConfig().to_dict()
+    for option in options:
+        key, _, value = option.partition("=")
+        if key not in fields:
+            raise ValueError(f"--option {option!r}: unknown FusionConfig field {key!r}; "
+                             f"choose from {sorted(fields)}.")
+        try:
+            fields[key] = json.loads(value)
+        except json.JSONDecodeError:
+            raise ValueError(f"--option {option!r}: the value must be JSON "
+                             f"(true, 3, \"diag\", [1, 2]).") from None
+    return FusionConfig.from_dict(fields)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -270,14 +347,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-rows", type=int, default=100_000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--only", default="", help="comma-separated name substrings")
-    parser.add_argument("--no-baseline", action="store_true")
+    parser.add_argument("--option", action="append", default=[], metavar="KEY=JSON",
+                        help="a FusionConfig field, e.g. --option ensemble=true "
+                             "--option 'covariance_types=[\"diag\"]' (repeatable)")
+    parser.add_argument("--references", default=",".join(REFERENCES),
+                        help="comma-separated reference detectors ('' for none)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     try:
+        config = config_with(args.option)
         results = run_adbench(args.data_dir, tuple(s for s in args.strategies.split(",") if s),
+                              config,
                               max_rows=args.max_rows, seed=args.seed,
                               only=[o for o in args.only.split(",") if o] or None,
-                              baseline=not args.no_baseline)
+                              references=tuple(r for r in args.references.split(",") if r))
     except (FileNotFoundError, ValueError) as error:
         print(f"benchmark adbench: error: {error}", file=sys.stderr)
         return 2

@@ -15,6 +15,13 @@ mixture's log-likelihood of the projected rows plus this term is a proper log-de
 *input* rows: it is comparable across q and with or without standardisation (BIC can choose
 both) and keeps the reconstruction error in the anomaly score.
 
+Optionally (``normal_scores``) every feature is first replaced by its normal score
+(:class:`mmgmm_spark.core.marginals.NormalScores`, from stored quantiles): the mixture is then
+a Gaussian-copula mixture, robust to skewed, heavy-tailed and discrete features. Its
+log-density is that of the normal scores (the marginal transform's Jacobian is not added: the
+empirical CDF has no useful derivative), so candidates are compared by BIC only among fits with
+the same marginal transform.
+
 Stored as plain arrays + JSON (:meth:`to_arrays` / :meth:`from_arrays`), never pickled.
 """
 
@@ -26,6 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from mmgmm_spark.core.batch import Batch, Block
+from mmgmm_spark.core.marginals import DEFAULT_N_QUANTILES, NormalScores
 from mmgmm_spark.core.params import stored_array
 
 LOG_2PI = float(np.log(2.0 * np.pi))
@@ -79,9 +87,10 @@ class Moments:
 class ModalityPreprocessor:
     """Standardise a modality's block and optionally project it onto q principal components.
 
-    ``transform(x) = ((x - mean) / scale) @ components.T / sqrt(explained_variance)`` when
+    ``transform(x) = ((g(x) - mean) / scale) @ components.T / sqrt(explained_variance)`` when
     ``whiten``, without the last division otherwise; without a projection ``components`` is
-    None and the output is the standardised block.
+    None and the output is the standardised block; ``g`` is the marginal transform to normal
+    scores when ``marginal`` is set, else the identity.
 
     Attributes:
         mean: (d,) subtracted mean (zeros when not standardising).
@@ -92,6 +101,7 @@ class ModalityPreprocessor:
         whiten: whether projected coordinates are divided by sqrt(explained_variance).
         residual: whether :meth:`residual_log_density` includes the discarded directions.
         n_rows: rows the statistics came from.
+        marginal: the :class:`NormalScores` applied first, or None.
     """
 
     mean: np.ndarray
@@ -103,25 +113,31 @@ class ModalityPreprocessor:
     residual: bool = True
     n_rows: int = 0
     all_explained_variance: np.ndarray | None = field(default=None, repr=False)
+    marginal: NormalScores | None = None
 
     # ------------------------------------------------------------------------- fitting
     @classmethod
     def fit(cls, x: np.ndarray, n_components: int | str | None = "auto", *,
             standardise: bool = True, whiten: bool = True, residual: bool = True,
-            variance: float = 0.95, rows_per_dim: int = 10) -> ModalityPreprocessor:
+            variance: float = 0.95, rows_per_dim: int = 10, normal_scores: bool = False,
+            n_quantiles: int = DEFAULT_N_QUANTILES) -> ModalityPreprocessor:
         """Fit on ``x`` (n, d); NaN rows (missing modality) are ignored.
 
-        See :meth:`fit_from_moments` for the arguments.
+        With ``normal_scores`` the features are first mapped to normal scores from
+        ``n_quantiles`` quantiles, and the moments are those of the scores. See
+        :meth:`fit_from_moments` for the other arguments.
         """
-        return cls.fit_from_moments(Moments.of(x), n_components, standardise=standardise,
+        marginal = NormalScores.fit(x, n_quantiles) if normal_scores else None
+        moments = Moments.of(x if marginal is None else marginal.transform(x))
+        return cls.fit_from_moments(moments, n_components, standardise=standardise,
                                     whiten=whiten, residual=residual, variance=variance,
-                                    rows_per_dim=rows_per_dim)
+                                    rows_per_dim=rows_per_dim, marginal=marginal)
 
     @classmethod
     def fit_from_moments(cls, moments: Moments, n_components: int | str | None = "auto", *,
                          standardise: bool = True, whiten: bool = True, residual: bool = True,
-                         variance: float = 0.95, rows_per_dim: int = 10
-                         ) -> ModalityPreprocessor:
+                         variance: float = 0.95, rows_per_dim: int = 10,
+                         marginal: NormalScores | None = None) -> ModalityPreprocessor:
         """Fit from mergeable :class:`Moments` (as a Spark aggregation produces them).
 
         Args:
@@ -133,6 +149,7 @@ class ModalityPreprocessor:
             residual: model the discarded directions as isotropic noise in the density.
             variance: explained-variance target of the "auto" rule.
             rows_per_dim: the "auto" rule keeps at most n / rows_per_dim components.
+            marginal: the fitted normal-score transform the moments are of (None: none).
         """
         n, d = moments.count, moments.total.shape[0]
         if n < 2:
@@ -145,7 +162,8 @@ class ModalityPreprocessor:
         else:
             scale = np.ones(d)
         if n_components is None:
-            return cls(mean, scale, whiten=whiten, residual=residual, n_rows=n)
+            return cls(mean, scale, whiten=whiten, residual=residual, n_rows=n,
+                       marginal=marginal)
         cov = moments.scatter / (n - 1) / np.outer(scale, scale)
         eigenvalues, eigenvectors = np.linalg.eigh(cov)
         order = np.argsort(eigenvalues)[::-1]
@@ -160,7 +178,7 @@ class ModalityPreprocessor:
         noise = max(float(eigenvalues[q:].mean()), floor) if q < d else 0.0
         components = _deterministic_signs(eigenvectors[:, :q].T)
         return cls(mean, scale, components, kept, noise, whiten, residual, n,
-                   all_explained_variance=eigenvalues)
+                   all_explained_variance=eigenvalues, marginal=marginal)
 
     @classmethod
     def identity(cls, dim: int) -> ModalityPreprocessor:
@@ -177,8 +195,11 @@ class ModalityPreprocessor:
         return self.input_dim if self.components is None else int(self.components.shape[0])
 
     def standardised(self, x: np.ndarray) -> np.ndarray:
-        """(n, d) (x - mean) / scale; NaN rows stay NaN."""
-        return (np.asarray(x, dtype=np.float64) - self.mean) / self.scale
+        """(n, d) (g(x) - mean) / scale (g: the normal scores, if any); NaN rows stay NaN."""
+        x = np.asarray(x, dtype=np.float64)
+        if self.marginal is not None:
+            x = self.marginal.transform(x)
+        return (x - self.mean) / self.scale
 
     def transform(self, x: np.ndarray) -> np.ndarray:
         """(n, q) projected (or (n, d) standardised) rows; NaN rows (missing) stay NaN."""
@@ -225,7 +246,10 @@ class ModalityPreprocessor:
         if self.components is not None:
             arrays[f"{prefix}components"] = self.components
             arrays[f"{prefix}explained_variance"] = self.explained_variance
-        meta = {"input_dim": self.input_dim, "output_dim": self.output_dim,
+        if self.marginal is not None:
+            arrays.update(self.marginal.to_arrays(prefix))
+        meta = {"n_quantiles": 0 if self.marginal is None else len(self.marginal.quantiles),
+                "input_dim": self.input_dim, "output_dim": self.output_dim,
                 "projected": self.components is not None,
                 "noise_variance": float(self.noise_variance), "whiten": bool(self.whiten),
                 "residual": bool(self.residual), "n_rows": int(self.n_rows)}
@@ -249,8 +273,11 @@ class ModalityPreprocessor:
         noise = float(meta["noise_variance"])
         if noise < 0 or not np.isfinite(noise):
             raise ValueError("noise_variance must be finite and >= 0.")
+        n_quantiles = int(meta.get("n_quantiles", 0))
+        marginal = (NormalScores.from_arrays(arrays, prefix, n_quantiles, d) if n_quantiles
+                    else None)
         return cls(mean, scale, components, variance, noise, bool(meta["whiten"]),
-                   bool(meta["residual"]), int(meta["n_rows"]))
+                   bool(meta["residual"]), int(meta["n_rows"]), marginal=marginal)
 
 
 def batch_moments(batch: Batch) -> dict[str, Moments]:

@@ -36,6 +36,13 @@ class FusionConfig:
         residual: keep the PCA reconstruction error in the density (isotropic noise).
         variance: explained-variance target of the "auto" projection.
         rows_per_dim: the "auto" projection keeps at most n / rows_per_dim components.
+        normal_scores: map every feature to its normal score (empirical CDF from
+            ``n_quantiles`` quantiles, then Phi^-1) before standardisation and projection: a
+            Gaussian-copula mixture (see :mod:`mmgmm_spark.core.marginals`).
+        n_quantiles: quantiles stored per feature for ``normal_scores``.
+        ensemble: score by the rank average (mean normal score) of every admissible
+            candidate sharing the chosen preprocessing instead of the lowest-BIC one alone
+            (see :mod:`mmgmm_spark.models.fusion.ensemble`; not for ``late``).
         min_weight: candidates with a component weight below this are not admissible
             (K = 1 always is): a tiny component tends to model a cluster of anomalies.
         reg_covar, max_iter, tol, n_init, init_params, random_state: EM settings.
@@ -51,6 +58,9 @@ class FusionConfig:
     residual: bool = True
     variance: float = 0.95
     rows_per_dim: int = 10
+    normal_scores: bool = False
+    n_quantiles: int = 1000
+    ensemble: bool = False
     min_weight: float = 0.1
     reg_covar: float = 1e-3
     max_iter: int = 200
@@ -75,6 +85,11 @@ class FusionConfig:
                 or (isinstance(self.projection, int) and self.projection >= 1)):
             raise ValueError(f"projection must be 'auto', None or an int >= 1, "
                              f"got {self.projection!r}.")
+        if self.ensemble and self.fusion.per_modality:
+            raise ValueError(f"ensemble needs one mixture per model; strategy "
+                             f"'{self.strategy}' fits one per modality: set ensemble false.")
+        if int(self.n_quantiles) < 2:
+            raise ValueError(f"n_quantiles must be >= 2, got {self.n_quantiles!r}.")
 
     @property
     def fusion(self) -> FusionStrategy:
@@ -82,9 +97,14 @@ class FusionConfig:
         return get_strategy(self.strategy)
 
     def preprocessor_options(self) -> dict[str, Any]:
-        """Keyword arguments of :meth:`ModalityPreprocessor.fit` set by this config."""
+        """Keyword arguments of :meth:`ModalityPreprocessor.fit_from_moments` set by this
+        config (:meth:`ModalityPreprocessor.fit` also takes :meth:`marginal_options`)."""
         return {"whiten": self.whiten, "residual": self.residual, "variance": self.variance,
                 "rows_per_dim": self.rows_per_dim}
+
+    def marginal_options(self) -> dict[str, Any]:
+        """Keyword arguments of :meth:`ModalityPreprocessor.fit` for the marginal transform."""
+        return {"normal_scores": self.normal_scores, "n_quantiles": self.n_quantiles}
 
     def to_dict(self) -> dict:
         out = asdict(self)

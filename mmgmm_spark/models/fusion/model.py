@@ -13,11 +13,13 @@ from typing import Any
 import numpy as np
 
 from mmgmm_spark.core.batch import Batch, batch_from_arrays
+from mmgmm_spark.core.marginals import NormalScores
 from mmgmm_spark.core.modality import Modality, check_modalities
 from mmgmm_spark.core.preprocessing import ModalityPreprocessor
 from mmgmm_spark.io.model_files import ModelFormatError
 from mmgmm_spark.models.fusion.base import LOG_LIKELIHOOD, FusionStrategy, Stats, dense
 from mmgmm_spark.models.fusion.config import FusionConfig
+from mmgmm_spark.models.fusion.ensemble import Member, ensemble_log_likelihood, fit_member
 from mmgmm_spark.models.fusion.selection import Grid, select
 from mmgmm_spark.models.mixture import (
     MultimodalGaussianMixture,
@@ -53,6 +55,7 @@ class FusionModel:
         self.mixtures_: dict[str, MultimodalGaussianMixture] = {}
         self.late_stats_: Stats = {}
         self.selection_: dict[str, list[dict]] = {}
+        self.members_: dict[str, list[Member]] = {}
         self.n_train_rows_ = 0
         self.extra_: dict[str, Any] = {}
 
@@ -72,12 +75,17 @@ class FusionModel:
         batch = self.to_batch(data)
         self.n_train_rows_ = batch.n_rows
         grid = Grid(self.config, self.fusion, self.mixture_options)
-        self.preprocessors_, self.mixtures_ = {}, {}
+        self.preprocessors_, self.mixtures_, self.members_ = {}, {}, {}
         for training in self.fusion.training_sets(list(self.modalities), batch):
             best, candidates = select(grid, training)
             self.selection_[training.key] = [c.summary() for c in candidates]
             self.preprocessors_.update(best.preprocessors)
             self.mixtures_[training.key] = best.mixture
+            if self.config.ensemble:
+                self.members_[training.key] = [
+                    fit_member(self.fusion, self.modalities, best.preprocessors, training.key,
+                               c.mixture, training.data, self.config.n_quantiles)
+                    for c in candidates if c.admissible and c.preprocessors is best.preprocessors]
         self.late_stats_ = self.fusion.fitted_stats(self, dense(batch))
         return self
 
@@ -100,7 +108,12 @@ class FusionModel:
     def batch_columns(self, batch: Batch) -> dict[str, np.ndarray]:
         """:meth:`columns` of a validated :class:`Batch`; modality keys are plain names."""
         self._check_fitted()
-        return self.fusion.columns(self, dense(batch))
+        rows = dense(batch)
+        out = self.fusion.columns(self, rows)
+        for key, members in self.members_.items():      # ensemble: a unitless rank average
+            out[LOG_LIKELIHOOD] = ensemble_log_likelihood(
+                self.fusion, self.modalities, self.preprocessors_, key, members, rows)
+        return out
 
     def responsibilities(self, batch: Batch) -> np.ndarray:
         """(n, K) component posteriors of the ``joint`` or ``early`` mixture (``early``: of
@@ -109,7 +122,8 @@ class FusionModel:
         return np.exp(self.fusion.log_responsibilities(self, dense(batch)))
 
     def score_samples(self, data: ArrayData) -> np.ndarray:
-        """(n,) the fused log-likelihood (the negative is the anomaly score)."""
+        """(n,) the fused log-likelihood (the negative is the anomaly score); with
+        ``config.ensemble`` the members' mean normal score (unitless)."""
         return self.columns(data)[LOG_LIKELIHOOD]
 
     def log_density(self, data: ArrayData) -> np.ndarray:
@@ -117,7 +131,8 @@ class FusionModel:
         ``early``; for ``late`` the sum over observed modalities of their own mixtures'
         log-densities (the density of independent modalities). Comparable across strategies
         when every ``joint`` modality weight is 1 (a weight scales its modality's term)."""
-        return self.fusion.log_density(self, self.columns(data))
+        rows = dense(self.to_batch(data))
+        return self.fusion.log_density(self, self.fusion.columns(self, rows))
 
     def score(self, data: ArrayData) -> float:
         """Mean :meth:`log_density` of the rows (what the champion check compares)."""
@@ -146,13 +161,20 @@ class FusionModel:
             a, meta[m.name] = self.preprocessors_[m.name].to_arrays(f"p{index}_")
             arrays.update(a)
         np.savez(os.path.join(path, PREPROCESSING), **arrays)
-        mixtures = {}
+        mixtures, members = {}, {}
         for index, (key, mixture) in enumerate(self.mixtures_.items()):
             mixtures[key] = f"mixture_{index}"
             save_model(mixture, os.path.join(path, mixtures[key]))
+        for key, listed in self.members_.items():
+            members[key] = []
+            for index, member in enumerate(listed):
+                members[key].append({"mixture": f"member_{key}_{index}",
+                                     "quantiles": member.ranks.quantiles[:, 0].tolist(),
+                                     "std": float(member.ranks.std[0])})
+                save_model(member.mixture, os.path.join(path, members[key][-1]["mixture"]))
         document = {"format": FORMAT, "modalities": [m.to_dict() for m in self.modalities],
                     "config": self.config.to_dict(), "preprocessing": meta,
-                    "mixtures": mixtures,
+                    "mixtures": mixtures, "members": members,
                     "late_stats": {k: list(v) for k, v in self.late_stats_.items()},
                     "selection": self.selection_, "n_train_rows": int(self.n_train_rows_),
                     "extra": {**self.extra_, **(extra or {})}}
@@ -180,6 +202,8 @@ class FusionModel:
                                for key, sub in document["mixtures"].items()}
             model.late_stats_ = {k: (float(v[0]), float(v[1]))
                                  for k, v in document.get("late_stats", {}).items()}
+            model.members_ = {key: [_load_member(path, d) for d in listed]
+                              for key, listed in document.get("members", {}).items()}
             model.selection_ = dict(document.get("selection", {}))
             model.n_train_rows_ = int(document.get("n_train_rows", 0))
             model.extra_ = dict(document.get("extra", {}))
@@ -192,6 +216,13 @@ class FusionModel:
         error = self.fusion.consistency_error(self)
         if error is not None:
             raise ModelFormatError(error)
+
+
+def _load_member(path: str, document: dict[str, Any]) -> Member:
+    """One ensemble :class:`Member` saved by :meth:`FusionModel.save` (quantiles checked)."""
+    ranks = NormalScores.from_quantiles(np.asarray(document["quantiles"], dtype=float)[:, None],
+                                        np.array([float(document["std"])]))
+    return Member(load_model(os.path.join(path, document["mixture"])), ranks)
 
 
 def is_fusion_artefact(path: str) -> bool:

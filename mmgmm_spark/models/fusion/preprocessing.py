@@ -61,6 +61,9 @@ class Preprocessing:
         """Fit every modality's preprocessor from the moments of its training rows."""
         if config.standardise == "auto":
             raise ValueError("Preprocessing from moments needs standardise true or false.")
+        if config.normal_scores:
+            raise ValueError("normal_scores needs quantiles, which the Spark preprocessing "
+                             "does not compute yet: fit it in memory (FusionModel).")
         preprocessors = {}
         for m in modalities:
             try:
@@ -133,7 +136,8 @@ class Preprocessing:
         """True when the mixture sees the input rows unchanged (no standardisation, no
         projection, not ``early``)."""
         return not self.fusion.transforms_rows and all(
-            p.components is None and not p.mean.any() and (p.scale == 1).all()
+            p.components is None and p.marginal is None and not p.mean.any()
+            and (p.scale == 1).all()
             for p in self.preprocessors.values())
 
     def describe_rows(self, source: str) -> str:

@@ -78,7 +78,7 @@ def fit_preprocessor(config: FusionConfig, x: np.ndarray, q: int | str | None,
                      standardise: bool) -> ModalityPreprocessor:
     """The preprocessing of (n, d) rows ``x`` at projection ``q`` (capped at d)."""
     q = capped(q, x.shape[1])
-    options = config.preprocessor_options()
+    options = {**config.preprocessor_options(), **config.marginal_options()}
     fitted = ModalityPreprocessor.fit(x, q, standardise=standardise, **options)
     if not standardise and config.standardise == "auto" and fitted.output_dim == x.shape[1]:
         # Without a projection, raw scales only change the k-means start of a full
