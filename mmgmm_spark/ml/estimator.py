@@ -24,8 +24,7 @@ from pyspark.sql import types as T
 from mmgmm_spark.core.batch import DataValidationError
 from mmgmm_spark.ml.params import MixtureParams, check_features_cols, unwired_error
 from mmgmm_spark.ml.persistence import ModelReader, ModelWriter
-from mmgmm_spark.ml.transform import check_input_schema, ml_names, score_frame, \
-    transformed_schema
+from mmgmm_spark.ml.transform import check_input_schema, ml_names, score_frame, transformed_schema
 from mmgmm_spark.models.detector import AnomalyDetector
 from mmgmm_spark.models.mixture import MultimodalGaussianMixture as Mixture
 from mmgmm_spark.models.scores import ANOMALY_SCORE, CLUSTER, IS_ANOMALY, LOG_LIKELIHOOD

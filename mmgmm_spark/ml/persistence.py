@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -36,13 +36,17 @@ from mmgmm_spark.models.detector import AnomalyDetector
 from mmgmm_spark.models.mixture import model_file, model_from_file
 from mmgmm_spark.spark.session import has_rdd_api
 
-if TYPE_CHECKING:
-    from mmgmm_spark.ml.estimator import MultimodalGaussianMixtureModel
-
 ML_FORMAT = "mmgmm-spark-ml/1"
 FORMAT_KEY = "mmgmmFormat"
 SKIPPED_PARAMS = ("initialModel",)
 """Params whose value is not JSON (a model): never written to the metadata."""
+
+
+class SavedModel(Protocol):
+    """What the writer needs of a model (the Spark ML model, without importing it here)."""
+
+    detector: AnomalyDetector
+    uid: str
 
 
 def json_params(instance: Any) -> dict[str, Any]:
@@ -53,7 +57,7 @@ def json_params(instance: Any) -> dict[str, Any]:
 class ModelWriter(MLWriter):
     """Writes a fitted model as described in the module docstring."""
 
-    def __init__(self, instance: MultimodalGaussianMixtureModel) -> None:
+    def __init__(self, instance: SavedModel) -> None:
         super().__init__()
         self.instance = instance
 
@@ -102,11 +106,11 @@ def table_arrays(table: pa.Table, where: str) -> dict[str, np.ndarray]:
 class ModelReader(MLReader):
     """Reads what :class:`ModelWriter` wrote, validating format, JSON and arrays."""
 
-    def __init__(self, cls: type[MultimodalGaussianMixtureModel]) -> None:
+    def __init__(self, cls: type[SavedModel]) -> None:
         super().__init__()
         self.cls = cls
 
-    def load(self, path: str) -> MultimodalGaussianMixtureModel:
+    def load(self, path: str) -> SavedModel:
         spark = self.sparkSession
         metadata = DefaultParamsReader.loadMetadata(path, spark)
         if metadata.get(FORMAT_KEY) != ML_FORMAT:
