@@ -146,29 +146,35 @@ def test_saved_pipeline_is_json_and_parquet_never_pickle(classic, tmp_path_facto
                                              rows["m0_means"]["shape"]), classic["means_image"])
 
 
-def test_transform_schema_declares_the_output_columns(spark, arrays, classic):
-    from pyspark.ml import PipelineModel
+@pytest.fixture(scope="module")
+def fitted(spark, arrays):
+    """(DataFrame with array columns, a K=3 model fitted on it with default Params)."""
+    df = spark.createDataFrame(arrow_table(arrays))
+    return df, MultimodalGaussianMixture(featuresCols=["image", "text"], k=3, maxIter=10).fit(df)
 
-    df = ml_pipeline.frame(spark, arrays)
-    model = ml_pipeline.pipeline().fit(df.limit(400))
-    assert isinstance(model, PipelineModel)
-    stage = model.stages[-1]
-    prepared = model.stages[1].transform(model.stages[0].transform(df))
-    declared = stage.transformSchema(prepared.schema)
-    actual = stage.transform(prepared).schema
+
+def test_transform_schema_declares_the_output_columns(fitted):
+    """transformSchema is the schema transform produces (a vector features column too)."""
+    from pyspark.ml.functions import array_to_vector
+
+    df, model = fitted
+    vectors = df.withColumn("text", array_to_vector("text"))
+    declared = model.transformSchema(vectors.schema)
+    actual = model.transform(vectors).schema
     assert [(f.name, f.dataType) for f in declared] == [(f.name, f.dataType) for f in actual]
     assert declared.names[-7:] == [*ml_pipeline.SCORES, "probability"]
 
 
-def test_output_column_params_rename_or_drop_columns(spark, arrays):
-    df = spark.createDataFrame(arrow_table(arrays))
-    model = MultimodalGaussianMixture(featuresCols=["image", "text"], k=2, maxIter=5).fit(df)
+def test_output_column_params_rename_or_drop_columns(fitted):
+    df, fitted_model = fitted
+    model = fitted_model.copy()
     model.setPredictionCol("cluster").setProbabilityCol("").setAnomalyScoreCol("score")
     out = model.transform(df)
     assert {"cluster", "score", "logLikelihood", "isAnomaly"} <= set(out.columns)
     assert "probability" not in out.columns and "prediction" not in out.columns
     with pytest.raises(DataValidationError, match=r"\['cluster', .*already exist"):
         model.transform(out.drop("score"))
+    assert "prediction" in fitted_model.transform(df).columns  # the copy's Params are its own
 
 
 def test_bad_input_names_the_param_or_column(spark, arrays):
@@ -263,14 +269,13 @@ def test_pipeline_under_spark_connect(connect_url, classic, arrays, tmp_path, sp
 
 
 # ------------------------------------------------------------------------------ MLflow
-def test_spark_model_and_registered_mlflow_model_convert(spark, arrays, tmp_path):
+def test_spark_model_and_registered_mlflow_model_convert(fitted, tmp_path):
     """to_mlflow registers the stage's detector; from_mlflow of the registered version
     transforms identically, and the pyfunc model predicts the same log-likelihoods."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
-    df = spark.createDataFrame(arrow_table(arrays))
-    model = MultimodalGaussianMixture(featuresCols=["image", "text"], k=3, maxIter=10).fit(df)
+    df, model = fitted
     with mlflow.start_run():
         to_mlflow(model, registered_model_name="mmgmm-ml-test")
     back = from_mlflow("models:/mmgmm-ml-test/1")
