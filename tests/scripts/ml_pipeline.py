@@ -18,7 +18,7 @@ from pyspark.ml.feature import SQLTransformer, VectorAssembler
 from pyspark.ml.functions import vector_to_array
 from pyspark.sql import functions as F
 
-from mmgmm_spark.ml import MultimodalGaussianMixture
+from mmgmm_spark.ml import MultimodalGaussianMixture, MultimodalGaussianMixtureModel
 from mmgmm_spark.spark.arrow import list_column
 from mmgmm_spark.spark.session import build_spark
 
@@ -42,7 +42,7 @@ def pipeline() -> Pipeline:
         SQLTransformer(statement="SELECT *, t0 * 1.0 AS u0 FROM __THIS__"),
         VectorAssembler(inputCols=["u0", "t1"], outputCol="text"),
         MultimodalGaussianMixture(featuresCols=["image", "text"], k=3,
-                                  covarianceTypes=["full", "diag"], maxIter=30, tol=1e-6,
+                                  covarianceTypes=["full", "diag"], maxIter=12, tol=1e-6,
                                   seed=3, contamination=0.05)])
 
 
@@ -64,6 +64,10 @@ def run(spark, arrays, work_dir: str) -> dict[str, np.ndarray]:
     model.write().overwrite().save(path)
     after = scores(PipelineModel.load(path).transform(df))
     stage = model.stages[-1]
+    for _ in range(2):  # the stage alone, saved over itself
+        stage.write().overwrite().save(os.path.join(work_dir, "stage"))
+    loaded = MultimodalGaussianMixtureModel.load(os.path.join(work_dir, "stage"))
+    assert loaded.weights == stage.weights and loaded.uid == stage.uid
     out = {f"before_{k}": v for k, v in before.items()}
     out.update({f"after_{k}": v for k, v in after.items()})
     out.update(weights=np.array(stage.weights), threshold=np.array(stage.threshold),
