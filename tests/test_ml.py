@@ -209,6 +209,20 @@ def test_weight_col_and_initial_model_are_refused_until_wired(spark, arrays):
         estimator.fit(df, params={estimator.weightCol: "w"})
 
 
+def test_unfitted_pipeline_saves_and_loads_its_params(tmp_path):
+    """The estimator is a DefaultParams stage: an unfitted Pipeline round-trips its Params."""
+    from pyspark.ml import Pipeline
+
+    pipeline = ml_pipeline.pipeline()
+    pipeline.write().overwrite().save(str(tmp_path / "unfitted"))
+    loaded = Pipeline.load(str(tmp_path / "unfitted")).getStages()[-1]
+    original = pipeline.getStages()[-1]
+    assert isinstance(loaded, MultimodalGaussianMixture) and loaded.uid == original.uid
+    for name in ("featuresCols", "k", "covarianceTypes", "maxIter", "tol", "seed",
+                 "contamination", "probabilityCol"):
+        assert loaded.getOrDefault(name) == original.getOrDefault(name), name
+
+
 # ------------------------------------------------------------------------- Spark Connect
 def _free_port() -> int:
     with socket.socket() as s:
