@@ -223,6 +223,20 @@ def test_unfitted_pipeline_saves_and_loads_its_params(tmp_path):
         assert loaded.getOrDefault(name) == original.getOrDefault(name), name
 
 
+def test_incomplete_saved_model_is_a_clear_error(fitted, tmp_path):
+    """A saved stage without its arrays (or with altered ones) does not load."""
+    import shutil
+
+    from mmgmm_spark import ModelFormatError
+    from mmgmm_spark.ml import MultimodalGaussianMixtureModel
+
+    _, model = fitted
+    model.write().save(str(tmp_path / "stage"))
+    shutil.rmtree(tmp_path / "stage" / "arrays")
+    with pytest.raises(ModelFormatError, match="arrays cannot be read.*save it again"):
+        MultimodalGaussianMixtureModel.load(str(tmp_path / "stage"))
+
+
 # ------------------------------------------------------------------------- Spark Connect
 def _free_port() -> int:
     with socket.socket() as s:

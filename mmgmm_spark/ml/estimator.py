@@ -156,7 +156,7 @@ class MultimodalGaussianMixture(Estimator, MixtureParams, DefaultParamsReadable,
         """Not wired yet: raises (a silently ignored initial model would be a wrong fit)."""
         raise unwired_error("initialModel")
 
-    def mixture(self, dims: list[int]) -> Mixture:
+    def unfitted_mixture(self, dims: list[int]) -> Mixture:
         """The unfitted in-memory estimator these Params describe, for columns of ``dims``."""
         mixture = Mixture(self.modalities(dims), self.getK(), tol=self.getTol(),
                           reg_covar=self.getRegCovar(), max_iter=self.getMaxIter(),
@@ -177,7 +177,7 @@ class MultimodalGaussianMixture(Estimator, MixtureParams, DefaultParamsReadable,
         contamination = self.getContamination()
         if not 0.0 < contamination < 0.5:
             raise ValueError(f"Param contamination must be in (0, 0.5), got {contamination!r}.")
-        mixture = self.mixture(feature_widths(dataset, columns))
+        mixture = self.unfitted_mixture(feature_widths(dataset, columns))
         source = "the training DataFrame"
         with cached_blocks(dataset, mixture.modalities, source=source) as blocks:
             mixture.fit(blocks)

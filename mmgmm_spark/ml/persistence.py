@@ -15,12 +15,15 @@ Loading checks the format, then validates the JSON and every array as model file
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+from collections.abc import Iterator
 from typing import Any, Protocol
 
 import numpy as np
 import pyarrow as pa
+from pyspark.errors import AnalysisException
 from pyspark.ml.util import DefaultParamsReader, DefaultParamsWriter, MLReader, MLWriter
 from pyspark.sql import SparkSession
 
@@ -125,12 +128,27 @@ class ModelReader(MLReader):
 def read_detector(spark: SparkSession, path: str) -> AnomalyDetector:
     """The detector stored under ``path/model`` and ``path/arrays``."""
     where = os.path.join(path, "model")
+    with missing_part(where):
+        line = spark.read.text(where).first()
     try:
-        document = json.loads(spark.read.text(where).first()[0])
+        document = json.loads(line[0])
     except (TypeError, json.JSONDecodeError) as e:
         raise ModelFormatError(f"{where} is not one line of model JSON: {e}") from None
     spec, fit, extra = model_from_document(document, where)
     where = os.path.join(path, "arrays")
-    params = checked_params(table_arrays(spark.read.parquet(where).toArrow(), where), spec,
-                            where)
+    with missing_part(where):
+        table = spark.read.parquet(where).toArrow()
+    params = checked_params(table_arrays(table, where), spec, where)
     return AnomalyDetector.of_loaded(model_from_file(ModelFile(spec, params, fit, extra)))
+
+
+@contextlib.contextmanager
+def missing_part(where: str) -> Iterator[None]:
+    """Spark's error for an absent or unreadable part of a saved model as a ModelFormatError."""
+    try:
+        yield
+    except AnalysisException as e:
+        raise ModelFormatError(
+            f"{where} cannot be read ({e.getCondition() or 'AnalysisException'}): the "
+            "directory is not a complete saved mmgmm-spark Spark ML model; save it again.") \
+            from None

@@ -20,7 +20,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from mmgmm_spark.core.batch import DataValidationError
+from mmgmm_spark.core.batch import Batch, DataValidationError
 from mmgmm_spark.models.detector import AnomalyDetector
 from mmgmm_spark.models.scores import ScoreColumn, modality_column
 from mmgmm_spark.spark.arrow import batch_from_arrow
@@ -91,7 +91,7 @@ def transformed_schema(schema: T.StructType, detector: AnomalyDetector,
     return T.StructType(fields)
 
 
-def _probability_array(detector: AnomalyDetector, batch) -> pa.ListArray:
+def _probability_array(detector: AnomalyDetector, batch: Batch) -> pa.ListArray:
     """(n,) list<double> of the (n, K) responsibilities."""
     resp = detector.responsibilities(batch)
     n, k = resp.shape
