@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 
-import numpy as np
 import pyarrow as pa
 from pyspark.ml.functions import array_to_vector
 from pyspark.ml.linalg import VectorUDT
@@ -20,10 +19,10 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from mmgmm_spark.core.batch import Batch, DataValidationError
+from mmgmm_spark.core.batch import DataValidationError
 from mmgmm_spark.models.detector import AnomalyDetector
 from mmgmm_spark.models.scores import ScoreColumn, modality_column
-from mmgmm_spark.spark.arrow import batch_from_arrow
+from mmgmm_spark.spark.arrow import batch_from_arrow, list_column
 from mmgmm_spark.spark.data import NUMERIC_ELEMENTS, features_column
 from mmgmm_spark.spark.tasks import spark_task
 
@@ -91,14 +90,6 @@ def transformed_schema(schema: T.StructType, detector: AnomalyDetector,
     return T.StructType(fields)
 
 
-def _probability_array(detector: AnomalyDetector, batch: Batch) -> pa.ListArray:
-    """(n,) list<double> of the (n, K) responsibilities."""
-    resp = detector.responsibilities(batch)
-    n, k = resp.shape
-    offsets = pa.array(np.arange(0, n * k + 1, k, dtype=np.int32))
-    return pa.ListArray.from_arrays(offsets, pa.array(resp.ravel()))
-
-
 def score_frame(dataset: DataFrame, detector: AnomalyDetector, names: Mapping[str, str],
                 probability_col: str, source: str = "DataFrame") -> DataFrame:
     """``dataset`` with the output columns appended (lazy; see the module docstring).
@@ -132,7 +123,7 @@ def score_frame(dataset: DataFrame, detector: AnomalyDetector, names: Mapping[st
             columns = detector.score_batch(batch)
             arrays = [*record_batch.columns[:passed], *(pa.array(columns[s]) for s in names)]
             if probability_col:
-                arrays.append(_probability_array(detector, batch))
+                arrays.append(list_column(detector.responsibilities(batch)))  # (n, K)
             yield pa.RecordBatch.from_arrays(arrays, names=out_names)
 
     scored = frame.mapInArrow(score_partition, T.StructType(fields))
