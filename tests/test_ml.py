@@ -319,10 +319,14 @@ def test_spark_model_and_registered_mlflow_model_convert(fitted, tmp_path):
 
 # ------------------------------------------------------------------------------ README
 def test_readme_spark_ml_example_runs(spark, tmp_path, monkeypatch):
-    """The README's pyspark.ml example, as written (with its own small DataFrame)."""
+    """The README's pyspark.ml example, as written (with its own small DataFrame), saving
+    under ``tmp_path`` (Spark resolves a relative path against the JVM's directory, which a
+    chdir here does not move)."""
     readme = (ROOT / "README.md").read_text()
     section = readme.split("### Spark ML pipelines", 1)[1]
     code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    assert code.count('"gmm_pipeline"') == 2
+    code = code.replace('"gmm_pipeline"', repr(str(tmp_path / "gmm_pipeline")))
     monkeypatch.chdir(tmp_path)
     namespace = {"spark": spark}
     exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102
