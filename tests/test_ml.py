@@ -304,7 +304,8 @@ def test_spark_model_and_registered_mlflow_model_convert(fitted, tmp_path):
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     df, model = fitted
-    with mlflow.start_run():
+    experiment = mlflow.create_experiment("ml", artifact_location=str(tmp_path / "artifacts"))
+    with mlflow.start_run(experiment_id=experiment):
         to_mlflow(model, registered_model_name="mmgmm-ml-test")
     back = from_mlflow("models:/mmgmm-ml-test/1")
     columns = ["id", "logLikelihood", "isAnomaly", "prediction", "imageLogLikelihood"]
