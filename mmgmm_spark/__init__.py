@@ -16,6 +16,9 @@ The package is layered; each folder imports only the folders above it in this li
 ``spark``             session, Arrow conversion, cached blocks, the distributed statistics
                       pass, distributed scoring and thresholds
 ``tracking``          MLflow: tracked fits, sweeps, late fusion, pyfunc, registry, retries
+``ml``                ``pyspark.ml`` Estimator/Model stages and their persistence; beside
+                      ``tracking`` (it converts to and from the MLflow model), never imported
+                      by it
 ``app``               configuration, the jobs as library functions, CLI, demo, ingest
 ====================  =====================================================================
 

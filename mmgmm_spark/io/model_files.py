@@ -58,14 +58,23 @@ class ModelFile:
     extra: dict[str, Any]
 
 
+def model_document(content: ModelFile) -> dict[str, Any]:
+    """The JSON part of ``content``: format, spec, fit history and ``extra``."""
+    return {"format": FORMAT, **content.spec.to_dict(), "fit": content.fit.to_dict(),
+            "extra": content.extra}
+
+
+def model_arrays(content: ModelFile) -> dict[str, np.ndarray]:
+    """The array part of ``content``: the parameters in the codec of :mod:`.arrays`."""
+    return param_arrays(content.params, content.spec.modalities)
+
+
 def write_model_file(path: str, content: ModelFile) -> None:
     """Write ``content`` to directory ``path`` (created if needed)."""
     os.makedirs(path, exist_ok=True)
-    np.savez(os.path.join(path, ARRAYS), **param_arrays(content.params, content.spec.modalities))
-    document = {"format": FORMAT, **content.spec.to_dict(), "fit": content.fit.to_dict(),
-                "extra": content.extra}
+    np.savez(os.path.join(path, ARRAYS), **model_arrays(content))
     with open(os.path.join(path, MODEL_JSON), "w") as f:
-        json.dump(document, f, indent=2)
+        json.dump(model_document(content), f, indent=2)
 
 
 def _read_json(path: str) -> dict:
@@ -76,9 +85,13 @@ def _read_json(path: str) -> dict:
         raise ModelFormatError(f"No model at '{path}': {MODEL_JSON} is missing.") from None
     except json.JSONDecodeError as e:
         raise ModelFormatError(f"{path}/{MODEL_JSON} is not valid JSON: {e}.") from None
-    if not isinstance(document, dict) or document.get("format") != FORMAT:
-        raise ModelFormatError(f"{path}/{MODEL_JSON} is not an {FORMAT} model.")
     return document
+
+
+def check_format(document: Any, where: str) -> None:
+    """A :class:`ModelFormatError` naming ``where`` unless ``document`` is of :data:`FORMAT`."""
+    if not isinstance(document, dict) or document.get("format") != FORMAT:
+        raise ModelFormatError(f"{where} is not an {FORMAT} model.")
 
 
 def _read_params(path: str, spec: MixtureSpec) -> MixtureParams:
@@ -86,19 +99,30 @@ def _read_params(path: str, spec: MixtureSpec) -> MixtureParams:
         arrays = dict(np.load(os.path.join(path, ARRAYS), allow_pickle=False))
     except (OSError, ValueError) as e:
         raise ModelFormatError(f"Cannot read {path}/{ARRAYS} as plain arrays: {e}") from None
+    return checked_params(arrays, spec, f"{path}/{ARRAYS}")
+
+
+def checked_params(arrays: dict[str, np.ndarray], spec: MixtureSpec,
+                   where: str) -> MixtureParams:
+    """The validated parameters of ``spec`` in ``arrays`` (read from ``where``)."""
     try:
         return read_params(arrays, spec.modalities, spec.n_components)
     except ArrayFormatError as e:
-        raise ModelFormatError(f"{path}/{ARRAYS}: {e}") from None
+        raise ModelFormatError(f"{where}: {e}") from None
+
+
+def model_from_document(document: dict[str, Any], where: str
+                        ) -> tuple[MixtureSpec, FitHistory, dict[str, Any]]:
+    """Spec, fit history and ``extra`` of a :func:`model_document` read from ``where``."""
+    check_format(document, where)
+    try:
+        return (MixtureSpec.from_dict(document), FitHistory.from_dict(document["fit"]),
+                dict(document.get("extra", {})))
+    except (KeyError, TypeError, ValueError) as e:
+        raise ModelFormatError(f"{where} is malformed: {e}") from None
 
 
 def read_model_file(path: str) -> ModelFile:
     """Read and validate a model directory written by :func:`write_model_file`."""
-    document = _read_json(path)
-    try:
-        spec = MixtureSpec.from_dict(document)
-        fit = FitHistory.from_dict(document["fit"])
-        extra = dict(document.get("extra", {}))
-    except (KeyError, TypeError, ValueError) as e:
-        raise ModelFormatError(f"{path}/{MODEL_JSON} is malformed: {e}") from None
+    spec, fit, extra = model_from_document(_read_json(path), f"{path}/{MODEL_JSON}")
     return ModelFile(spec, _read_params(path, spec), fit, extra)

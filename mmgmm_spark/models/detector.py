@@ -117,17 +117,24 @@ class AnomalyDetector:
         detector.set_threshold(-model.score_samples(data))
         return detector
 
+    def extra(self) -> dict[str, dict[str, float | None]]:
+        """The JSON metadata a saved model keeps for the detector: contamination, threshold."""
+        return {"anomaly": {"contamination": self.contamination, "threshold": self.threshold}}
+
     def save(self, path: str) -> None:
         """Arrays + JSON (see :mod:`mmgmm_spark.io.model_files`), threshold included."""
         if isinstance(self.model, FusionModel):
-            self.model.save(path, extra={"anomaly": {"contamination": self.contamination,
-                                                     "threshold": self.threshold}})
+            self.model.save(path, extra=self.extra())
             return
-        save_model(self.model, path, extra={"anomaly": {"contamination": self.contamination,
-                                                        "threshold": self.threshold}})
+        save_model(self.model, path, extra=self.extra())
 
     @classmethod
     def load(cls, path: str) -> AnomalyDetector:
-        model = FusionModel.load(path) if is_fusion_artefact(path) else load_model(path)
+        return cls.of_loaded(FusionModel.load(path) if is_fusion_artefact(path)
+                             else load_model(path))
+
+    @classmethod
+    def of_loaded(cls, model: MultimodalGaussianMixture | FusionModel) -> AnomalyDetector:
+        """The detector of a loaded model, from the :meth:`extra` metadata it was saved with."""
         anomaly = model.extra_.get("anomaly", {})
         return cls(model, float(anomaly.get("contamination", 0.01)), anomaly.get("threshold"))

@@ -277,14 +277,23 @@ class MultimodalGaussianMixture:
 def save_model(model: MultimodalGaussianMixture, path: str,
                extra: dict[str, Any] | None = None) -> None:
     """Write ``model`` (fitted) to directory ``path``; ``extra`` is JSON metadata kept with it."""
+    write_model_file(path, model_file(model, extra))
+
+
+def model_file(model: MultimodalGaussianMixture,
+               extra: dict[str, Any] | None = None) -> ModelFile:
+    """What a model file of ``model`` (fitted) holds; ``extra`` is JSON metadata kept with it."""
     history = FitHistory(model.converged_, model.lower_bounds_, model.n_train_rows_)
-    write_model_file(path, ModelFile(model.spec(), model.params, history,
-                                     {**model.extra_, **(extra or {})}))
+    return ModelFile(model.spec(), model.params, history, {**model.extra_, **(extra or {})})
 
 
 def load_model(path: str) -> MultimodalGaussianMixture:
     """Read and validate a model directory written by :func:`save_model`."""
-    content = read_model_file(path)
+    return model_from_file(read_model_file(path))
+
+
+def model_from_file(content: ModelFile) -> MultimodalGaussianMixture:
+    """The fitted mixture a (validated) :class:`ModelFile` holds."""
     model = MultimodalGaussianMixture.from_spec(content.spec)
     model.params_ = content.params
     model.converged_ = content.fit.converged
