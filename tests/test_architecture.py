@@ -11,7 +11,8 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "mmgmm_spark"
 
-LAYERS = {"core": 0, "io": 1, "models": 2, "storage": 2, "spark": 3, "tracking": 4, "app": 5}
+LAYERS = {"core": 0, "io": 1, "models": 2, "storage": 2, "spark": 3, "tracking": 4,
+          "sklearn": 4, "app": 5}
 """Layer of each sub-package; a module may import its own layer's siblings and lower layers."""
 
 ISOLATED = {("models", "storage"), ("storage", "models")}
