@@ -62,7 +62,7 @@ def warm_start_params(config: AppConfig, tracking_config: TrackingConfig,
                       modalities: list[Modality]) -> MixtureParams | None:
     """The parameters of the mixture under the alias (checked against the config's
     modalities and K), or None when nothing is registered there yet."""
-    uri = f"models:/{tracking_config.registered_model}@{tracking_config.alias}"
+    uri = f"models:/{config.tracking.registered_model}@{config.tracking.alias}"
     try:
         with tracking(tracking_config):
             model = load_registered(tracking_config, uri).detector.model
