@@ -113,7 +113,7 @@ class MixtureEstimator:
         init = {name: self.per_modality(getattr(self, name), names)
                 for name in ("means_init", "precisions_init")}
         options = {name: getattr(self, name) for name in self.MIXTURE_PARAMS} | init
-        warm = getattr(self, "model_", None) if getattr(self, "warm_start", False) else None
+        warm = getattr(self, "model_", None) if self.warm_start else None
         model = Mixture([m for m, _ in self.groups_], **options)
         weights = None if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
         self.model_ = model.fit(self.split(X), sample_weight=weights, initial_model=warm,
