@@ -16,6 +16,7 @@ The package is layered; each folder imports only the folders above it in this li
 ``spark``             session, Arrow conversion, cached blocks, the distributed statistics
                       pass, distributed scoring and thresholds
 ``tracking``          MLflow: tracked fits, sweeps, late fusion, pyfunc, registry, retries
+``sklearn``           scikit-learn estimators over (n, d) arrays (``models`` and ``core`` only)
 ``app``               configuration, the jobs as library functions, CLI, demo, ingest
 ====================  =====================================================================
 
