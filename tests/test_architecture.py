@@ -62,3 +62,10 @@ def test_jobs_and_notebooks_call_the_application_only():
     wrong = [f"{path.name} imports {name}" for path in callers for name in _imports(path)
              if _folder(name) not in ("app", None)]
     assert not wrong, "\n".join(wrong)
+
+
+def test_sklearn_faces_import_only_models_and_core():
+    """The scikit-learn estimators run without Spark, MLflow or storage."""
+    used = {_folder(name) for path in (PACKAGE / "sklearn").rglob("*.py")
+            for name in _imports(path)} - {None, "sklearn"}
+    assert used <= {"core", "models"}, used
