@@ -65,7 +65,7 @@ def test_jobs_and_notebooks_call_the_application_only():
 
 
 def test_sklearn_faces_import_only_models_and_core():
-    """The scikit-learn estimators run without Spark, MLflow or storage."""
+    """The scikit-learn estimators use no Spark, MLflow or storage code of their own."""
     used = {_folder(name) for path in (PACKAGE / "sklearn").rglob("*.py")
             for name in _imports(path)} - {None, "sklearn"}
     assert used <= {"core", "models"}, used
