@@ -19,6 +19,7 @@ The package is layered; each folder imports only the folders above it in this li
 ``ml``                ``pyspark.ml`` Estimator/Model stages and their persistence; beside
                       ``tracking`` (it converts to and from the MLflow model), never imported
                       by it
+``sklearn``           scikit-learn estimators over (n, d) arrays (``models`` and ``core`` only)
 ``app``               configuration, the jobs as library functions, CLI, demo, ingest
 ====================  =====================================================================
 

@@ -12,7 +12,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "mmgmm_spark"
 
 LAYERS = {"core": 0, "io": 1, "models": 2, "storage": 2, "spark": 3, "tracking": 4, "ml": 4,
-          "app": 5}
+          "sklearn": 4, "app": 5}
 """Layer of each sub-package; a module may import its own layer's siblings and lower layers."""
 
 ISOLATED = {("models", "storage"), ("storage", "models"), ("tracking", "ml")}
@@ -63,3 +63,10 @@ def test_jobs_and_notebooks_call_the_application_only():
     wrong = [f"{path.name} imports {name}" for path in callers for name in _imports(path)
              if _folder(name) not in ("app", None)]
     assert not wrong, "\n".join(wrong)
+
+
+def test_sklearn_faces_import_only_models_and_core():
+    """The scikit-learn estimators use no Spark, MLflow or storage code of their own."""
+    used = {_folder(name) for path in (PACKAGE / "sklearn").rglob("*.py")
+            for name in _imports(path)} - {None, "sklearn"}
+    assert used <= {"core", "models"}, used

@@ -745,3 +745,76 @@ def test_resume_accepts_a_run_logged_before_fusion_was_a_param(ingested: Workspa
                                       "preprocessing.projection=2"])
     with pytest.raises(ValueError, match="resume with the run's settings"):
         pipeline.pinned_to_run(changed, run_id)
+
+
+# ------------------------------------------------------------ weights and warm starts
+def write_weights(ws: Workspace, name: str, ids, weights) -> Path:
+    path = ws.table(name)
+    write_deltalake(str(path), pa.table({"id": pa.array(list(ids), pa.string()),
+                                         "w": pa.array(weights, pa.float64())}),
+                    mode="overwrite")
+    return path
+
+
+def training_rows(spark, ws: Workspace) -> np.ndarray:
+    """(n,) bool: rows outside the hold-out bucket (xxhash64(id) mod 20 != 0), by Spark."""
+    from pyspark.sql import functions as F
+
+    ids = spark.createDataFrame(pd.DataFrame({"id": ws.ids.astype(str)}))
+    held = {row.id for row in ids.where(F.pmod(F.xxhash64("id"), F.lit(20)) == 0).collect()}
+    return np.array([i not in held for i in ws.ids])
+
+
+def registered_mixture(ws: Workspace, name: str, version: int):
+    from mmgmm_spark.tracking import TrackingConfig, tracking
+    from mmgmm_spark.tracking.scoring import load_registered
+
+    config = TrackingConfig(work_dir=str(ws.work), tracking_uri=ws.tracking_uri())
+    with tracking(config):
+        return load_registered(config, f"models:/{name}/{version}").detector.model
+
+
+def test_train_warm_start_with_weights_is_one_weighted_m_step(spark, ingested: Workspace,
+                                                              capsys) -> None:
+    """model.warm_start + model.weight_column, max_iter=1: the registered mixture is one
+    weighted EM step from the champion, as the in-memory fit computes it on the same rows."""
+    from mmgmm_spark import MultimodalGaussianMixture
+
+    ws, name = ingested, "warm-model"
+    weights = np.random.default_rng(5).integers(0, 3, N_ROWS).astype(float)
+    table = write_weights(ws, "weights", ws.ids, weights)
+    scores = ws.table("warm-scores")
+    train_registered(capsys, ws, name, scores, "model.max_iter=3")
+    train_registered(capsys, ws, name, scores, "model.warm_start=true", "model.weight_column=w",
+                     f"model.weight_table={table}", "model.max_iter=1", "model.tol=0")
+    champion, warm = registered_mixture(ws, name, 1), registered_mixture(ws, name, 2)
+    train = training_rows(spark, ws)
+    b = np.full_like(ws.data["b"], np.nan)
+    b[ws.b_rows] = ws.data["b"][ws.b_rows]
+    rows = {"a": ws.data["a"][train], "b": b[train], "c": ws.data["c"][train]}
+    reference = MultimodalGaussianMixture(list(champion.modalities), 2, tol=0, max_iter=1)
+    reference.fit(rows, sample_weight=weights[train], initial_model=champion,
+                  on_iteration=None)
+    np.testing.assert_allclose(warm.lower_bounds_, reference.lower_bounds_, rtol=1e-9)
+    np.testing.assert_allclose(warm.weights_, reference.weights_, rtol=1e-9)
+    for modality in DIMS:
+        np.testing.assert_allclose(warm.means_[modality], reference.means_[modality],
+                                   rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(warm.covariances_[modality],
+                                   reference.covariances_[modality], rtol=1e-9, atol=1e-12)
+
+
+def test_train_refuses_bad_weights_and_mismatched_warm_starts(ingested: Workspace,
+                                                              capsys) -> None:
+    ws = ingested
+    partial = write_weights(ws, "partial-weights", ws.ids[10:], np.ones(N_ROWS - 10))
+    common = ["--set", "tracking.registered_model=warm-model"]
+    result = cli(capsys, "train", "--config", ws.config, *common, "--set",
+                 "model.weight_column=w", "--set", f"model.weight_table={partial}")
+    assert_user_error(result, "weight column 'w'", "null, NaN or infinite weight")
+    result = cli(capsys, "train", "--config", ws.config, *common, "--set",
+                 "model.warm_start=true", "--set", "model.n_components=3")
+    assert_user_error(result, "models:/warm-model@champion", "K=2 (the model's n_components=3)")
+    result = cli(capsys, "train", "--config", ws.config, *common, "--set",
+                 "model.weight_column=w", "--set", "preprocessing.standardise=true")
+    assert_user_error(result, "model.weight_column", "without preprocessing")

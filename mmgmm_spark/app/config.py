@@ -157,6 +157,12 @@ class ModelConfig(Section):
     seed: int = 0
     init_sample_rows: int = Field(100_000, ge=1)
     tree_depth: int = Field(2, ge=1)
+    weight_column: str | None = None
+    """Numeric row-weight column of ``weight_table`` (joined on the id); null: unweighted."""
+    weight_table: str | None = None
+    """Delta table (id, ``weight_column``); null: the first modality's table."""
+    warm_start: bool = False
+    """Start EM from the model registered under ``tracking.alias`` (when there is one)."""
 
     @field_validator("init_params")
     @classmethod

@@ -20,6 +20,7 @@ from pyspark.sql import functions as F
 
 from mmgmm_spark.app.config import AppConfig, ConfigError
 from mmgmm_spark.app.labels import read_labels
+from mmgmm_spark.app.training_inputs import check_training_inputs, warm_start_params, with_weights
 from mmgmm_spark.core.batch import DataValidationError
 from mmgmm_spark.core.modality import Modality
 from mmgmm_spark.models.evaluation import evaluate_by_kind, evaluate_scores, log_evaluation
@@ -221,6 +222,12 @@ def train(spark: SparkSession, config: AppConfig, resume_run_id: str | None = No
                      "tree_depth": config.model.tree_depth,
                      "source": "training rows (hold-out excluded) of " + ", ".join(
                          f"{m.name}={m.table}" for m in config.data.modalities)}
+    if config.model.weight_column is not None:
+        training = with_weights(spark, config, training)
+        spark_options["weight_column"] = config.model.weight_column
+    if config.model.warm_start:
+        spark_options["initial_model"] = warm_start_params(config, tracking_config(config),
+                                                           features.modalities)
     common = {"contamination": config.scoring.contamination, "config": tracking_config(config),
               "table_versions": features.versions, "holdout": holdout_arrays(features, config),
               **spark_options}
@@ -251,6 +258,7 @@ def _check_train_options(config: AppConfig, resume_run_id: str | None) -> None:
     if sweep is not None:
         names = fusion.block_names([m.name for m in config.data.modalities])
         check_covariance_names(sweep.covariance_types, names)
+    check_training_inputs(config, sweep is None and not uses_preprocessing(config))
 
 
 _NO_RESPONSIBILITIES = ("scoring.include_responsibilities: {what} has one mixture per "

@@ -49,10 +49,28 @@ class Block:
 
 @dataclass(frozen=True)
 class Batch:
-    """Validated rows: one :class:`Block` per modality name, all with ``n_rows`` rows."""
+    """Validated rows: one :class:`Block` per modality name, all with ``n_rows`` rows.
+
+    Attributes:
+        n_rows: number of rows.
+        blocks: per modality name, its :class:`Block`.
+        weights: (n_rows,) float64 row weights (finite, >= 0), or None: every row weighs 1.
+            A row of integer weight w counts as w copies of the row in every statistic.
+    """
 
     n_rows: int
     blocks: dict[str, Block]
+    weights: np.ndarray | None = None
+
+    def weights_where(self, rows: np.ndarray) -> np.ndarray | None:
+        """The weights of the rows selected by the (n,) bool mask ``rows``, or None when the
+        batch is unweighted (numpy's and scikit-learn's "every row weighs 1")."""
+        return None if self.weights is None else self.weights[rows]
+
+    @property
+    def total_weight(self) -> float:
+        """Sum of the row weights (the row count when unweighted)."""
+        return float(self.n_rows if self.weights is None else self.weights.sum())
 
     def chunks(self, max_rows: int) -> Iterator[Batch]:
         """Consecutive row ranges of at most ``max_rows`` rows."""
@@ -68,12 +86,14 @@ class Batch:
                 n_obs = int(np.count_nonzero(observed))
                 blocks[name] = Block(observed, block.values[starts[name]: starts[name] + n_obs])
                 starts[name] += n_obs
-            yield Batch(stop - start, blocks)
+            yield Batch(stop - start, blocks,
+                        None if self.weights is None else self.weights[start:stop])
 
     def take(self, rows: np.ndarray) -> Batch:
         """The rows at the given indices (sorted ascending)."""
         rows = np.sort(np.asarray(rows, dtype=np.int64))
-        return Batch(len(rows), {name: b.take(rows) for name, b in self.blocks.items()})
+        return Batch(len(rows), {name: b.take(rows) for name, b in self.blocks.items()},
+                     None if self.weights is None else self.weights[rows])
 
     @staticmethod
     def concat(batches: list[Batch]) -> Batch:
@@ -82,7 +102,10 @@ class Batch:
         blocks = {name: Block(np.concatenate([b.blocks[name].observed for b in batches]),
                               np.concatenate([b.blocks[name].values for b in batches]))
                   for name in names}
-        return Batch(sum(b.n_rows for b in batches), blocks)
+        weighted = any(b.weights is not None for b in batches)
+        weights = (np.concatenate([np.ones(b.n_rows) if b.weights is None else b.weights
+                                   for b in batches]) if weighted else None)
+        return Batch(sum(b.n_rows for b in batches), blocks, weights)
 
     def complete_rows(self) -> np.ndarray:
         """(n,) bool, True where the row observes every modality."""
@@ -140,8 +163,58 @@ def check_block(modality: Modality, observed: np.ndarray, values: np.ndarray,
     return Block(observed, values)
 
 
-def check_batch(n_rows: int, blocks: dict[str, Block], source: str = "data") -> Batch:
-    """Build a :class:`Batch`, rejecting rows that observe no modality at all."""
+def weight_problems(n_rows: int, invalid: int, negative: int, total: float) -> str | None:
+    """What is wrong with a weight column, from its counts (None when nothing is).
+
+    Args:
+        n_rows: rows of the column.
+        invalid: rows whose weight is null, NaN or infinite.
+        negative: rows whose weight is < 0.
+        total: sum of the valid weights.
+    """
+    if invalid:
+        return f"{invalid} of {n_rows} row(s) have a null, NaN or infinite weight"
+    if negative:
+        return f"{negative} of {n_rows} row(s) have a negative weight"
+    if not total > 0:
+        return f"all {n_rows} weights are zero"
+    return None
+
+
+def weight_error(problem: str, column: str, source: str) -> DataValidationError:
+    """The one error for a bad weight column: what is wrong and what to do."""
+    return DataValidationError(
+        f"{source}: weight column '{column}': {problem}. Weights must be finite and >= 0, "
+        "not all zero: fix or drop those rows, or fit without weights.")
+
+
+def check_weights(weights: object, n_rows: int, column: str = "sample_weight",
+                  source: str = "data") -> np.ndarray:
+    """(n_rows,) float64 row weights, validated (finite, >= 0, not all zero).
+
+    Raises:
+        DataValidationError: naming ``column``, the number of bad rows and what to do.
+    """
+    values = np.asarray(weights)
+    if values.shape != (n_rows,) or not (np.issubdtype(values.dtype, np.number)
+                                         or values.dtype == bool):
+        raise DataValidationError(
+            f"{source}: weight column '{column}' must be {n_rows} numbers (one per row), got "
+            f"shape {values.shape} of dtype {values.dtype}.")
+    values = np.ascontiguousarray(values, dtype=np.float64)
+    finite = np.isfinite(values)
+    problem = weight_problems(n_rows, int(np.count_nonzero(~finite)),
+                              int(np.count_nonzero(values[finite] < 0)),
+                              float(values[finite].sum()))
+    if problem is not None:
+        raise weight_error(problem, column, source)
+    return values
+
+
+def check_batch(n_rows: int, blocks: dict[str, Block], source: str = "data",
+                weights: np.ndarray | None = None) -> Batch:
+    """Build a :class:`Batch` (``weights``: validated (n_rows,) or None), rejecting rows that
+    observe no modality at all."""
     if n_rows == 0:
         raise DataValidationError(f"{source}: no rows. Check the input table or filter.")
     nothing = n_rows - int(np.count_nonzero(
@@ -152,12 +225,15 @@ def check_batch(n_rows: int, blocks: dict[str, Block], source: str = "data") -> 
             f"{list(blocks)} NaN/null). "
             "Drop them before fitting or scoring: they carry no information."
         )
-    return Batch(n_rows, blocks)
+    return Batch(n_rows, blocks, weights)
 
 
 def batch_from_arrays(data: Mapping[str, np.ndarray], modalities: tuple[Modality, ...],
-                      source: str = "data") -> Batch:
-    """Validate a dict of (n, d_m) arrays (NaN rows = missing modality) into a :class:`Batch`."""
+                      source: str = "data", sample_weight: object | None = None) -> Batch:
+    """Validate a dict of (n, d_m) arrays (NaN rows = missing modality) into a :class:`Batch`.
+
+    ``sample_weight``: (n,) row weights (see :func:`check_weights`), or None.
+    """
     if not isinstance(data, Mapping):
         raise TypeError(
             f"{source} must be a dict of (n, d) arrays keyed by modality name, "
@@ -181,4 +257,6 @@ def batch_from_arrays(data: Mapping[str, np.ndarray], modalities: tuple[Modality
     n_rows = next(iter(counts.values()))
     blocks = {m.name: check_block(m, np.ones(n_rows, dtype=bool), data[m.name], source)
               for m in modalities}
-    return check_batch(n_rows, blocks, source)
+    weights = None if sample_weight is None else check_weights(sample_weight, n_rows,
+                                                               source=source)
+    return check_batch(n_rows, blocks, source, weights)

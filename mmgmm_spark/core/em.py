@@ -18,7 +18,11 @@ import numpy as np
 
 from mmgmm_spark.core.batch import DataValidationError
 from mmgmm_spark.core.modality import Modality
-from mmgmm_spark.core.params import DegenerateComponentWarning, MixtureParams
+from mmgmm_spark.core.params import (
+    DegenerateComponentWarning,
+    MixtureParams,
+    check_initial_params,
+)
 from mmgmm_spark.core.spec import MixtureSpec
 from mmgmm_spark.core.training import StatsPass, TrainingData
 
@@ -172,21 +176,29 @@ def best_of_restarts(initials: Callable[[int], MixtureParams], n_init: int,
 def fit_em(spec: MixtureSpec, data: TrainingData, *,
            on_iteration: IterationCallback | None = None,
            on_progress: ProgressCallback | None = None, resume: ResumePoint | None = None,
-           init_sample_rows: int = 100_000, tree_depth: int = 2) -> EMResult:
+           init_sample_rows: int = 100_000, tree_depth: int = 2,
+           initial: MixtureParams | None = None) -> EMResult:
     """Fit ``spec`` on ``data`` by EM with ``spec.n_init`` restarts: every fit runs this.
 
     In memory, on Spark, checkpointed (``on_progress`` writes each :class:`EMProgress`) or
     resumed (``resume``: the restart, history and generator state to continue from, so the
     result equals the uninterrupted fit's). Initialisation uses ``data.init_sample`` of at
     most ``init_sample_rows`` rows; ``tree_depth`` is the depth of a distributed reduction.
+    A warm start (``initial``: parameters of the same modalities, widths, covariance types
+    and K) runs one EM from exactly those parameters: no initialisation, no restarts.
     """
     if data.n_rows < spec.n_components:
         raise DataValidationError(
             f"{data.source}: {data.n_rows} rows, fewer than n_components="
             f"{spec.n_components}. Lower n_components or add rows.")
     rng = spec.rng()
-    sample = data.init_sample(init_sample_rows, spec.random_state
-                              if isinstance(spec.random_state, int) else 0)
+    if initial is not None:
+        check_initial_params(initial, spec.modalities, spec.n_components)
+        initials, n_init = (lambda _: initial), 1
+    else:
+        sample = data.init_sample(init_sample_rows, spec.random_state
+                                  if isinstance(spec.random_state, int) else 0)
+        initials, n_init = (lambda _: spec.initial_params(sample, rng)), spec.n_init
     if resume is not None and resume.rng_state is not None:
         rng.set_state(resume.rng_state)
     stats_pass = data.stats_pass(spec.modalities, spec.n_components, tree_depth)
@@ -196,7 +208,7 @@ def fit_em(spec: MixtureSpec, data: TrainingData, *,
                       spec.max_iter, on_iteration, history=start.lower_bounds,
                       on_result=on_result)
 
-    return best_of_restarts(lambda _: spec.initial_params(sample, rng), spec.n_init, run,
+    return best_of_restarts(initials, n_init, run,
                             resume=None if resume is None else resume.progress,
                             on_progress=on_progress, rng=rng)
 

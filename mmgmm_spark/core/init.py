@@ -4,7 +4,10 @@ Seeding runs on the rows that observe every modality, in a space where each feat
 standardised and each modality block is scaled by 1/sqrt(d_m) (so a wide embedding does not
 drown a narrow one). Every row, complete or not, is then assigned to its nearest centre over
 the blocks it observes, and the M-step turns those hard assignments into parameters.
-On Spark the same function runs on a bounded driver-side sample.
+On Spark the same function runs on a bounded driver-side sample. With row weights
+(:attr:`Batch.weights`) the moments, the standardisation, k-means / k-means++ and
+``random_from_data`` draws are weighted (a zero-weight row is never a seed); ``random``
+draws responsibilities per row, which the weighted M-step then weighs.
 """
 
 from __future__ import annotations
@@ -29,13 +32,15 @@ INIT_METHODS = ("kmeans", "k-means++", "random", "random_from_data")
 
 def pooled_params(batch: Batch, modalities: tuple[Modality, ...], n_components: int,
                   reg_covar: float) -> MixtureParams:
-    """Every component equal to the whole data's mean and covariance (per modality)."""
+    """Every component equal to the whole data's (weighted) mean and covariance, per modality."""
     k = n_components
     blocks = {}
     for m in modalities:
         values = batch.blocks[m.name].values
-        mean = values.mean(axis=0)
-        cov = np.atleast_2d(np.cov(values, rowvar=False, bias=True)) + reg_covar * np.eye(m.dim)
+        weights = batch.weights_where(batch.blocks[m.name].observed)
+        mean = np.average(values, axis=0, weights=weights)
+        cov = np.atleast_2d(np.cov(values, rowvar=False, bias=True, aweights=weights))
+        cov = cov + reg_covar * np.eye(m.dim)
         covariances = covariance_type(m.covariance_type).pooled(cov, k)
         blocks[m.name] = GaussianBlock.from_covariances(
             m.covariance_type, np.tile(mean, (k, 1)), covariances, m.name, reg_covar)
@@ -75,9 +80,11 @@ def _scaled_blocks(batch: Batch, modalities: tuple[Modality, ...]) -> dict[str, 
     out = {}
     for m in modalities:
         values = batch.blocks[m.name].values
-        std = values.std(axis=0)
+        weights = batch.weights_where(batch.blocks[m.name].observed)
+        mean = np.average(values, axis=0, weights=weights)
+        std = np.sqrt(np.average((values - mean) ** 2, axis=0, weights=weights))
         std[std == 0] = 1.0
-        out[m.name] = (values - values.mean(axis=0)) / (std * np.sqrt(m.dim))
+        out[m.name] = (values - mean) / (std * np.sqrt(m.dim))
     return out
 
 
@@ -99,15 +106,18 @@ def _centres(scaled: dict[str, np.ndarray], batch: Batch, modalities: tuple[Moda
         position = np.cumsum(batch.blocks[m.name].observed) - 1
         rows.append(scaled[m.name][position[complete]])
     x = np.hstack(rows)
+    weights = batch.weights_where(complete)
     seed = rng.randint(np.iinfo(np.int32).max)
     # imported here: Spark workers import this module but never seed, and sklearn costs them ~2 s
     from sklearn.cluster import KMeans, kmeans_plusplus
 
     if method == "kmeans":
-        return KMeans(n_components, n_init=1, random_state=seed).fit(x).cluster_centers_
+        return KMeans(n_components, n_init=1, random_state=seed).fit(
+            x, sample_weight=weights).cluster_centers_
     if method == "k-means++":
-        return kmeans_plusplus(x, n_components, random_state=seed)[0]
-    return x[rng.choice(len(x), size=n_components, replace=False)]
+        return kmeans_plusplus(x, n_components, random_state=seed, sample_weight=weights)[0]
+    chance = None if weights is None else weights / weights.sum()
+    return x[rng.choice(len(x), size=n_components, replace=False, p=chance)]
 
 
 def _nearest_centre(scaled: dict[str, np.ndarray], centres: np.ndarray, batch: Batch,

@@ -20,7 +20,7 @@ from mmgmm_spark.core.covariance import (
 from mmgmm_spark.core.modality import Modality
 
 __all__ = ["DegenerateComponentError", "DegenerateComponentWarning", "GaussianBlock",
-           "MixtureParams", "check_param_shapes", "covariance_shape",
+           "MixtureParams", "check_initial_params", "check_param_shapes", "covariance_shape",
            "covariances_from_precisions", "precisions_cholesky_from_covariances", "stored_array"]
 
 
@@ -160,3 +160,32 @@ def check_param_shapes(modalities: tuple[Modality, ...], n_components: int,
                     f"'{m.covariance_type}' modality with dim {m.dim}, got "
                     f"{np.shape(values[m.name])}."
                 )
+
+
+def check_initial_params(params: MixtureParams, modalities: tuple[Modality, ...],
+                         n_components: int, source: str = "initial_model") -> MixtureParams:
+    """``params`` if a model of ``modalities`` with K=``n_components`` can start EM from them.
+
+    Raises:
+        ValueError: naming what differs (modalities, a modality's width or covariance type, K),
+            with the fix.
+    """
+    expected = [m.name for m in modalities]
+    if list(params.blocks) != expected:
+        raise ValueError(
+            f"{source} has modalities {list(params.blocks)}, the model {expected}. Warm-start "
+            "from a model of the same modalities, or fit from scratch.")
+    differences = [f"K={params.n_components} (the model's n_components={n_components})"
+                   ] if params.n_components != n_components else []
+    for m in modalities:
+        block = params.blocks[m.name]
+        if block.dim != m.dim:
+            differences.append(f"modality '{m.name}' of width {block.dim} (the model's "
+                               f"{m.dim})")
+        if block.covariance_type != m.covariance_type:
+            differences.append(f"modality '{m.name}' of covariance type "
+                               f"'{block.covariance_type}' (the model's '{m.covariance_type}')")
+    if differences:
+        raise ValueError(f"{source} differs from the model: {'; '.join(differences)}. "
+                         "Warm-start from a model of the same shape, or fit from scratch.")
+    return params

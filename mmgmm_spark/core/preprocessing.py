@@ -292,11 +292,12 @@ def merge_moments(a: Mapping[str, Moments], b: Mapping[str, Moments]) -> dict[st
 
 def preprocess_batch(batch: Batch,
                      preprocessors: Mapping[str, ModalityPreprocessor]) -> Batch:
-    """``batch`` with every modality's observed rows (n_obs, d) transformed to (n_obs, q)."""
+    """``batch`` with every modality's observed rows (n_obs, d) transformed to (n_obs, q)
+    (row weights kept)."""
     return Batch(batch.n_rows, {
         name: Block(block.observed,
                     np.ascontiguousarray(preprocessors[name].transform(block.values)))
-        for name, block in batch.blocks.items()})
+        for name, block in batch.blocks.items()}, batch.weights)
 
 
 def auto_n_components(eigenvalues: np.ndarray, n_rows: int, variance: float = 0.95,

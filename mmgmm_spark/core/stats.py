@@ -69,14 +69,19 @@ class BlockStats:
 class SufficientStats:
     """Everything the M-step needs, for a set of rows, relative to one set of parameters.
 
+    Every sum is weighted by the rows' weights (:attr:`Batch.weights`; 1 when unweighted), so
+    a row of integer weight w contributes exactly what w copies of it would.
+
     Attributes:
         n_rows: number of rows summarised.
-        log_likelihood: sum over rows of log p(x_i) under the parameters of the E-step.
-        mass: (K,) sum of responsibilities over all rows.
+        weight: sum of their weights (``n_rows`` when unweighted).
+        log_likelihood: weighted sum over rows of log p(x_i) under the E-step's parameters.
+        mass: (K,) weighted sum of responsibilities over all rows.
         blocks: per modality name, a :class:`BlockStats`.
     """
 
     n_rows: int
+    weight: float
     log_likelihood: float
     mass: np.ndarray
     blocks: dict[str, BlockStats]
@@ -88,12 +93,13 @@ class SufficientStats:
         blocks = {m.name: BlockStats(np.zeros(k), np.zeros((k, m.dim)), np.zeros(
             covariance_type(m.covariance_type).second_shape(k, m.dim)))
                   for m in modalities}
-        return cls(0, 0.0, np.zeros(k), blocks)
+        return cls(0, 0.0, 0.0, np.zeros(k), blocks)
 
     def merge(self, other: SufficientStats) -> SufficientStats:
         """Statistics of the union of both row sets (associative and commutative)."""
         return SufficientStats(
             self.n_rows + other.n_rows,
+            self.weight + other.weight,
             self.log_likelihood + other.log_likelihood,
             self.mass + other.mass,
             {name: block.merge(other.blocks[name]) for name, block in self.blocks.items()},
@@ -101,7 +107,7 @@ class SufficientStats:
 
     def to_vector(self) -> np.ndarray:
         """All statistics as one flat float64 vector (for a DataFrame-only reduction)."""
-        parts = [np.array([self.n_rows, self.log_likelihood]), self.mass]
+        parts = [np.array([self.n_rows, self.weight, self.log_likelihood]), self.mass]
         for block in self.blocks.values():
             parts += [block.mass, block.first.ravel(), block.second.ravel()]
         return np.concatenate(parts)
@@ -111,8 +117,8 @@ class SufficientStats:
                     n_components: int) -> SufficientStats:
         """Inverse of :meth:`to_vector`."""
         k = n_components
-        n_rows, log_likelihood = int(round(vector[0])), float(vector[1])
-        mass, offset = vector[2: 2 + k], 2 + k
+        n_rows, weight, log_likelihood = int(round(vector[0])), float(vector[1]), float(vector[2])
+        mass, offset = vector[3: 3 + k], 3 + k
         blocks = {}
         for m in modalities:
             shapes = [(k,), (k, m.dim), covariance_type(m.covariance_type).second_shape(k, m.dim)]
@@ -122,10 +128,11 @@ class SufficientStats:
                 arrays.append(vector[offset: offset + size].reshape(shape))
                 offset += size
             blocks[m.name] = BlockStats(*arrays)
-        return cls(n_rows, log_likelihood, mass, blocks)
+        return cls(n_rows, weight, log_likelihood, mass, blocks)
 
     def mean_log_likelihood(self) -> float:
-        return self.log_likelihood / self.n_rows
+        """Weighted mean log-likelihood per row (the EM lower bound)."""
+        return self.log_likelihood / self.weight
 
     def to_params(self, previous: MixtureParams, reg_covar: float,
                   modalities: tuple[Modality, ...]) -> MixtureParams:
@@ -211,13 +218,17 @@ def _stats_of_chunk(batch: Batch, params: MixtureParams, modalities: tuple[Modal
     log_likelihood = 0.0
     if resp is None:
         log_norm, resp = responsibilities(weighted_log_prob(batch, params, modalities, centred))
-        log_likelihood = float(log_norm.sum())
+        log_likelihood = float(log_norm.sum() if batch.weights is None
+                               else log_norm @ batch.weights)
+    if batch.weights is not None:      # a row of weight w counts as w copies of it
+        resp = resp * batch.weights[:, None]
     blocks = {}
     for m in modalities:
         block = batch.blocks[m.name]
         block_resp = resp if block.all_observed else resp[block.observed]
         blocks[m.name] = _block_stats(block_resp, centred[m.name], m.covariance_type)
-    return SufficientStats(batch.n_rows, log_likelihood, resp.sum(axis=0), blocks)
+    return SufficientStats(batch.n_rows, batch.total_weight, log_likelihood, resp.sum(axis=0),
+                           blocks)
 
 
 def accumulate_stats(batch: Batch, params: MixtureParams, modalities: tuple[Modality, ...],

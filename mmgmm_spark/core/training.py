@@ -63,7 +63,8 @@ class InMemoryRows:
 
 
 Source = Callable[..., contextlib.AbstractContextManager[TrainingData]]
-"""``source(data, modalities, **options)``: a context in which ``data`` is TrainingData."""
+"""``source(data, modalities, sample_weight=..., **options)``: a context in which ``data`` is
+TrainingData (``sample_weight``: None or the name of the source's weight column)."""
 
 _SOURCES: list[tuple[Callable[[Any], bool], Source]] = []
 
@@ -75,7 +76,7 @@ def register_source(accepts: Callable[[Any], bool], source: Source) -> None:
 
 
 @contextlib.contextmanager
-def training_data(data: Any, modalities: tuple[Modality, ...],
+def training_data(data: Any, modalities: tuple[Modality, ...], sample_weight: Any = None,
                   **options: Any) -> Iterator[TrainingData]:
     """``data`` as :class:`TrainingData` for the duration of a fit.
 
@@ -83,16 +84,21 @@ def training_data(data: Any, modalities: tuple[Modality, ...],
         data: a dict of (n, d_m) arrays (NaN rows = missing modality), an object that is
             already TrainingData, or one a registered source accepts (a Spark DataFrame).
         modalities: the model's modalities.
+        sample_weight: row weights: (n,) numbers for a dict of arrays, the name of the weight
+            column for a registered source; None: every row weighs 1.
         options: passed to a registered source (e.g. ``rows_per_block``); ``source`` also
             names in-memory rows in error messages (default "data").
     """
     for accepts, make in _SOURCES:  # first: a Connect DataFrame "has" every attribute
         if accepts(data):
-            with make(data, modalities, **options) as rows:
+            with make(data, modalities, sample_weight=sample_weight, **options) as rows:
                 yield rows
             return
     if isinstance(data, TrainingData):
+        if sample_weight is not None:
+            raise TypeError(f"{data.source}: sample_weight cannot be applied to prepared "
+                            "training data; give the weights when the rows are prepared.")
         yield data
         return
     source = options.get("source", "data")
-    yield InMemoryRows(batch_from_arrays(data, modalities, source), source)
+    yield InMemoryRows(batch_from_arrays(data, modalities, source, sample_weight), source)

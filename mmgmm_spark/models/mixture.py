@@ -123,7 +123,9 @@ class MultimodalGaussianMixture:
         """An unfitted estimator with ``spec``'s modalities and hyperparameters."""
         return cls(list(spec.modalities), **{name: getattr(spec, name) for name in SPEC_FIELDS})
 
-    def fit(self, data: Any, *, on_iteration: IterationCallback | None = log_iteration,
+    def fit(self, data: Any, *, sample_weight: Any = None,
+            initial_model: MultimodalGaussianMixture | MixtureParams | None = None,
+            on_iteration: IterationCallback | None = log_iteration,
             checkpointer: ProgressCallback | None = None, resume: ResumePoint | None = None,
             init_sample_rows: int = 100_000, tree_depth: int = 2,
             **source_options: Any) -> MultimodalGaussianMixture:
@@ -133,6 +135,12 @@ class MultimodalGaussianMixture:
             data: a dict of (n, d_m) arrays keyed by modality name (NaN rows = missing), a
                 Spark DataFrame with one array/vector column per modality, or any
                 :class:`~mmgmm_spark.core.training.TrainingData` (e.g. cached blocks).
+            sample_weight: row weights, finite, >= 0, not all zero: (n,) numbers with a dict
+                of arrays, the name of the weight column with a DataFrame (or the column the
+                cached blocks were cached with). A row of integer weight w counts as w copies.
+            initial_model: a fitted model (or its :class:`MixtureParams`) of the same
+                modalities, widths, covariance types and K: EM starts from exactly its
+                parameters (no initialisation, ``n_init`` ignored), a warm start.
             on_iteration: called after every EM iteration (default: a log line).
             checkpointer: called after every iteration with the progress (e.g. an
                 :class:`mmgmm_spark.io.checkpoints.Checkpointer` writing a checkpoint).
@@ -144,10 +152,12 @@ class MultimodalGaussianMixture:
                 ``rows_per_block``, ``use_rdd``.
         """
         spec = self.spec().validate()
-        with training_data(data, self.modalities, **source_options) as rows:
+        initial = (initial_model.params if isinstance(initial_model, MultimodalGaussianMixture)
+                   else initial_model)
+        with training_data(data, self.modalities, sample_weight, **source_options) as rows:
             result = fit_em(spec, rows, on_iteration=on_iteration, on_progress=checkpointer,
                             resume=resume, init_sample_rows=init_sample_rows,
-                            tree_depth=tree_depth)
+                            tree_depth=tree_depth, initial=initial)
             log_fit_end(result, rows.n_rows)
             return self.set_result(result, rows.n_rows)
 

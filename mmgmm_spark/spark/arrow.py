@@ -27,6 +27,9 @@ from mmgmm_spark.spark.tasks import spark_task
 
 PAYLOAD_SCHEMA = "n_rows long, payload binary"
 
+WEIGHT_FIELD = "__mmgmm_row_weight__"
+"""The row-weight column inside Spark batches (a double, validated before caching)."""
+
 
 def block_from_arrow(column: pa.Array, modality: Modality, source: str) -> Block:
     """Validate one list column (nulls = missing) into a core ``Block``."""
@@ -49,9 +52,14 @@ def block_from_arrow(column: pa.Array, modality: Modality, source: str) -> Block
 
 def batch_from_arrow(table: pa.RecordBatch | pa.Table, modalities: tuple[Modality, ...],
                      source: str = "DataFrame") -> Batch:
-    """Validated :class:`Batch` from Arrow data with one list column per modality."""
+    """Validated :class:`Batch` from Arrow data with one list column per modality (and the
+    rows' weights when a :data:`WEIGHT_FIELD` column is present)."""
     blocks = {m.name: block_from_arrow(table.column(m.name), m, source) for m in modalities}
-    return check_batch(table.num_rows, blocks, source)
+    weights = None
+    if WEIGHT_FIELD in table.schema.names:
+        weights = np.ascontiguousarray(
+            table.column(WEIGHT_FIELD).to_numpy(zero_copy_only=False), dtype=np.float64)
+    return check_batch(table.num_rows, blocks, source, weights)
 
 
 def encode_batch(batch: Batch, modalities: tuple[Modality, ...]) -> bytes:
@@ -61,6 +69,8 @@ def encode_batch(batch: Batch, modalities: tuple[Modality, ...]) -> bytes:
         block = batch.blocks[m.name]
         arrays[f"observed{index}"] = np.packbits(block.observed)
         arrays[f"values{index}"] = block.values
+    if batch.weights is not None:
+        arrays["weights"] = batch.weights
     buffer = io.BytesIO()
     np.savez(buffer, n_rows=np.int64(batch.n_rows), **arrays)
     return buffer.getvalue()
@@ -74,7 +84,8 @@ def decode_batch(payload: bytes, modalities: tuple[Modality, ...]) -> Batch:
         for index, m in enumerate(modalities):
             observed = np.unpackbits(arrays[f"observed{index}"], count=n_rows).astype(bool)
             blocks[m.name] = Block(observed, np.ascontiguousarray(arrays[f"values{index}"]))
-    return Batch(n_rows, blocks)
+        weights = arrays["weights"] if "weights" in arrays.files else None
+    return Batch(n_rows, blocks, weights)
 
 
 def encode_arrays(arrays: tuple[np.ndarray, ...]) -> bytes:

@@ -21,10 +21,11 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from mmgmm_spark.core.batch import Batch, DataValidationError
+from mmgmm_spark.core.batch import Batch, DataValidationError, weight_error, weight_problems
 from mmgmm_spark.core.modality import Modality
 from mmgmm_spark.spark.arrow import (
     PAYLOAD_SCHEMA,
+    WEIGHT_FIELD,
     decode_arrays,
     decode_batch,
     encode_arrays,
@@ -54,10 +55,37 @@ def features_column(df: DataFrame, column: str, source: str) -> Column:
     return converted
 
 
-def modality_frame(df: DataFrame, modalities: tuple[Modality, ...],
-                   source: str = "DataFrame") -> DataFrame:
-    """One array<double> column per modality (named after it), all other columns dropped."""
-    return df.select(*[features_column(df, m.name, source).alias(m.name) for m in modalities])
+def modality_frame(df: DataFrame, modalities: tuple[Modality, ...], source: str = "DataFrame",
+                   weight_column: str | None = None) -> DataFrame:
+    """One array<double> column per modality (named after it), all other columns dropped
+    but ``weight_column`` (as the double :data:`~mmgmm_spark.spark.arrow.WEIGHT_FIELD`)."""
+    columns = [features_column(df, m.name, source).alias(m.name) for m in modalities]
+    if weight_column is not None:
+        columns.append(F.col(weight_column).cast("double").alias(WEIGHT_FIELD))
+    return df.select(*columns)
+
+
+def check_weight_column(df: DataFrame, column: str, source: str) -> None:
+    """Raise unless ``column`` holds numbers that are finite, >= 0 and not all zero (one
+    aggregation over the whole DataFrame; the rules are :func:`core.batch.weight_problems`)."""
+    if column not in df.columns:
+        raise DataValidationError(
+            f"{source}: no weight column '{column}' (columns: {df.columns}). Name an existing "
+            "numeric column, or fit without weights.")
+    data_type = df.schema[column].dataType
+    if not isinstance(data_type, T.NumericType):
+        raise DataValidationError(
+            f"{source}: weight column '{column}' has type {data_type.simpleString()}; it must "
+            "be numeric (double, float, int, long...).")
+    w = F.col(column).cast("double")
+    invalid = w.isNull() | F.isnan(w) | (F.abs(w) == float("inf"))
+    row = df.agg(F.count(F.lit(1)), F.sum(F.when(invalid, 1).otherwise(0)),
+                 F.sum(F.when(~invalid & (w < 0), 1).otherwise(0)),
+                 F.sum(F.when(~invalid, w))).first()
+    problem = weight_problems(int(row[0]), int(row[1] or 0), int(row[2] or 0),
+                              float(row[3] or 0.0))
+    if problem is not None:
+        raise weight_error(problem, column, source)
 
 
 def join_modalities(frames: Mapping[str, DataFrame], id_column: str,
@@ -167,14 +195,22 @@ def _sampler(fraction: float, seed: int) -> Callable[[int, Batch], Batch]:
 
 
 class CachedBlocks:
-    """Validated numpy batches of a DataFrame, cached (MEMORY_AND_DISK) for repeated passes."""
+    """Validated numpy batches of a DataFrame, cached (MEMORY_AND_DISK) for repeated passes.
+
+    With ``weight_column`` every batch carries its rows' weights (:attr:`Batch.weights`),
+    checked first over the whole DataFrame (:func:`check_weight_column`).
+    """
 
     def __init__(self, df: DataFrame, modalities: tuple[Modality, ...], source: str,
-                 rows_per_block: int = 65_536, use_rdd: bool | None = None) -> None:
+                 rows_per_block: int = 65_536, use_rdd: bool | None = None,
+                 weight_column: str | None = None) -> None:
         self.modalities = modalities
         self.source = source
+        self.weight_column = weight_column
         self.use_rdd = has_rdd_api(df.sparkSession) if use_rdd is None else use_rdd
-        payload = modality_frame(df, modalities, source).mapInArrow(
+        if weight_column is not None:
+            check_weight_column(df, weight_column, source)
+        payload = modality_frame(df, modalities, source, weight_column).mapInArrow(
             payload_mapper(modalities, source, rows_per_block), PAYLOAD_SCHEMA)
         self.rdd = self.payload = None
         if self.use_rdd:
@@ -270,6 +306,7 @@ class CachedBlocks:
         derived = object.__new__(CachedBlocks)
         derived.modalities, derived.use_rdd = modalities, self.use_rdd
         derived.source = source or self.source
+        derived.weight_column = self.weight_column
         derived.rdd = derived.payload = None
         if self.rdd is not None:
             derived.rdd = self.rdd.map(spark_task(function)).persist(StorageLevel.MEMORY_AND_DISK)
@@ -312,17 +349,25 @@ class CachedBlocks:
 @contextlib.contextmanager
 def cached_blocks(data: DataFrame | CachedBlocks, modalities: tuple[Modality, ...],
                   source: str = "DataFrame", rows_per_block: int = 65_536,
-                  use_rdd: bool | None = None) -> Iterator[CachedBlocks]:
+                  use_rdd: bool | None = None,
+                  weight_column: str | None = None) -> Iterator[CachedBlocks]:
     """``data`` as cached blocks while the context lasts.
 
     A DataFrame is converted, validated and cached here and unpersisted on exit; cached blocks
-    are yielded as they are (their owner unpersists them). ``rows_per_block`` and ``use_rdd``
-    are :class:`CachedBlocks`'s.
+    are yielded as they are (their owner unpersists them; ``weight_column`` must then be the
+    one they were cached with). ``rows_per_block``, ``use_rdd`` and ``weight_column`` are
+    :class:`CachedBlocks`'s.
     """
     if isinstance(data, CachedBlocks):
+        if weight_column not in (None, data.weight_column):
+            raise ValueError(
+                f"{data.source}: the cached blocks were cached with weight column "
+                f"{data.weight_column!r}, not {weight_column!r}; cache them with "
+                "weight_column=... to fit with weights.")
         yield data
         return
-    blocks = CachedBlocks(data, tuple(modalities), source, rows_per_block, use_rdd)
+    blocks = CachedBlocks(data, tuple(modalities), source, rows_per_block, use_rdd,
+                          weight_column)
     try:
         yield blocks
     finally:

@@ -105,11 +105,14 @@ class SparkRows:
 
 @contextlib.contextmanager
 def spark_rows(data: DataFrame | CachedBlocks, modalities: tuple[Modality, ...],
-               **cache_options: Any) -> Iterator[SparkRows]:
+               sample_weight: str | None = None, **cache_options: Any) -> Iterator[SparkRows]:
     """``data`` as training data for one fit; a DataFrame (a column per modality, null =
-    missing) is cached for it and then unpersisted (``cache_options``: see
-    :func:`~mmgmm_spark.spark.data.cached_blocks`)."""
-    with cached_blocks(data, modalities, **cache_options) as blocks:
+    missing; ``sample_weight``: the name of its weight column, or None) is cached for it and
+    then unpersisted (``cache_options``: see :func:`~mmgmm_spark.spark.data.cached_blocks`)."""
+    if sample_weight is not None and not isinstance(sample_weight, str):
+        raise TypeError(f"sample_weight for a Spark DataFrame is the name of its weight "
+                        f"column, got {type(sample_weight).__name__}.")
+    with cached_blocks(data, modalities, weight_column=sample_weight, **cache_options) as blocks:
         yield SparkRows(blocks)
 
 

@@ -214,7 +214,7 @@ def _n_parameters(model: MultimodalGaussianMixture, preprocessing: Preprocessing
     return model.n_parameters() + (0 if preprocessing is None else preprocessing.n_parameters())
 
 
-CACHE_OPTIONS = ("source", "rows_per_block", "use_rdd")
+CACHE_OPTIONS = ("source", "rows_per_block", "use_rdd", "weight_column")
 """The Spark options that say how input rows are cached (the others go to the fit)."""
 
 

@@ -111,7 +111,8 @@ def concatenated(batch: Batch, names: list[str]) -> Batch:
     one ``early`` block."""
     complete = batch.take(np.flatnonzero(batch.complete_rows()))
     values = np.hstack([complete.blocks[name].values for name in names])
-    return Batch(complete.n_rows, {EARLY: Block(np.ones(complete.n_rows, dtype=bool), values)})
+    return Batch(complete.n_rows, {EARLY: Block(np.ones(complete.n_rows, dtype=bool), values)},
+                 complete.weights)
 
 
 def spans_of(model: FittedFusion) -> dict[str, np.ndarray]:
