@@ -90,13 +90,13 @@ def test_table_quantiles_match_numpy_and_small_patterns_fall_back():
     calibration = fit_calibration(scores, codes, ["a", "b", "c"], min_rows=500)
     for code in (0b111, 0b011):
         rows = scores[codes == code]
-        reference = np.quantile(rows, 1 - TAILS[TAILS >= 1 / rows.size])
+        reference = np.quantile(rows, 1 - TAILS[1 / rows.size <= TAILS])
         np.testing.assert_allclose(calibration.patterns[code].scores, reference, rtol=2e-3)
     assert set(calibration.patterns) == {0b111, 0b011}
     pooled_two = scores[(codes == 0b011) | (codes == 0b101)]
     assert calibration.table(0b101).n_rows == pooled_two.size
     np.testing.assert_allclose(calibration.table(0b101).scores,
-                               np.quantile(pooled_two, 1 - TAILS[TAILS >= 1 / pooled_two.size]),
+                               np.quantile(pooled_two, 1 - TAILS[1 / pooled_two.size <= TAILS]),
                                rtol=2e-3)
     assert calibration.table(0b001) is calibration.overall          # pool of 50 rows: too few
     assert calibration.overall.n_rows == scores.size

@@ -85,12 +85,29 @@ def print_demo_report(report, config: AppConfig, scores_table: str) -> None:
               f"{report.per_modality_detector_auroc_by_kind[kind]:21.4f}")
     print("  (cross_modal rows are normal in every modality alone: a model of the modalities "
           "together (joint, early) sees them)")
+    print_pattern_comparison(report.by_pattern)
     print("\nTop anomalies (per-modality surprise = z-score of -log p(modality)):")
     print(report.top_anomalies.to_string(index=False))
     uri = config.tracking_uri()
     print(f"\nDelta tables: {Path(config.work_dir, 'tables').resolve()}  (scores: {scores_table})")
     print(f"MLflow store: {uri}")
     print(f"Open the MLflow UI:  mlflow ui --backend-store-uri {uri}")
+
+
+def print_pattern_comparison(by_pattern: dict[str, dict[str, float]]) -> None:
+    """KS distances to the complete rows and AUROC of complete / incomplete anomalies, of the
+    raw and the calibrated score."""
+    if not by_pattern:
+        return
+    patterns = sorted(k for k in next(iter(by_pattern.values())) if k.startswith("ks/"))
+    print("\nScores across missing modalities   KS distance of normal rows to complete ones"
+          "       AUROC of anomalies")
+    print(f"  {'score':18s}" + "".join(f"{p[3:]:>13s}" for p in patterns)
+          + f"{'complete':>12s}{'incomplete':>12s}")
+    for column, values in by_pattern.items():
+        print(f"  {column:18s}" + "".join(f"{values[p]:13.3f}" for p in patterns)
+              + f"{values.get('auroc_complete', float('nan')):12.4f}"
+              + f"{values.get('auroc_incomplete', float('nan')):12.4f}")
 
 
 def parse_modality(item: str, tables: dict[str, str]):

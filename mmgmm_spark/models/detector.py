@@ -39,6 +39,8 @@ from mmgmm_spark.models.fusion import (
 )
 from mmgmm_spark.models.mixture import MultimodalGaussianMixture, load_model, save_model
 from mmgmm_spark.models.scores import (
+    ANOMALY_SCORE,
+    CALIBRATED_SCORE,
     CLUSTER,
     LOG_LIKELIHOOD,
     ScoreColumn,
@@ -76,6 +78,13 @@ class AnomalyDetector:
     def calibrated_threshold(self) -> float:
         """-log10(contamination): the calibrated score above which a row is flagged."""
         return float(-np.log10(self.contamination))
+
+    def ranking(self) -> tuple[str, float | None]:
+        """The output column that ranks rows and its threshold: ``calibrated_score`` and
+        -log10(contamination), or (uncalibrated model) ``anomaly_score`` and the raw one."""
+        if self.calibration is None:
+            return ANOMALY_SCORE.name, self.threshold
+        return CALIBRATED_SCORE.name, self.calibrated_threshold
 
     def patterns(self, batch: Batch) -> np.ndarray:
         """(n,) missingness pattern of each row (:func:`pattern_codes`, model order)."""
