@@ -184,6 +184,7 @@ def fit_em(spec: MixtureSpec, data: TrainingData, *,
         raise DataValidationError(
             f"{data.source}: {data.n_rows} rows, fewer than n_components="
             f"{spec.n_components}. Lower n_components or add rows.")
+    spec.check_enough_rows(data.n_rows, data.source)
     rng = spec.rng()
     sample = data.init_sample(init_sample_rows, spec.random_state
                               if isinstance(spec.random_state, int) else 0)

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from mmgmm_spark.core.modality import COVARIANCE_TYPES
+from mmgmm_spark.core.spec import DEFAULT_REG_COVAR
 from mmgmm_spark.models.fusion.base import FusionStrategy
 from mmgmm_spark.models.fusion.registry import get_strategy
 
@@ -52,7 +53,7 @@ class FusionConfig:
     variance: float = 0.95
     rows_per_dim: int = 10
     min_weight: float = 0.1
-    reg_covar: float = 1e-3
+    reg_covar: float = DEFAULT_REG_COVAR
     max_iter: int = 200
     tol: float = 1e-3
     n_init: int = 1
