@@ -202,14 +202,57 @@ def fit_em(spec: MixtureSpec, data: TrainingData, *,
                             on_progress=on_progress, rng=rng)
 
 
-def warn_collapsed_components(weights: np.ndarray, n_rows: int) -> list[int]:
-    """Warn about and return the components holding less than one row's worth of mass."""
-    collapsed = np.flatnonzero(weights * n_rows < 1.0).tolist()
+NEAR_SINGULAR_CONDITION = 1e12
+"""A component covariance whose condition number exceeds this is reported as near-singular."""
+
+
+def _few_rows_needed(modality: Modality) -> int:
+    """Rows a component needs for a non-singular covariance of ``modality`` by itself."""
+    return {"full": modality.dim + 1, "tied": 1}.get(modality.covariance_type, 2)
+
+
+def _degenerate_blocks(params: MixtureParams, modality: Modality, rows: np.ndarray
+                       ) -> list[str]:
+    """Descriptions of the components of ``modality``'s block that sit on too few rows or
+    have a near-singular covariance."""
+    problems = []
+    few = np.flatnonzero((rows >= 1.0) & (rows < _few_rows_needed(modality)))
+    if few.size:
+        problems.append(f"component(s) {few.tolist()} of modality '{modality.name}' (dim "
+                        f"{modality.dim}, {modality.covariance_type}) hold "
+                        f"{np.round(rows[few], 1).tolist()} rows, fewer than the "
+                        f"{_few_rows_needed(modality)} a non-singular covariance needs")
+    dense = params.blocks[modality.name].full_covariances(params.n_components)
+    eigenvalues = np.linalg.eigvalsh(dense)
+    condition = eigenvalues[:, -1] / np.maximum(eigenvalues[:, 0], np.finfo(float).tiny)
+    bad = np.flatnonzero((condition > NEAR_SINGULAR_CONDITION) & (rows >= 1.0))
+    if bad.size:
+        problems.append(f"component(s) {bad.tolist()} of modality '{modality.name}' have a "
+                        f"near-singular covariance (condition number "
+                        f"{[f'{c:.1e}' for c in condition[bad]]})")
+    return problems
+
+
+def warn_collapsed_components(params: MixtureParams, modalities: Sequence[Modality],
+                              n_rows: int) -> list[int]:
+    """Warn about and return the components holding less than one row's worth of mass;
+    also warn, naming the modality and the component, about components on fewer rows than
+    their covariance needs or with a near-singular covariance."""
+    rows = params.weights * n_rows
+    collapsed = np.flatnonzero(rows < 1.0).tolist()
     if collapsed:
         warnings.warn(
             f"Component(s) {collapsed} hold less than one row's worth of responsibility "
-            f"(weights {np.round(weights[collapsed], 8).tolist()}): they have collapsed. "
+            f"(weights {np.round(params.weights[collapsed], 8).tolist()}): they have collapsed. "
             "Reduce n_components or increase reg_covar.",
+            DegenerateComponentWarning, stacklevel=3,
+        )
+    problems = [p for m in modalities for p in _degenerate_blocks(params, m, rows)]
+    if problems:
+        warnings.warn(
+            "Degenerate components: " + "; ".join(problems) + ". Their densities are held up "
+            "by reg_covar only and can dominate the scores: reduce n_components, raise "
+            "reg_covar, or use diag covariances for these modalities.",
             DegenerateComponentWarning, stacklevel=3,
         )
     return collapsed

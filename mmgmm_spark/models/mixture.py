@@ -166,7 +166,8 @@ class MultimodalGaussianMixture:
         self.converged_ = result.converged
         self.lower_bounds_ = list(result.lower_bounds)
         self.n_train_rows_ = n_rows
-        self.collapsed_components_ = warn_collapsed_components(result.params.weights, n_rows)
+        self.collapsed_components_ = warn_collapsed_components(result.params, self.modalities,
+                                                               n_rows)
         return self
 
     # ----------------------------------------------------------------- fitted attributes
