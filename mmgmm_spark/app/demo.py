@@ -90,24 +90,33 @@ def _auroc_by_kind(frame: pd.DataFrame, score: pd.Series) -> dict[str, float]:
             for kind in sorted(set(frame["kind"]) - {"normal"})}
 
 
-def _by_pattern(frame: pd.DataFrame, names: list[str]) -> dict[str, dict[str, float]]:
+def _by_pattern(frame: pd.DataFrame, names: list[str], ids: pd.Series,
+                altered: pd.Series | None) -> dict[str, dict[str, float]]:
     """:func:`evaluate_by_pattern` of the raw and the calibrated score (a missing modality's
-    log-likelihood column is NaN)."""
+    log-likelihood column is NaN); ``altered``: {id: modality an anomaly altered, or ""}."""
     missing = frame[[modality_column(n) for n in names]].isna().to_numpy()
+    evidence = None
+    if altered is not None:
+        changed = ids.map(altered).fillna("").to_numpy()
+        evidence = ~np.array([c in names and row[names.index(c)]
+                              for c, row in zip(changed, missing, strict=True)])
     pattern = np.array(["complete" if not row.any() else
                         "no " + "+".join(n for n, gone in zip(names, row, strict=True) if gone)
                         for row in missing])
     labels = (frame["kind"] != "normal").to_numpy()
     return {column: evaluate_by_pattern(labels, frame[column].to_numpy(), ~missing.any(axis=1),
-                                        pattern)
+                                        pattern, evidence)
             for column in (ANOMALY_SCORE.name, CALIBRATED_SCORE.name)
             if frame[column].notna().all()}
 
 
 def demo_report(spark: SparkSession, config: AppConfig, labels_table: str,
-                metrics: dict[str, float], top: int = 8) -> DemoReport:
+                metrics: dict[str, float], top: int = 8,
+                altered: pd.Series | None = None) -> DemoReport:
     """Per-kind AUROC of the joint model and of a per-modality detector, the top rows, and
-    the raw and calibrated scores compared across missingness patterns."""
+    the raw and calibrated scores compared across missingness patterns (``altered``: the
+    generated :attr:`SyntheticData.altered` by id, to separate the incomplete anomalies whose
+    altered modality is missing)."""
     names = [m.name for m in config.data.modalities]
     columns = [ANOMALY_SCORE.name, CALIBRATED_SCORE.name, "kind",
                *[modality_column(n) for n in names], config.data.id_column]
@@ -123,4 +132,5 @@ def demo_report(spark: SparkSession, config: AppConfig, labels_table: str,
                        surprise.loc[ranked.index].round(1)], axis=1)
     table["most_unusual"] = surprise.loc[ranked.index].idxmax(axis=1)
     return DemoReport(metrics, _auroc_by_kind(frame, frame[score]),
-                      _auroc_by_kind(frame, per_modality), table, _by_pattern(frame, names))
+                      _auroc_by_kind(frame, per_modality), table,
+                      _by_pattern(frame, names, frame[config.data.id_column], altered))

@@ -94,7 +94,8 @@ def evaluate_by_kind(is_anomaly: np.ndarray, anomaly_score: np.ndarray,
 
 
 def evaluate_by_pattern(is_anomaly: np.ndarray, anomaly_score: np.ndarray,
-                        complete: np.ndarray, pattern: np.ndarray) -> dict[str, float]:
+                        complete: np.ndarray, pattern: np.ndarray,
+                        evidence: np.ndarray | None = None) -> dict[str, float]:
     """Whether a score means the same whatever modalities a row has.
 
     Args:
@@ -102,6 +103,8 @@ def evaluate_by_pattern(is_anomaly: np.ndarray, anomaly_score: np.ndarray,
         anomaly_score: (n,) scores, higher = more anomalous.
         complete: (n,) bool, rows observing every modality.
         pattern: (n,) str, a name of each row's set of observed modalities.
+        evidence: (n,) bool, anomalous rows whose anomaly lies in an observed modality
+            (optional: adds "auroc_incomplete_evidence", those incomplete anomalous rows).
 
     Returns:
         {"ks/<pattern>"}: Kolmogorov-Smirnov distance between the scores of complete normal
@@ -118,7 +121,10 @@ def evaluate_by_pattern(is_anomaly: np.ndarray, anomaly_score: np.ndarray,
     out = {f"ks/{name}": float(ks_2samp(reference, scores[~labels & (pattern == name)]).statistic)
            for name in sorted(set(pattern[~complete & ~labels]))}
     out["ks_max"] = max(out.values(), default=0.0)
-    for name, rows in (("auroc_complete", complete), ("auroc_incomplete", ~complete)):
+    groups = [("auroc_complete", complete), ("auroc_incomplete", ~complete)]
+    if evidence is not None:
+        groups.append(("auroc_incomplete_evidence", ~complete & np.asarray(evidence, bool)))
+    for name, rows in groups:
         chosen = ~labels | (labels & rows)
         if labels[chosen].any():
             out[name] = float(roc_auc_score(labels[chosen], scores[chosen]))
