@@ -202,8 +202,9 @@ def fit_em(spec: MixtureSpec, data: TrainingData, *,
                             on_progress=on_progress, rng=rng)
 
 
-NEAR_SINGULAR_CONDITION = 1e12
-"""A component covariance whose condition number exceeds this is reported as near-singular."""
+HELD_UP = 2.0
+"""A component covariance is near-singular when its smallest eigenvalue is at most this many
+times ``reg_covar``: in some direction only the regularisation holds it up."""
 
 
 def _few_rows_needed(modality: Modality) -> int:
@@ -211,8 +212,8 @@ def _few_rows_needed(modality: Modality) -> int:
     return {"full": modality.dim + 1, "tied": 1}.get(modality.covariance_type, 2)
 
 
-def _degenerate_blocks(params: MixtureParams, modality: Modality, rows: np.ndarray
-                       ) -> list[str]:
+def _degenerate_blocks(params: MixtureParams, modality: Modality, rows: np.ndarray,
+                       reg_covar: float) -> list[str]:
     """Descriptions of the components of ``modality``'s block that sit on too few rows or
     have a near-singular covariance."""
     problems = []
@@ -223,18 +224,17 @@ def _degenerate_blocks(params: MixtureParams, modality: Modality, rows: np.ndarr
                         f"{np.round(rows[few], 1).tolist()} rows, fewer than the "
                         f"{_few_rows_needed(modality)} a non-singular covariance needs")
     dense = params.blocks[modality.name].full_covariances(params.n_components)
-    eigenvalues = np.linalg.eigvalsh(dense)
-    condition = eigenvalues[:, -1] / np.maximum(eigenvalues[:, 0], np.finfo(float).tiny)
-    bad = np.flatnonzero((condition > NEAR_SINGULAR_CONDITION) & (rows >= 1.0))
+    smallest = np.linalg.eigvalsh(dense)[:, 0]
+    bad = np.flatnonzero((smallest <= HELD_UP * reg_covar) & (rows >= 1.0))
     if bad.size:
         problems.append(f"component(s) {bad.tolist()} of modality '{modality.name}' have a "
-                        f"near-singular covariance (condition number "
-                        f"{[f'{c:.1e}' for c in condition[bad]]})")
+                        f"near-singular covariance (smallest variance "
+                        f"{[f'{v:.1e}' for v in smallest[bad]]}, reg_covar {reg_covar:g})")
     return problems
 
 
 def warn_collapsed_components(params: MixtureParams, modalities: Sequence[Modality],
-                              n_rows: int) -> list[int]:
+                              n_rows: int, reg_covar: float) -> list[int]:
     """Warn about and return the components holding less than one row's worth of mass;
     also warn, naming the modality and the component, about components on fewer rows than
     their covariance needs or with a near-singular covariance."""
@@ -247,7 +247,7 @@ def warn_collapsed_components(params: MixtureParams, modalities: Sequence[Modali
             "Reduce n_components or increase reg_covar.",
             DegenerateComponentWarning, stacklevel=3,
         )
-    problems = [p for m in modalities for p in _degenerate_blocks(params, m, rows)]
+    problems = [p for m in modalities for p in _degenerate_blocks(params, m, rows, reg_covar)]
     if problems:
         warnings.warn(
             "Degenerate components: " + "; ".join(problems) + ". Their densities are held up "

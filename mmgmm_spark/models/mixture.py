@@ -167,7 +167,7 @@ class MultimodalGaussianMixture:
         self.lower_bounds_ = list(result.lower_bounds)
         self.n_train_rows_ = n_rows
         self.collapsed_components_ = warn_collapsed_components(result.params, self.modalities,
-                                                               n_rows)
+                                                               n_rows, self.reg_covar)
         return self
 
     # ----------------------------------------------------------------- fitted attributes
