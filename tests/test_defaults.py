@@ -14,7 +14,7 @@ from sklearn.mixture import GaussianMixture
 from mmgmm_spark import Modality, MultimodalGaussianMixture
 from mmgmm_spark.app.config import AppConfig, default_config_path, load_config
 from mmgmm_spark.app.synthetic import generate
-from mmgmm_spark.core.batch import DataValidationError
+from mmgmm_spark.core.batch import DataValidationError, batch_from_arrays
 from mmgmm_spark.core.params import DegenerateComponentWarning
 from mmgmm_spark.core.spec import DEFAULT_REG_COVAR, MixtureSpec
 from mmgmm_spark.models.fusion import FusionConfig
@@ -99,3 +99,29 @@ def test_early_fusion_k10_with_the_defaults_ranks_cross_modal_rows():
     expected = roc_auc_score(cross_modal, -reference.score_samples(x))
     assert auroc > 0.8 and expected > 0.8
     assert auroc == pytest.approx(expected, abs=0.05)
+
+
+def test_relative_reg_covar_follows_the_scale_of_each_modality():
+    """``reg_covar_mode='relative'``: fitting the data in other units (x1000 for one modality)
+    gives the same mixture in those units — log-density shifted by the closed form
+    -d log(1000) — while the absolute mode's regularisation does not scale."""
+    data = generate(3_000, (Modality("a", 4, "full"), Modality("b", 3, "full")), n_clusters=3,
+                    missing_fraction=0.0, seed=2).features
+    scaled = {"a": data["a"] * 1000.0, "b": data["b"]}
+    modalities = [Modality("a", 4, "full"), Modality("b", 3, "full")]
+
+    def fit(values, mode):
+        return MultimodalGaussianMixture(modalities, 3, reg_covar=1e-2, reg_covar_mode=mode,
+                                         tol=0, max_iter=20, random_state=0).fit(values)
+
+    relative, relative_scaled = fit(data, "relative"), fit(scaled, "relative")
+    np.testing.assert_allclose(relative_scaled.score_samples(scaled),
+                               relative.score_samples(data) - 4 * np.log(1000.0),
+                               rtol=1e-8, atol=1e-8)
+    expected = {"a": 1e-2 * data["a"].var(axis=0).mean(), "b": 1e-2 * data["b"].var(axis=0).mean()}
+    spec = relative.spec()
+    got = spec.block_reg_covar(batch_from_arrays(data, tuple(modalities)))
+    assert got == pytest.approx(expected, rel=1e-12)
+    absolute, absolute_scaled = fit(data, "absolute"), fit(scaled, "absolute")
+    gap = absolute_scaled.score_samples(scaled) - (absolute.score_samples(data) - 4 * np.log(1e3))
+    assert np.abs(gap).max() > 1e-3

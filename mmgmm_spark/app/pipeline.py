@@ -130,7 +130,8 @@ def holdout_arrays(features: Features, config: AppConfig) -> dict[str, np.ndarra
 
 def _model_options(config: AppConfig) -> dict:
     m = config.model
-    return {"tol": m.tol, "reg_covar": m.reg_covar, "max_iter": m.max_iter,
+    return {"tol": m.tol, "reg_covar": m.reg_covar, "reg_covar_mode": m.reg_covar_mode,
+            "max_iter": m.max_iter,
             "n_init": m.n_init, "init_params": m.init_params, "random_state": m.seed,
             "allow_small_data": m.allow_small_data}
 

@@ -18,7 +18,12 @@ import numpy as np
 
 from mmgmm_spark.core.batch import DataValidationError
 from mmgmm_spark.core.modality import Modality
-from mmgmm_spark.core.params import DegenerateComponentWarning, MixtureParams
+from mmgmm_spark.core.params import (
+    DegenerateComponentWarning,
+    MixtureParams,
+    RegCovar,
+    block_reg_covar,
+)
 from mmgmm_spark.core.spec import MixtureSpec
 from mmgmm_spark.core.training import StatsPass, TrainingData
 
@@ -42,11 +47,14 @@ IterationCallback = Callable[[IterationReport], None]
 
 @dataclass
 class EMResult:
-    """Parameters after the last M-step and the lower-bound history (one value per iteration)."""
+    """Parameters after the last M-step and the lower-bound history (one value per iteration);
+    ``reg_covar``: {modality: value added to its covariances} of the fit (set by
+    :func:`fit_em`)."""
 
     params: MixtureParams
     lower_bounds: list[float] = field(default_factory=list)
     converged: bool = False
+    reg_covar: dict[str, float] | None = None
 
     @property
     def n_iter(self) -> int:
@@ -62,7 +70,7 @@ ResultCallback = Callable[[EMResult], None]
 
 
 def run_em(stats_pass: StatsPass, initial: MixtureParams, modalities: tuple[Modality, ...],
-           reg_covar: float, tol: float, max_iter: int,
+           reg_covar: RegCovar, tol: float, max_iter: int,
            on_iteration: IterationCallback | None = None, *,
            history: Sequence[float] = (),
            on_result: ResultCallback | None = None) -> EMResult:
@@ -191,15 +199,18 @@ def fit_em(spec: MixtureSpec, data: TrainingData, *,
     if resume is not None and resume.rng_state is not None:
         rng.set_state(resume.rng_state)
     stats_pass = data.stats_pass(spec.modalities, spec.n_components, tree_depth)
+    reg_covar = spec.block_reg_covar(sample)
 
     def run(start: EMResult, on_result: ResultCallback) -> EMResult:
-        return run_em(stats_pass, start.params, spec.modalities, spec.reg_covar, spec.tol,
+        return run_em(stats_pass, start.params, spec.modalities, reg_covar, spec.tol,
                       spec.max_iter, on_iteration, history=start.lower_bounds,
                       on_result=on_result)
 
-    return best_of_restarts(lambda _: spec.initial_params(sample, rng), spec.n_init, run,
+    best = best_of_restarts(lambda _: spec.initial_params(sample, rng), spec.n_init, run,
                             resume=None if resume is None else resume.progress,
                             on_progress=on_progress, rng=rng)
+    best.reg_covar = reg_covar
+    return best
 
 
 HELD_UP = 2.0
@@ -234,7 +245,7 @@ def _degenerate_blocks(params: MixtureParams, modality: Modality, rows: np.ndarr
 
 
 def warn_collapsed_components(params: MixtureParams, modalities: Sequence[Modality],
-                              n_rows: int, reg_covar: float) -> list[int]:
+                              n_rows: int, reg_covar: RegCovar) -> list[int]:
     """Warn about and return the components holding less than one row's worth of mass;
     also warn, naming the modality and the component, about components on fewer rows than
     their covariance needs or with a near-singular covariance."""
@@ -247,7 +258,8 @@ def warn_collapsed_components(params: MixtureParams, modalities: Sequence[Modali
             "Reduce n_components or increase reg_covar.",
             DegenerateComponentWarning, stacklevel=3,
         )
-    problems = [p for m in modalities for p in _degenerate_blocks(params, m, rows, reg_covar)]
+    problems = [p for m in modalities
+                for p in _degenerate_blocks(params, m, rows, block_reg_covar(reg_covar, m.name))]
     if problems:
         warnings.warn(
             "Degenerate components: " + "; ".join(problems) + ". Their densities are held up "

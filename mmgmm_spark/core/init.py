@@ -20,6 +20,8 @@ from mmgmm_spark.core.params import (
     DegenerateComponentWarning,
     GaussianBlock,
     MixtureParams,
+    RegCovar,
+    block_reg_covar,
     covariances_from_precisions,
 )
 from mmgmm_spark.core.stats import accumulate_stats
@@ -28,17 +30,18 @@ INIT_METHODS = ("kmeans", "k-means++", "random", "random_from_data")
 
 
 def pooled_params(batch: Batch, modalities: tuple[Modality, ...], n_components: int,
-                  reg_covar: float) -> MixtureParams:
+                  reg_covar: RegCovar) -> MixtureParams:
     """Every component equal to the whole data's mean and covariance (per modality)."""
     k = n_components
     blocks = {}
     for m in modalities:
         values = batch.blocks[m.name].values
         mean = values.mean(axis=0)
-        cov = np.atleast_2d(np.cov(values, rowvar=False, bias=True)) + reg_covar * np.eye(m.dim)
+        reg = block_reg_covar(reg_covar, m.name)
+        cov = np.atleast_2d(np.cov(values, rowvar=False, bias=True)) + reg * np.eye(m.dim)
         covariances = covariance_type(m.covariance_type).pooled(cov, k)
         blocks[m.name] = GaussianBlock.from_covariances(
-            m.covariance_type, np.tile(mean, (k, 1)), covariances, m.name, reg_covar)
+            m.covariance_type, np.tile(mean, (k, 1)), covariances, m.name, reg)
     return MixtureParams(np.full(k, 1.0 / k), blocks)
 
 
@@ -127,7 +130,7 @@ def _nearest_centre(scaled: dict[str, np.ndarray], centres: np.ndarray, batch: B
 
 
 def initial_params(batch: Batch, modalities: tuple[Modality, ...], n_components: int,
-                   method: str, rng: np.random.RandomState, reg_covar: float,
+                   method: str, rng: np.random.RandomState, reg_covar: RegCovar,
                    weights_init: np.ndarray | None = None, means_init: dict | None = None,
                    precisions_init: dict | None = None) -> MixtureParams:
     """Initial mixture parameters; given ``*_init`` values replace the estimated ones."""

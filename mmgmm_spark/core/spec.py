@@ -18,8 +18,14 @@ from mmgmm_spark.core.init import INIT_METHODS, initial_params
 from mmgmm_spark.core.modality import Modality, check_modalities
 from mmgmm_spark.core.params import MixtureParams, check_param_shapes
 
-HYPERPARAMETERS = ("n_components", "tol", "reg_covar", "max_iter", "n_init", "init_params")
-"""The hyperparameters stored (with the integer seed) in model files and checkpoints."""
+HYPERPARAMETERS = ("n_components", "tol", "reg_covar", "reg_covar_mode", "max_iter", "n_init",
+                   "init_params")
+"""The hyperparameters stored (with the integer seed) in model files and checkpoints (a file
+written before ``reg_covar_mode`` existed reads as ``absolute``)."""
+
+REG_COVAR_MODES = ("absolute", "relative")
+"""``absolute``: ``reg_covar`` is added to every covariance's diagonal as is; ``relative``: it
+is multiplied by each modality's mean feature variance (of the initialisation sample)."""
 
 DEFAULT_REG_COVAR = 1e-3
 """The one default of ``reg_covar``: the estimator, :class:`FusionConfig` and the jobs' config
@@ -54,6 +60,7 @@ class MixtureSpec:
     n_components: int = 1
     tol: float = 1e-3
     reg_covar: float = DEFAULT_REG_COVAR
+    reg_covar_mode: str = "absolute"
     max_iter: int = 100
     n_init: int = 1
     init_params: str = "kmeans"
@@ -71,6 +78,8 @@ class MixtureSpec:
              "an integer >= 1"),
             ("tol", self.tol >= 0, "a number >= 0"),
             ("reg_covar", self.reg_covar >= 0, "a number >= 0"),
+            ("reg_covar_mode", self.reg_covar_mode in REG_COVAR_MODES,
+             f"one of {REG_COVAR_MODES}"),
             ("max_iter", _is_int(self.max_iter) and self.max_iter >= 0, "an integer >= 0"),
             ("n_init", _is_int(self.n_init) and self.n_init >= 1, "an integer >= 1"),
             ("init_params", self.init_params in INIT_METHODS, f"one of {INIT_METHODS}"),
@@ -81,6 +90,19 @@ class MixtureSpec:
         check_param_shapes(self.modalities, self.n_components, self.weights_init,
                            self.means_init, self.precisions_init)
         return self
+
+    def block_reg_covar(self, sample: Batch) -> dict[str, float]:
+        """{modality: the value added to its covariances' diagonal}: ``reg_covar``, times
+        (``relative``) the mean variance of the modality's features over the observed rows of
+        ``sample`` (1 when they have none)."""
+        def scale(name: str) -> float:
+            values = sample.blocks[name].values
+            variance = float(values.var(axis=0).mean()) if values.shape[0] > 1 else 0.0
+            return variance if variance > 0 else 1.0
+
+        relative = self.reg_covar_mode == "relative"
+        return {m.name: self.reg_covar * (scale(m.name) if relative else 1.0)
+                for m in self.modalities}
 
     def n_free_parameters(self) -> int:
         """Free parameters of the mixture: weights, means and covariances (scikit-learn's
@@ -118,7 +140,7 @@ class MixtureSpec:
     def initial_params(self, batch: Batch, rng: np.random.RandomState) -> MixtureParams:
         """Initial parameters from (a sample of) the rows, honouring the ``*_init`` values."""
         return initial_params(batch, self.modalities, self.n_components, self.init_params, rng,
-                              self.reg_covar, self.weights_init, self.means_init,
+                              self.block_reg_covar(batch), self.weights_init, self.means_init,
                               self.precisions_init)
 
     def hyperparameters(self) -> dict[str, Any]:
@@ -136,7 +158,7 @@ class MixtureSpec:
         """The validated spec of :meth:`to_dict`'s form (KeyError/TypeError/ValueError)."""
         hyper = document["hyperparameters"]
         return cls(tuple(Modality.from_dict(d) for d in document["modalities"]),
-                   **{name: hyper[name] for name in HYPERPARAMETERS},
+                   **{name: hyper[name] for name in HYPERPARAMETERS if name in hyper},
                    random_state=hyper.get("random_state")).validate()
 
 

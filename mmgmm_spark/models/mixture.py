@@ -81,6 +81,9 @@ class MultimodalGaussianMixture:
         tol: stop when the mean log-likelihood changes by less than this (0: never).
         reg_covar: added to the diagonal of every covariance (default 1e-3, the one default
             of the package: :data:`mmgmm_spark.core.spec.DEFAULT_REG_COVAR`).
+        reg_covar_mode: ``absolute`` (as scikit-learn) or ``relative``: ``reg_covar`` times
+            each modality's mean feature variance (of the initialisation sample), so the
+            regularisation follows the data's scale.
         max_iter: EM iterations per initialisation.
         n_init: initialisations; the best final lower bound is kept.
         init_params: "kmeans", "k-means++", "random" or "random_from_data".
@@ -93,7 +96,8 @@ class MultimodalGaussianMixture:
     """
 
     def __init__(self, modalities: list[Modality], n_components: int = 1, *, tol: float = 1e-3,
-                 reg_covar: float = DEFAULT_REG_COVAR, max_iter: int = 100, n_init: int = 1,
+                 reg_covar: float = DEFAULT_REG_COVAR, reg_covar_mode: str = "absolute",
+                 max_iter: int = 100, n_init: int = 1,
                  init_params: str = "kmeans", weights_init: np.ndarray | None = None,
                  means_init: dict[str, np.ndarray] | None = None,
                  precisions_init: dict[str, np.ndarray] | None = None,
@@ -103,6 +107,7 @@ class MultimodalGaussianMixture:
         self.n_components = n_components
         self.tol = tol
         self.reg_covar = reg_covar
+        self.reg_covar_mode = reg_covar_mode
         self.max_iter = max_iter
         self.n_init = n_init
         self.init_params = init_params
@@ -166,8 +171,8 @@ class MultimodalGaussianMixture:
         self.converged_ = result.converged
         self.lower_bounds_ = list(result.lower_bounds)
         self.n_train_rows_ = n_rows
-        self.collapsed_components_ = warn_collapsed_components(result.params, self.modalities,
-                                                               n_rows, self.reg_covar)
+        self.collapsed_components_ = warn_collapsed_components(
+            result.params, self.modalities, n_rows, result.reg_covar or self.reg_covar)
         return self
 
     # ----------------------------------------------------------------- fitted attributes
