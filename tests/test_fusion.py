@@ -141,7 +141,7 @@ def test_detector_covers_every_strategy_in_one_artefact(two_views, strategy, tmp
     detector = AnomalyDetector.fit(FusionModel(modalities, FusionConfig(strategy)), wide, 0.05)
     columns = detector.score(wide)
     assert list(columns) == detector.output_columns() == [
-        "log_likelihood", "anomaly_score", "is_anomaly", "cluster",
+        "log_likelihood", "anomaly_score", "calibrated_score", "is_anomaly", "cluster",
         "a_log_likelihood", "b_log_likelihood"]
     assert columns["is_anomaly"].mean() == pytest.approx(0.05, abs=0.01)
     np.testing.assert_array_equal(columns["anomaly_score"], -columns["log_likelihood"])

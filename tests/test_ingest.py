@@ -284,17 +284,18 @@ def test_end_to_end_every_id_scored_once_and_per_kind_report(
     result = cli(capsys, "evaluate", "--config", files.config, "--labels", files.labels,
                  "--kind-column", "kind")
     assert result.code == 0, result.err
-    labels = pd.read_csv(files.labels).merge(scored[["id", "anomaly_score"]], on="id")
+    # evaluate ranks by the calibrated score (comparable across missing modalities)
+    labels = pd.read_csv(files.labels).merge(scored[["id", "calibrated_score"]], on="id")
     normal = labels["is_anomaly"] == 0
     report = {m[0]: (float(m[1]), float(m[2])) for m in re.findall(
         r"^\s+(\w+)\s+\d+\s+([\d.]+)\s+([\d.]+)$", result.out, re.MULTILINE)}
     assert set(report) == {"outlier", "cross_modal"}
     for kind, (auroc, ap) in report.items():
         rows = labels[normal | (labels["kind"] == kind)]
-        assert auroc == pytest.approx(roc_auc_score(rows["is_anomaly"], rows["anomaly_score"]),
-                                      abs=1e-4)
+        assert auroc == pytest.approx(roc_auc_score(rows["is_anomaly"],
+                                                    rows["calibrated_score"]), abs=1e-4)
         assert ap == pytest.approx(average_precision_score(rows["is_anomaly"],
-                                                           rows["anomaly_score"]), abs=1e-4)
+                                                           rows["calibrated_score"]), abs=1e-4)
     assert report["outlier"][0] > 0.9 and report["cross_modal"][0] > 0.9
     client = MlflowClient(tracking_uri=files.tracking_uri)
     logged = client.get_run(scored["scoring_run_id"].iloc[0]).data.metrics
@@ -315,9 +316,9 @@ def test_evaluate_labels_as_parquet_and_refused_columns(
     assert from_csv.code == from_parquet.code == 0, from_parquet.err
     auroc = [re.search(r"^auroc: ([\d.]+)$", r.out, re.MULTILINE).group(1)
              for r in (from_csv, from_parquet)]
-    merged = labels.merge(scored[["id", "anomaly_score"]], on="id")
+    merged = labels.merge(scored[["id", "calibrated_score"]], on="id")
     assert float(auroc[0]) == float(auroc[1]) == pytest.approx(
-        roc_auc_score(merged["is_anomaly"], merged["anomaly_score"]), abs=1e-5)
+        roc_auc_score(merged["is_anomaly"], merged["calibrated_score"]), abs=1e-5)
 
     text = cli(capsys, "evaluate", "--config", files.config, "--labels", files.labels,
                "--label-column", "kind")

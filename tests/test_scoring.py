@@ -111,8 +111,10 @@ def test_scorer_udf_and_model_agree(spark, data, tables, tmp_path):
     np.testing.assert_array_equal(scored["cluster"], model.predict(data))
     np.testing.assert_allclose(np.stack(scored["responsibilities"]), model.predict_proba(data),
                                atol=1e-12)
-    np.testing.assert_array_equal(scored["is_anomaly"],
-                                  -model.score_samples(data) > fit.detector.threshold)
+    in_memory = fit.detector.score(data)     # per-pattern flags: see test_calibration.py
+    np.testing.assert_array_equal(scored["is_anomaly"], in_memory["is_anomaly"])
+    np.testing.assert_allclose(scored["calibrated_score"], in_memory["calibrated_score"],
+                               rtol=1e-9)
     assert set(scored["model_version"]) == {fit.model_version}
     assert set(scored["scoring_run_id"]) == {result.scoring_run_id}
     assert config.client().get_run(result.scoring_run_id).data.params["table_version.text"] == "0"

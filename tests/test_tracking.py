@@ -98,7 +98,7 @@ def test_registered_model_in_fresh_process_reproduces_scores(config, data, first
                                atol=1e-12)
     np.testing.assert_array_equal(out["cluster"], model.predict(holdout))
     np.testing.assert_array_equal(out["is_anomaly"],
-                                  -model.score_samples(holdout) > first_fit.detector.threshold)
+                                  first_fit.detector.score(holdout)["is_anomaly"])
     assert np.isnan(out["text_log_likelihood"]).sum() == np.isnan(holdout["text"]).all(1).sum()
     # nothing is pickled: the model is code + arrays + JSON
     files = {a.path for a in config.client().list_artifacts(first_fit.run_id)}

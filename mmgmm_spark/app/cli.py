@@ -47,6 +47,8 @@ def _step(message: str) -> None:
 
 def cmd_demo(args: argparse.Namespace, config: AppConfig) -> int:
     """Generate data, write Delta tables, train + track, score, evaluate, report."""
+    import pandas as pd
+
     from mmgmm_spark.app import pipeline
     from mmgmm_spark.app.demo import demo_report, write_demo_tables
 
@@ -67,7 +69,8 @@ def cmd_demo(args: argparse.Namespace, config: AppConfig) -> int:
     _step(f"  wrote {scored.table} (version {scored.version})")
     _step("Evaluating against the injected anomalies")
     metrics = pipeline.evaluate(spark, config, labels_table)
-    report = demo_report(spark, config, labels_table, metrics)
+    altered = pd.Series(tables.data.altered, index=tables.ids)
+    report = demo_report(spark, config, labels_table, metrics, altered=altered)
     print_demo_report(report, config, scored.table)
     return 0
 
@@ -85,12 +88,31 @@ def print_demo_report(report, config: AppConfig, scores_table: str) -> None:
               f"{report.per_modality_detector_auroc_by_kind[kind]:21.4f}")
     print("  (cross_modal rows are normal in every modality alone: a model of the modalities "
           "together (joint, early) sees them)")
+    print_pattern_comparison(report.by_pattern)
     print("\nTop anomalies (per-modality surprise = z-score of -log p(modality)):")
     print(report.top_anomalies.to_string(index=False))
     uri = config.tracking_uri()
     print(f"\nDelta tables: {Path(config.work_dir, 'tables').resolve()}  (scores: {scores_table})")
     print(f"MLflow store: {uri}")
     print(f"Open the MLflow UI:  mlflow ui --backend-store-uri {uri}")
+
+
+def print_pattern_comparison(by_pattern: dict[str, dict[str, float]]) -> None:
+    """KS distances to the complete rows and AUROC of complete / incomplete anomalies, of the
+    raw and the calibrated score."""
+    if not by_pattern:
+        return
+    patterns = sorted(k for k in next(iter(by_pattern.values())) if k.startswith("ks/"))
+    print("\nScores across missing modalities   KS distance of normal rows to complete ones"
+          "       AUROC of anomalies")
+    print(f"  {'score':18s}" + "".join(f"{p[3:]:>13s}" for p in patterns)
+          + f"{'complete':>12s}{'incomplete':>12s}{'(evidence)':>12s}")
+    for column, values in by_pattern.items():
+        print(f"  {column:18s}" + "".join(f"{values[p]:13.3f}" for p in patterns)
+              + "".join(f"{values.get(k, float('nan')):12.4f}" for k in (
+                  "auroc_complete", "auroc_incomplete", "auroc_incomplete_evidence")))
+    print("  (evidence: incomplete anomalies whose altered modality is observed; the others "
+          "show nothing anomalous)")
 
 
 def parse_modality(item: str, tables: dict[str, str]):

@@ -27,6 +27,7 @@ from pydantic import (
 from mmgmm_spark.core.covariance import covariance_type
 from mmgmm_spark.core.errors import ConfigError
 from mmgmm_spark.core.init import INIT_METHODS
+from mmgmm_spark.core.spec import DEFAULT_REG_COVAR
 from mmgmm_spark.storage import ENGINE_NAMES
 
 
@@ -151,7 +152,9 @@ class ModelConfig(Section):
     sweep: SweepConfig | None = None
     max_iter: int = Field(100, ge=1)
     tol: float = Field(1e-3, ge=0)
-    reg_covar: float = Field(1e-6, ge=0)
+    reg_covar: float = Field(DEFAULT_REG_COVAR, ge=0)
+    reg_covar_mode: Literal["absolute", "relative"] = "absolute"
+    allow_small_data: bool = False
     init_params: str = "kmeans"
     n_init: int = Field(1, ge=1)
     seed: int = 0

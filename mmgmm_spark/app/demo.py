@@ -18,7 +18,8 @@ from sklearn.metrics import roc_auc_score
 from mmgmm_spark.app.config import AppConfig
 from mmgmm_spark.app.pipeline import scores_with_labels
 from mmgmm_spark.app.synthetic import DEMO_MODALITIES, SyntheticData, generate
-from mmgmm_spark.models.scores import ANOMALY_SCORE, modality_column
+from mmgmm_spark.models.evaluation import evaluate_by_pattern
+from mmgmm_spark.models.scores import ANOMALY_SCORE, CALIBRATED_SCORE, modality_column
 from mmgmm_spark.spark.arrow import arrow_table
 from mmgmm_spark.storage import TableWrite, write_table
 
@@ -69,6 +70,8 @@ class DemoReport:
     auroc_by_kind: dict[str, float]
     per_modality_detector_auroc_by_kind: dict[str, float]
     top_anomalies: pd.DataFrame
+    by_pattern: dict[str, dict[str, float]]
+    """{"anomaly_score" / "calibrated_score": :func:`evaluate_by_pattern` of that score}."""
 
 
 def modality_surprise(frame: pd.DataFrame, names: list[str]) -> pd.DataFrame:
@@ -87,20 +90,47 @@ def _auroc_by_kind(frame: pd.DataFrame, score: pd.Series) -> dict[str, float]:
             for kind in sorted(set(frame["kind"]) - {"normal"})}
 
 
+def _by_pattern(frame: pd.DataFrame, names: list[str], ids: pd.Series,
+                altered: pd.Series | None) -> dict[str, dict[str, float]]:
+    """:func:`evaluate_by_pattern` of the raw and the calibrated score (a missing modality's
+    log-likelihood column is NaN); ``altered``: {id: modality an anomaly altered, or ""}."""
+    missing = frame[[modality_column(n) for n in names]].isna().to_numpy()
+    evidence = None
+    if altered is not None:
+        changed = ids.map(altered).fillna("").to_numpy()
+        evidence = ~np.array([c in names and row[names.index(c)]
+                              for c, row in zip(changed, missing, strict=True)])
+    pattern = np.array(["complete" if not row.any() else
+                        "no " + "+".join(n for n, gone in zip(names, row, strict=True) if gone)
+                        for row in missing])
+    labels = (frame["kind"] != "normal").to_numpy()
+    return {column: evaluate_by_pattern(labels, frame[column].to_numpy(), ~missing.any(axis=1),
+                                        pattern, evidence)
+            for column in (ANOMALY_SCORE.name, CALIBRATED_SCORE.name)
+            if frame[column].notna().all()}
+
+
 def demo_report(spark: SparkSession, config: AppConfig, labels_table: str,
-                metrics: dict[str, float], top: int = 8) -> DemoReport:
-    """Per-kind AUROC of the joint model and of a per-modality detector, and the top rows."""
+                metrics: dict[str, float], top: int = 8,
+                altered: pd.Series | None = None) -> DemoReport:
+    """Per-kind AUROC of the joint model and of a per-modality detector, the top rows, and
+    the raw and calibrated scores compared across missingness patterns (``altered``: the
+    generated :attr:`SyntheticData.altered` by id, to separate the incomplete anomalies whose
+    altered modality is missing)."""
     names = [m.name for m in config.data.modalities]
-    columns = [ANOMALY_SCORE.name, "kind", *[modality_column(n) for n in names],
-               config.data.id_column]
+    columns = [ANOMALY_SCORE.name, CALIBRATED_SCORE.name, "kind",
+               *[modality_column(n) for n in names], config.data.id_column]
     # the demo's own data set (a few hundred thousand rows) is brought to the driver for the
     # per-kind report; production evaluation is pipeline.evaluate, which bounds what it collects
     frame = scores_with_labels(spark, config, labels_table).select(*columns).toPandas()
+    score = (CALIBRATED_SCORE.name if frame[CALIBRATED_SCORE.name].notna().all()
+             else ANOMALY_SCORE.name)
     surprise = modality_surprise(frame, names)
     per_modality = surprise.max(axis=1)      # flags a row unusual in any single modality
-    ranked = frame.sort_values(ANOMALY_SCORE.name, ascending=False).head(top)
-    table = pd.concat([ranked[[config.data.id_column, "kind", ANOMALY_SCORE.name]],
+    ranked = frame.sort_values(score, ascending=False).head(top)
+    table = pd.concat([ranked[[config.data.id_column, "kind", ANOMALY_SCORE.name, score]],
                        surprise.loc[ranked.index].round(1)], axis=1)
     table["most_unusual"] = surprise.loc[ranked.index].idxmax(axis=1)
-    return DemoReport(metrics, _auroc_by_kind(frame, frame[ANOMALY_SCORE.name]),
-                      _auroc_by_kind(frame, per_modality), table)
+    return DemoReport(metrics, _auroc_by_kind(frame, frame[score]),
+                      _auroc_by_kind(frame, per_modality), table,
+                      _by_pattern(frame, names, frame[config.data.id_column], altered))

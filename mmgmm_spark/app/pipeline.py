@@ -37,7 +37,6 @@ from mmgmm_spark.models.fusion import (
 )
 from mmgmm_spark.models.mixture import MultimodalGaussianMixture
 from mmgmm_spark.models.scores import (
-    ANOMALY_SCORE,
     MODEL_NAME,
     MODEL_VERSION,
     SCORED_AT,
@@ -132,8 +131,10 @@ def holdout_arrays(features: Features, config: AppConfig) -> dict[str, np.ndarra
 
 def _model_options(config: AppConfig) -> dict:
     m = config.model
-    return {"tol": m.tol, "reg_covar": m.reg_covar, "max_iter": m.max_iter,
-            "n_init": m.n_init, "init_params": m.init_params, "random_state": m.seed}
+    return {"tol": m.tol, "reg_covar": m.reg_covar, "reg_covar_mode": m.reg_covar_mode,
+            "max_iter": m.max_iter,
+            "n_init": m.n_init, "init_params": m.init_params, "random_state": m.seed,
+            "allow_small_data": m.allow_small_data}
 
 
 def fusion_config(config: AppConfig) -> FusionConfig:
@@ -412,8 +413,9 @@ def evaluate(spark: SparkSession, config: AppConfig, labels_table: str,
              label_column: str = "is_anomaly", scoring_run_id: str | None = None,
              kind_column: str | None = None) -> dict[str, float]:
     """AUROC, average precision, precision/recall at the threshold (and, with
-    ``kind_column``, AUROC and average precision per anomaly kind: ``auroc/<kind>``...);
-    logged to the scoring run."""
+    ``kind_column``, AUROC and average precision per anomaly kind: ``auroc/<kind>``...) of the
+    model's ranking column (``calibrated_score``; ``anomaly_score`` for a model without a
+    calibration table); logged to the scoring run."""
     joined = scores_with_labels(spark, config, labels_table, label_column, scoring_run_id,
                                 kind_column)
     n_rows = joined.count()
@@ -424,15 +426,15 @@ def evaluate(spark: SparkSession, config: AppConfig, labels_table: str,
         raise DataValidationError(
             f"{n_rows} labelled rows: evaluation collects (score, label) pairs and is limited "
             f"to {MAX_EVALUATION_ROWS}; evaluate on a sample of the labels table.")
-    table = joined.select(ANOMALY_SCORE.name, "label", *(["kind"] if kind_column else [])
-                          ).toArrow()
     first = joined.select(SCORING_RUN_ID, MODEL_NAME, MODEL_VERSION).first()
     tracking = tracking_config(config)
     with tracking_context(tracking):
         detector = load_detector(f"models:/{first[MODEL_NAME]}/{first[MODEL_VERSION]}")
+    score_column, threshold = detector.ranking()
+    table = joined.select(score_column, "label", *(["kind"] if kind_column else [])).toArrow()
     labels = table.column("label").to_numpy(zero_copy_only=False)
-    scores = table.column(ANOMALY_SCORE.name).to_numpy()
-    metrics = evaluate_scores(labels, scores, detector.threshold)
+    scores = table.column(score_column).to_numpy()
+    metrics = evaluate_scores(labels, scores, threshold)
     if kind_column:
         metrics |= evaluate_by_kind(labels, scores, table.column("kind").to_numpy(
             zero_copy_only=False))

@@ -30,12 +30,15 @@ class SyntheticData:
         is_anomaly: (n,) bool ground truth.
         kind: (n,) str, one of ``ANOMALY_KINDS``.
         group: (n,) latent group of each row (the first group's for cross-modal rows).
+        altered: (n,) str, the modality an ``outlier`` or ``scaled`` row altered ("" for the
+            other rows); when that modality is missing, nothing observed shows the anomaly.
     """
 
     features: dict[str, np.ndarray]
     is_anomaly: np.ndarray
     kind: np.ndarray
     group: np.ndarray
+    altered: np.ndarray
 
 
 DEMO_MODALITIES = (Modality("image", 16, "full"), Modality("text", 8, "full"),
@@ -81,4 +84,6 @@ def generate(n_rows: int = 200_000, modalities: tuple[Modality, ...] = DEMO_MODA
     for index, m in enumerate(modalities):
         # cross-modal anomalies keep all modalities, so the inconsistency stays visible
         features[m.name][missing & (dropped == index) & (kind != "cross_modal")] = np.nan
-    return SyntheticData(features, kind != "normal", kind.astype(str), group)
+    names = np.array([m.name for m in modalities])
+    altered = np.where(np.isin(kind, ["outlier", "scaled"]), names[target], "")
+    return SyntheticData(features, kind != "normal", kind.astype(str), group, altered)

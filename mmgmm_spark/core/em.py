@@ -21,6 +21,8 @@ from mmgmm_spark.core.modality import Modality
 from mmgmm_spark.core.params import (
     DegenerateComponentWarning,
     MixtureParams,
+    RegCovar,
+    block_reg_covar,
     check_initial_params,
 )
 from mmgmm_spark.core.spec import MixtureSpec
@@ -46,11 +48,14 @@ IterationCallback = Callable[[IterationReport], None]
 
 @dataclass
 class EMResult:
-    """Parameters after the last M-step and the lower-bound history (one value per iteration)."""
+    """Parameters after the last M-step and the lower-bound history (one value per iteration);
+    ``reg_covar``: {modality: value added to its covariances} of the fit (set by
+    :func:`fit_em`)."""
 
     params: MixtureParams
     lower_bounds: list[float] = field(default_factory=list)
     converged: bool = False
+    reg_covar: dict[str, float] | None = None
 
     @property
     def n_iter(self) -> int:
@@ -66,7 +71,7 @@ ResultCallback = Callable[[EMResult], None]
 
 
 def run_em(stats_pass: StatsPass, initial: MixtureParams, modalities: tuple[Modality, ...],
-           reg_covar: float, tol: float, max_iter: int,
+           reg_covar: RegCovar, tol: float, max_iter: int,
            on_iteration: IterationCallback | None = None, *,
            history: Sequence[float] = (),
            on_result: ResultCallback | None = None) -> EMResult:
@@ -191,36 +196,84 @@ def fit_em(spec: MixtureSpec, data: TrainingData, *,
         raise DataValidationError(
             f"{data.source}: {data.n_rows} rows, fewer than n_components="
             f"{spec.n_components}. Lower n_components or add rows.")
+    spec.check_enough_rows(data.n_rows, data.source)
     rng = spec.rng()
+    sample = data.init_sample(init_sample_rows, spec.random_state
+                              if isinstance(spec.random_state, int) else 0)
     if initial is not None:
         check_initial_params(initial, spec.modalities, spec.n_components)
         initials, n_init = (lambda _: initial), 1
     else:
-        sample = data.init_sample(init_sample_rows, spec.random_state
-                                  if isinstance(spec.random_state, int) else 0)
         initials, n_init = (lambda _: spec.initial_params(sample, rng)), spec.n_init
     if resume is not None and resume.rng_state is not None:
         rng.set_state(resume.rng_state)
     stats_pass = data.stats_pass(spec.modalities, spec.n_components, tree_depth)
+    reg_covar = spec.block_reg_covar(sample)
 
     def run(start: EMResult, on_result: ResultCallback) -> EMResult:
-        return run_em(stats_pass, start.params, spec.modalities, spec.reg_covar, spec.tol,
+        return run_em(stats_pass, start.params, spec.modalities, reg_covar, spec.tol,
                       spec.max_iter, on_iteration, history=start.lower_bounds,
                       on_result=on_result)
 
-    return best_of_restarts(initials, n_init, run,
+    best = best_of_restarts(initials, n_init, run,
                             resume=None if resume is None else resume.progress,
                             on_progress=on_progress, rng=rng)
+    best.reg_covar = reg_covar
+    return best
 
 
-def warn_collapsed_components(weights: np.ndarray, n_rows: int) -> list[int]:
-    """Warn about and return the components holding less than one row's worth of mass."""
-    collapsed = np.flatnonzero(weights * n_rows < 1.0).tolist()
+HELD_UP = 2.0
+"""A component covariance is near-singular when its smallest eigenvalue is at most this many
+times ``reg_covar``: in some direction only the regularisation holds it up."""
+
+
+def _few_rows_needed(modality: Modality) -> int:
+    """Rows a component needs for a non-singular covariance of ``modality`` by itself."""
+    return {"full": modality.dim + 1, "tied": 1}.get(modality.covariance_type, 2)
+
+
+def _degenerate_blocks(params: MixtureParams, modality: Modality, rows: np.ndarray,
+                       reg_covar: float) -> list[str]:
+    """Descriptions of the components of ``modality``'s block that sit on too few rows or
+    have a near-singular covariance."""
+    problems = []
+    few = np.flatnonzero((rows >= 1.0) & (rows < _few_rows_needed(modality)))
+    if few.size:
+        problems.append(f"component(s) {few.tolist()} of modality '{modality.name}' (dim "
+                        f"{modality.dim}, {modality.covariance_type}) hold "
+                        f"{np.round(rows[few], 1).tolist()} rows, fewer than the "
+                        f"{_few_rows_needed(modality)} a non-singular covariance needs")
+    dense = params.blocks[modality.name].full_covariances(params.n_components)
+    smallest = np.linalg.eigvalsh(dense)[:, 0]
+    bad = np.flatnonzero((smallest <= HELD_UP * reg_covar) & (rows >= 1.0))
+    if bad.size:
+        problems.append(f"component(s) {bad.tolist()} of modality '{modality.name}' have a "
+                        f"near-singular covariance (smallest variance "
+                        f"{[f'{v:.1e}' for v in smallest[bad]]}, reg_covar {reg_covar:g})")
+    return problems
+
+
+def warn_collapsed_components(params: MixtureParams, modalities: Sequence[Modality],
+                              n_rows: int, reg_covar: RegCovar) -> list[int]:
+    """Warn about and return the components holding less than one row's worth of mass;
+    also warn, naming the modality and the component, about components on fewer rows than
+    their covariance needs or with a near-singular covariance."""
+    rows = params.weights * n_rows
+    collapsed = np.flatnonzero(rows < 1.0).tolist()
     if collapsed:
         warnings.warn(
             f"Component(s) {collapsed} hold less than one row's worth of responsibility "
-            f"(weights {np.round(weights[collapsed], 8).tolist()}): they have collapsed. "
+            f"(weights {np.round(params.weights[collapsed], 8).tolist()}): they have collapsed. "
             "Reduce n_components or increase reg_covar.",
+            DegenerateComponentWarning, stacklevel=3,
+        )
+    problems = [p for m in modalities
+                for p in _degenerate_blocks(params, m, rows, block_reg_covar(reg_covar, m.name))]
+    if problems:
+        warnings.warn(
+            "Degenerate components: " + "; ".join(problems) + ". Their densities are held up "
+            "by reg_covar only and can dominate the scores: reduce n_components, raise "
+            "reg_covar, or use diag covariances for these modalities.",
             DegenerateComponentWarning, stacklevel=3,
         )
     return collapsed

@@ -23,6 +23,8 @@ from mmgmm_spark.core.params import (
     DegenerateComponentWarning,
     GaussianBlock,
     MixtureParams,
+    RegCovar,
+    block_reg_covar,
     covariances_from_precisions,
 )
 from mmgmm_spark.core.stats import accumulate_stats
@@ -31,7 +33,7 @@ INIT_METHODS = ("kmeans", "k-means++", "random", "random_from_data")
 
 
 def pooled_params(batch: Batch, modalities: tuple[Modality, ...], n_components: int,
-                  reg_covar: float) -> MixtureParams:
+                  reg_covar: RegCovar) -> MixtureParams:
     """Every component equal to the whole data's (weighted) mean and covariance, per modality."""
     k = n_components
     blocks = {}
@@ -39,11 +41,12 @@ def pooled_params(batch: Batch, modalities: tuple[Modality, ...], n_components: 
         values = batch.blocks[m.name].values
         weights = batch.weights_where(batch.blocks[m.name].observed)
         mean = np.average(values, axis=0, weights=weights)
+        reg = block_reg_covar(reg_covar, m.name)
         cov = np.atleast_2d(np.cov(values, rowvar=False, bias=True, aweights=weights))
-        cov = cov + reg_covar * np.eye(m.dim)
+        cov = cov + reg * np.eye(m.dim)
         covariances = covariance_type(m.covariance_type).pooled(cov, k)
         blocks[m.name] = GaussianBlock.from_covariances(
-            m.covariance_type, np.tile(mean, (k, 1)), covariances, m.name, reg_covar)
+            m.covariance_type, np.tile(mean, (k, 1)), covariances, m.name, reg)
     return MixtureParams(np.full(k, 1.0 / k), blocks)
 
 
@@ -137,7 +140,7 @@ def _nearest_centre(scaled: dict[str, np.ndarray], centres: np.ndarray, batch: B
 
 
 def initial_params(batch: Batch, modalities: tuple[Modality, ...], n_components: int,
-                   method: str, rng: np.random.RandomState, reg_covar: float,
+                   method: str, rng: np.random.RandomState, reg_covar: RegCovar,
                    weights_init: np.ndarray | None = None, means_init: dict | None = None,
                    precisions_init: dict | None = None) -> MixtureParams:
     """Initial mixture parameters; given ``*_init`` values replace the estimated ones."""

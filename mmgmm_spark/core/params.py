@@ -36,6 +36,15 @@ def stored_array(arrays: Mapping[str, np.ndarray], key: str, shape: tuple[int, .
     return value
 
 
+RegCovar = float | Mapping[str, float]
+"""``reg_covar``: one value for every modality, or {modality: value} (relative mode)."""
+
+
+def block_reg_covar(reg_covar: RegCovar, modality: str) -> float:
+    """The value of ``reg_covar`` for ``modality``."""
+    return float(reg_covar) if isinstance(reg_covar, int | float) else reg_covar[modality]
+
+
 class DegenerateComponentWarning(UserWarning):
     """A component collapsed (almost no rows) but the fit could go on thanks to ``reg_covar``."""
 

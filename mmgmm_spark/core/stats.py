@@ -31,6 +31,8 @@ from mmgmm_spark.core.params import (
     DegenerateComponentWarning,
     GaussianBlock,
     MixtureParams,
+    RegCovar,
+    block_reg_covar,
 )
 
 EPS10 = 10 * np.finfo(np.float64).eps
@@ -134,7 +136,7 @@ class SufficientStats:
         """Weighted mean log-likelihood per row (the EM lower bound)."""
         return self.log_likelihood / self.weight
 
-    def to_params(self, previous: MixtureParams, reg_covar: float,
+    def to_params(self, previous: MixtureParams, reg_covar: RegCovar,
                   modalities: tuple[Modality, ...]) -> MixtureParams:
         """The M-step: maximum-likelihood parameters given these statistics.
 
@@ -145,7 +147,7 @@ class SufficientStats:
         mass = self.mass + EPS10
         weights = mass / mass.sum()
         blocks = {m.name: _block_params(m, self.blocks[m.name], previous.blocks[m.name],
-                                        previous.weights, reg_covar)
+                                        previous.weights, block_reg_covar(reg_covar, m.name))
                   for m in modalities}
         return MixtureParams(weights, blocks)
 

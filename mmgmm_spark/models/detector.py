@@ -3,6 +3,11 @@
 This is what is saved, logged to MLflow, registered and loaded for scoring. The anomaly
 score of a row is its negative log-likelihood; the threshold is the (1 - contamination)
 quantile of the training scores, stored with the model so scoring needs no second pass.
+The calibrated score is the training tail probability of the anomaly score within the row's
+missingness pattern (:mod:`mmgmm_spark.core.calibration`, table stored with the model); rows
+are flagged when it is below ``contamination``, the same false-positive rate for every
+pattern. A model saved before calibration existed loads without a table: its calibrated score
+is NaN and rows are flagged by the raw threshold, as when it was trained.
 
 ``model`` may also be a :class:`mmgmm_spark.models.fusion.FusionModel` (per-modality preprocessing
 + ``joint``/``early``/``late`` fusion): the artefact then covers preprocessing, strategy,
@@ -12,11 +17,13 @@ mixture(s) and threshold, and :meth:`AnomalyDetector.score_batch` returns the sa
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 
 import numpy as np
 
 from mmgmm_spark.core.batch import Batch, batch_from_arrays
+from mmgmm_spark.core.calibration import Calibration, fit_calibration, pattern_codes
 from mmgmm_spark.core.densities import (
     modality_log_likelihoods,
     normalise_log_prob,
@@ -32,6 +39,8 @@ from mmgmm_spark.models.fusion import (
 )
 from mmgmm_spark.models.mixture import MultimodalGaussianMixture, load_model, save_model
 from mmgmm_spark.models.scores import (
+    ANOMALY_SCORE,
+    CALIBRATED_SCORE,
     CLUSTER,
     LOG_LIKELIHOOD,
     ScoreColumn,
@@ -41,6 +50,8 @@ from mmgmm_spark.models.scores import (
 
 __all__ = ["AnomalyDetector"]
 
+log = logging.getLogger(__name__)
+
 
 class AnomalyDetector:
     """A fitted :class:`MultimodalGaussianMixture` with its anomaly threshold.
@@ -49,16 +60,35 @@ class AnomalyDetector:
         model: a fitted mixture, or a fitted :class:`FusionModel`.
         contamination: expected fraction of anomalies in the training data, in (0, 0.5).
         threshold: anomaly-score threshold; set by :meth:`set_threshold` from training scores.
+        calibration: the per-pattern tail tables of the training scores (None: uncalibrated).
     """
 
     def __init__(self, model: MultimodalGaussianMixture | FusionModel,
                  contamination: float = 0.01,
-                 threshold: float | None = None) -> None:
+                 threshold: float | None = None,
+                 calibration: Calibration | None = None) -> None:
         if not 0.0 < contamination < 0.5:
             raise ValueError(f"contamination must be in (0, 0.5), got {contamination!r}.")
         self.model = model
         self.contamination = contamination
         self.threshold = threshold
+        self.calibration = calibration
+
+    @property
+    def calibrated_threshold(self) -> float:
+        """-log10(contamination): the calibrated score above which a row is flagged."""
+        return float(-np.log10(self.contamination))
+
+    def ranking(self) -> tuple[str, float | None]:
+        """The output column that ranks rows and its threshold: ``calibrated_score`` and
+        -log10(contamination), or (uncalibrated model) ``anomaly_score`` and the raw one."""
+        if self.calibration is None:
+            return ANOMALY_SCORE.name, self.threshold
+        return CALIBRATED_SCORE.name, self.calibrated_threshold
+
+    def patterns(self, batch: Batch) -> np.ndarray:
+        """(n,) missingness pattern of each row (:func:`pattern_codes`, model order)."""
+        return pattern_codes([batch.blocks[m.name].observed for m in self.modalities])
 
     @property
     def modalities(self) -> list[Modality]:
@@ -79,23 +109,34 @@ class AnomalyDetector:
         """Names of the columns :meth:`score_batch` returns, in order."""
         return [c.name for c in self.output_schema()]
 
-    def set_threshold(self, training_scores: np.ndarray) -> float:
-        """Threshold = (1 - contamination) quantile of the training anomaly scores (n,)."""
+    def set_threshold(self, training_scores: np.ndarray,
+                      patterns: np.ndarray | None = None) -> float:
+        """Threshold = (1 - contamination) quantile of the training anomaly scores (n,); with
+        the rows' patterns (n,) also the calibration table."""
         self.threshold = float(np.quantile(training_scores, 1.0 - self.contamination))
+        if patterns is not None:
+            self.calibration = fit_calibration(training_scores, patterns,
+                                               [m.name for m in self.modalities])
         return self.threshold
 
     def score_batch(self, batch: Batch) -> dict[str, np.ndarray]:
-        """Per row: log-likelihood, anomaly score, flag, most probable component, and the
-        marginal log-likelihood of each modality (NaN where missing); each (n,)."""
+        """Per row: log-likelihood, anomaly score, calibrated score, flag, most probable
+        component, and the marginal log-likelihood of each modality (NaN where missing);
+        each (n,)."""
         if isinstance(self.model, FusionModel):
             values = self.model.batch_columns(batch)
-            return score_columns(values[LOG_LIKELIHOOD.name], values[CLUSTER.name],
-                                 {m.name: values[m.name] for m in self.modalities},
-                                 self.threshold)
-        params, modalities = self.model.params, self.modalities
-        log_likelihood, log_resp = normalise_log_prob(weighted_log_prob(batch, params, modalities))
-        return score_columns(log_likelihood, log_resp.argmax(axis=1),
-                             modality_log_likelihoods(batch, params, modalities), self.threshold)
+            log_likelihood, cluster = values[LOG_LIKELIHOOD.name], values[CLUSTER.name]
+            per_modality = {m.name: values[m.name] for m in self.modalities}
+        else:
+            params, modalities = self.model.params, self.modalities
+            log_likelihood, log_resp = normalise_log_prob(
+                weighted_log_prob(batch, params, modalities))
+            cluster = log_resp.argmax(axis=1)
+            per_modality = modality_log_likelihoods(batch, params, modalities)
+        calibrated = (None if self.calibration is None
+                      else self.calibration.score(-log_likelihood, self.patterns(batch)))
+        return score_columns(log_likelihood, cluster, per_modality, self.threshold, calibrated,
+                             self.calibrated_threshold)
 
     def responsibilities(self, batch: Batch) -> np.ndarray:
         """(n, K) posterior probability of each mixture component per row."""
@@ -111,18 +152,24 @@ class AnomalyDetector:
     @classmethod
     def fit(cls, model: MultimodalGaussianMixture | FusionModel,
             data: Mapping[str, np.ndarray], contamination: float = 0.01) -> AnomalyDetector:
-        """Fit ``model`` on in-memory data and set the threshold from its training scores."""
+        """Fit ``model`` on in-memory data; set the threshold and the calibration from its
+        training scores."""
         model.fit(data)
         detector = cls(model, contamination)
-        detector.set_threshold(-model.score_samples(data))
+        detector.set_threshold(-model.score_samples(data),
+                               detector.patterns(batch_from_arrays(data, detector.modalities)))
         return detector
 
-    def extra(self) -> dict[str, dict[str, float | None]]:
-        """The JSON metadata a saved model keeps for the detector: contamination, threshold."""
-        return {"anomaly": {"contamination": self.contamination, "threshold": self.threshold}}
+    def extra(self) -> dict[str, dict]:
+        """The JSON metadata a saved model keeps for the detector: contamination, threshold
+        and calibration table."""
+        calibration = None if self.calibration is None else self.calibration.to_dict()
+        return {"anomaly": {"contamination": self.contamination, "threshold": self.threshold,
+                            "calibration": calibration}}
 
     def save(self, path: str) -> None:
-        """Arrays + JSON (see :mod:`mmgmm_spark.io.model_files`), threshold included."""
+        """Arrays + JSON (see :mod:`mmgmm_spark.io.model_files`), threshold and calibration
+        table included."""
         if isinstance(self.model, FusionModel):
             self.model.save(path, extra=self.extra())
             return
@@ -130,11 +177,20 @@ class AnomalyDetector:
 
     @classmethod
     def load(cls, path: str) -> AnomalyDetector:
+        """Load a saved detector; one saved without a calibration table loads uncalibrated
+        (a warning says so)."""
         return cls.of_loaded(FusionModel.load(path) if is_fusion_artefact(path)
-                             else load_model(path))
+                             else load_model(path), path)
 
     @classmethod
-    def of_loaded(cls, model: MultimodalGaussianMixture | FusionModel) -> AnomalyDetector:
+    def of_loaded(cls, model: MultimodalGaussianMixture | FusionModel,
+                  source: str = "(in memory)") -> AnomalyDetector:
         """The detector of a loaded model, from the :meth:`extra` metadata it was saved with."""
         anomaly = model.extra_.get("anomaly", {})
-        return cls(model, float(anomaly.get("contamination", 0.01)), anomaly.get("threshold"))
+        table = anomaly.get("calibration")
+        if table is None:
+            log.warning("Model %s has no calibration table (saved by an older version): "
+                        "calibrated_score is NaN and is_anomaly uses the raw threshold. "
+                        "Retrain it for scores comparable across missing modalities.", source)
+        return cls(model, float(anomaly.get("contamination", 0.01)), anomaly.get("threshold"),
+                   None if table is None else Calibration.from_dict(table))

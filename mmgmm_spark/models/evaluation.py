@@ -91,3 +91,41 @@ def evaluate_by_kind(is_anomaly: np.ndarray, anomaly_score: np.ndarray,
         out[f"average_precision/{name}"] = float(average_precision_score(positive, scores[rows]))
         out[f"n_rows/{name}"] = float(positive.sum())
     return out
+
+
+def evaluate_by_pattern(is_anomaly: np.ndarray, anomaly_score: np.ndarray,
+                        complete: np.ndarray, pattern: np.ndarray,
+                        evidence: np.ndarray | None = None) -> dict[str, float]:
+    """Whether a score means the same whatever modalities a row has.
+
+    Args:
+        is_anomaly: (n,) true labels.
+        anomaly_score: (n,) scores, higher = more anomalous.
+        complete: (n,) bool, rows observing every modality.
+        pattern: (n,) str, a name of each row's set of observed modalities.
+        evidence: (n,) bool, anomalous rows whose anomaly lies in an observed modality
+            (optional: adds "auroc_incomplete_evidence", those incomplete anomalous rows).
+
+    Returns:
+        {"ks/<pattern>"}: Kolmogorov-Smirnov distance between the scores of complete normal
+        rows and of the normal rows of each incomplete pattern; {"auroc_complete",
+        "auroc_incomplete"}: AUROC of the complete (incomplete) anomalous rows against every
+        normal row; "ks_max" the largest distance.
+    """
+    from scipy.stats import ks_2samp
+
+    labels = np.asarray(is_anomaly).astype(bool)
+    scores = np.asarray(anomaly_score, dtype=np.float64)
+    complete, pattern = np.asarray(complete, dtype=bool), np.asarray(pattern).astype(str)
+    reference = scores[~labels & complete]
+    out = {f"ks/{name}": float(ks_2samp(reference, scores[~labels & (pattern == name)]).statistic)
+           for name in sorted(set(pattern[~complete & ~labels]))}
+    out["ks_max"] = max(out.values(), default=0.0)
+    groups = [("auroc_complete", complete), ("auroc_incomplete", ~complete)]
+    if evidence is not None:
+        groups.append(("auroc_incomplete_evidence", ~complete & np.asarray(evidence, bool)))
+    for name, rows in groups:
+        chosen = ~labels | (labels & rows)
+        if labels[chosen].any():
+            out[name] = float(roc_auc_score(labels[chosen], scores[chosen]))
+    return out

@@ -27,7 +27,7 @@ from mmgmm_spark.core.em import (
 )
 from mmgmm_spark.core.modality import Modality, check_modalities
 from mmgmm_spark.core.params import MixtureParams
-from mmgmm_spark.core.spec import SPEC_FIELDS, MixtureSpec
+from mmgmm_spark.core.spec import DEFAULT_REG_COVAR, SPEC_FIELDS, MixtureSpec
 from mmgmm_spark.core.training import training_data
 from mmgmm_spark.io.checkpoints import Checkpoint, Checkpointer, load_checkpoint
 from mmgmm_spark.io.model_files import FitHistory, ModelFile, read_model_file, write_model_file
@@ -79,7 +79,11 @@ class MultimodalGaussianMixture:
         modalities: the feature blocks, each a :class:`Modality`.
         n_components: K.
         tol: stop when the mean log-likelihood changes by less than this (0: never).
-        reg_covar: added to the diagonal of every covariance.
+        reg_covar: added to the diagonal of every covariance (default 1e-3, the one default
+            of the package: :data:`mmgmm_spark.core.spec.DEFAULT_REG_COVAR`).
+        reg_covar_mode: ``absolute`` (as scikit-learn) or ``relative``: ``reg_covar`` times
+            each modality's mean feature variance (of the initialisation sample), so the
+            regularisation follows the data's scale.
         max_iter: EM iterations per initialisation.
         n_init: initialisations; the best final lower bound is kept.
         init_params: "kmeans", "k-means++", "random" or "random_from_data".
@@ -87,18 +91,23 @@ class MultimodalGaussianMixture:
         means_init: {modality: (K, d)} initial means, or None.
         precisions_init: {modality: precisions in the covariance type's shape}, or None.
         random_state: seed (int), a ``numpy.random.RandomState``, or None.
+        allow_small_data: fit even with fewer training rows than free parameters
+            (:data:`mmgmm_spark.core.spec.MIN_ROWS_PER_PARAMETER`; refused by default).
     """
 
     def __init__(self, modalities: list[Modality], n_components: int = 1, *, tol: float = 1e-3,
-                 reg_covar: float = 1e-6, max_iter: int = 100, n_init: int = 1,
+                 reg_covar: float = DEFAULT_REG_COVAR, reg_covar_mode: str = "absolute",
+                 max_iter: int = 100, n_init: int = 1,
                  init_params: str = "kmeans", weights_init: np.ndarray | None = None,
                  means_init: dict[str, np.ndarray] | None = None,
                  precisions_init: dict[str, np.ndarray] | None = None,
-                 random_state: int | np.random.RandomState | None = None) -> None:
+                 random_state: int | np.random.RandomState | None = None,
+                 allow_small_data: bool = False) -> None:
         self.modalities = check_modalities(modalities)
         self.n_components = n_components
         self.tol = tol
         self.reg_covar = reg_covar
+        self.reg_covar_mode = reg_covar_mode
         self.max_iter = max_iter
         self.n_init = n_init
         self.init_params = init_params
@@ -106,6 +115,7 @@ class MultimodalGaussianMixture:
         self.means_init = means_init
         self.precisions_init = precisions_init
         self.random_state = random_state
+        self.allow_small_data = allow_small_data
         self.params_: MixtureParams | None = None
         self.converged_ = False
         self.lower_bounds_: list[float] = []
@@ -171,7 +181,8 @@ class MultimodalGaussianMixture:
         self.converged_ = result.converged
         self.lower_bounds_ = list(result.lower_bounds)
         self.n_train_rows_ = n_rows
-        self.collapsed_components_ = warn_collapsed_components(result.params.weights, n_rows)
+        self.collapsed_components_ = warn_collapsed_components(
+            result.params, self.modalities, n_rows, result.reg_covar or self.reg_covar)
         return self
 
     # ----------------------------------------------------------------- fitted attributes

@@ -52,8 +52,15 @@ LOG_LIKELIHOOD = ScoreColumn(
     "mean of the standardised per-modality log-likelihoods)")
 ANOMALY_SCORE = ScoreColumn("anomaly_score", np.float64, "double", "double",
                             "-log_likelihood: higher is more anomalous")
+CALIBRATED_SCORE = ScoreColumn(
+    "calibrated_score", np.float64, "double", "double",
+    "-log10 of the training tail probability of anomaly_score among training rows with the "
+    "same observed modalities (see mmgmm_spark.core.calibration; NaN: a model saved without "
+    "a calibration table)")
 IS_ANOMALY = ScoreColumn("is_anomaly", np.bool_, "boolean", "boolean",
-                         "anomaly_score > the model's training threshold")
+                         "calibrated_score > -log10(contamination): the same false-positive "
+                         "rate for every missingness pattern (a model without a calibration "
+                         "table: anomaly_score > its training threshold)")
 CLUSTER = ScoreColumn("cluster", np.int32, "integer", "integer",
                       "most probable mixture component (late: of the first observed modality)")
 RESPONSIBILITIES = ScoreColumn(
@@ -61,7 +68,7 @@ RESPONSIBILITIES = ScoreColumn(
     {"type": "array", "elementType": "double", "containsNull": False}, None,
     "(K,) posterior probability of each component (optional; not for late fusion)")
 
-SCORE_COLUMNS = (LOG_LIKELIHOOD, ANOMALY_SCORE, IS_ANOMALY, CLUSTER)
+SCORE_COLUMNS = (LOG_LIKELIHOOD, ANOMALY_SCORE, CALIBRATED_SCORE, IS_ANOMALY, CLUSTER)
 """The columns every scored row has, in order, before the per-modality columns."""
 
 MODALITY_SUFFIX = "_log_likelihood"
@@ -93,19 +100,28 @@ def output_schema(modality_names: Iterable[str], responsibilities: bool = False
 
 
 def score_columns(log_likelihood: np.ndarray, cluster: np.ndarray,
-                  modality_values: Mapping[str, np.ndarray],
-                  threshold: float | None) -> dict[str, np.ndarray]:
+                  modality_values: Mapping[str, np.ndarray], threshold: float | None,
+                  calibrated: np.ndarray | None = None,
+                  calibrated_threshold: float | None = None) -> dict[str, np.ndarray]:
     """The output columns (without responsibilities), each (n,), in order.
 
     Args:
         log_likelihood: (n,) the model's log-likelihood of each row.
         cluster: (n,) most probable component.
         modality_values: {modality: (n,) its marginal log-likelihood}, in modality order.
-        threshold: the anomaly-score threshold (None: nothing is flagged).
+        threshold: the raw anomaly-score threshold, used to flag rows when there is no
+            calibrated score (None: nothing is flagged).
+        calibrated: (n,) calibrated scores, or None (the column is NaN).
+        calibrated_threshold: the calibrated-score threshold, used with ``calibrated``.
     """
     anomaly_score = -log_likelihood
+    if calibrated is None:
+        calibrated = np.full(anomaly_score.shape, np.nan)
+        flagged = anomaly_score > (np.inf if threshold is None else threshold)
+    else:
+        flagged = calibrated > calibrated_threshold
     values = {LOG_LIKELIHOOD.name: log_likelihood, ANOMALY_SCORE.name: anomaly_score,
-              IS_ANOMALY.name: anomaly_score > (np.inf if threshold is None else threshold),
+              CALIBRATED_SCORE.name: calibrated, IS_ANOMALY.name: flagged,
               CLUSTER.name: cluster}
     values.update({modality_column(name): v for name, v in modality_values.items()})
     schema = output_schema(modality_values)

@@ -4,7 +4,9 @@
   scores (numpy's default linear interpolation) over :class:`CachedBlocks`, without collecting
   the scores: a summary pass (count, sum, min, max), then histogram passes of ``bins`` counts
   that narrow the value range holding the wanted order statistic, until at most
-  ``max_collect`` candidate values remain; only those reach the driver.
+  ``max_collect`` candidate values remain; only those reach the driver. One more pass adds
+  the per-missingness-pattern histograms of the calibration table
+  (:mod:`mmgmm_spark.core.calibration`), merged like the other partial results.
 * :func:`score_dataframe`: :meth:`AnomalyDetector.score_batch` as ``mapInArrow`` tasks; the
   output columns and their Spark types are :mod:`mmgmm_spark.models.scores`'.
 * :func:`score_to_delta`: scores plus model name/version, scoring run id and time, written
@@ -26,6 +28,13 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from mmgmm_spark.core.batch import Batch
+from mmgmm_spark.core.calibration import (
+    Calibration,
+    calibration_from_histograms,
+    merge_histograms,
+    pattern_codes,
+    pattern_histograms,
+)
 from mmgmm_spark.core.densities import normalise_log_prob, weighted_log_prob
 from mmgmm_spark.models.detector import AnomalyDetector
 from mmgmm_spark.models.fusion import FusionModel
@@ -67,6 +76,8 @@ class TrainingScores:
             (of a ``late`` model: the mean fused, unitless score).
         std_log_likelihood: their standard deviation (population, ``np.std``).
         passes: Spark jobs run over the cached blocks.
+        calibration: the per-pattern tail tables of the scores; None from
+            :func:`training_summary`.
     """
 
     threshold: float | None
@@ -74,6 +85,7 @@ class TrainingScores:
     mean_log_likelihood: float
     std_log_likelihood: float
     passes: int
+    calibration: Calibration | None = None
 
 
 def anomaly_scores(model: MultimodalGaussianMixture | FusionModel, batch: Batch) -> np.ndarray:
@@ -84,11 +96,19 @@ def anomaly_scores(model: MultimodalGaussianMixture | FusionModel, batch: Batch)
     return -log_likelihood
 
 
-class _ScoreReducer:
-    """Map a function over the anomaly scores of every cached block and merge the results.
+def scores_and_patterns(model: MultimodalGaussianMixture | FusionModel, batch: Batch
+                        ) -> tuple[np.ndarray, np.ndarray]:
+    """(n,) anomaly scores and (n,) missingness patterns of the rows of ``batch``."""
+    observed = [batch.blocks[m.name].observed for m in model.modalities]
+    return anomaly_scores(model, batch), pattern_codes(observed)
 
-    RDD path: the (n_i,) score arrays are computed once and cached. DataFrame-only path: each
-    pass decodes the cached payloads and recomputes the scores (one E-step per pass).
+
+class _ScoreReducer:
+    """Map a function over the anomaly scores of every cached block and merge the results;
+    ``with_patterns`` functions also get the rows' patterns.
+
+    RDD path: the (n_i,) score and pattern arrays are computed once and cached. DataFrame-only
+    path: each pass decodes the cached payloads and recomputes the scores (one E-step per pass).
     """
 
     def __init__(self, model: MultimodalGaussianMixture | FusionModel,
@@ -98,19 +118,23 @@ class _ScoreReducer:
         self.scores = None
         if data.rdd is not None:
             self.scores = data.rdd.mapPartitions(spark_task(
-                lambda batches: (anomaly_scores(model, batch) for batch in batches)))
+                lambda batches: (scores_and_patterns(model, batch) for batch in batches)))
             self.scores.persist(StorageLevel.MEMORY_AND_DISK)
         self.model = model
 
-    def reduce(self, function: Callable[[np.ndarray], Stats],
-               merge: Callable[[Stats, Stats], Stats]) -> Stats:
+    def reduce(self, function: Callable[..., Stats], merge: Callable[[Stats, Stats], Stats],
+               with_patterns: bool = False) -> Stats:
         self.passes += 1
+
+        def apply(pair: tuple[np.ndarray, np.ndarray]) -> Stats:
+            return function(*pair) if with_patterns else function(pair[0])
+
         with translated_errors():
             if self.scores is not None:
-                return self.scores.map(function).treeReduce(merge)
-            return self._dataframe_reduce(function, merge)
+                return self.scores.map(apply).treeReduce(merge)
+            return self._dataframe_reduce(apply, merge)
 
-    def _dataframe_reduce(self, function: Callable[[np.ndarray], Stats],
+    def _dataframe_reduce(self, function: Callable[[tuple[np.ndarray, np.ndarray]], Stats],
                           merge: Callable[[Stats, Stats], Stats]) -> Stats:
         model, modalities = self.model, self.data.modalities
 
@@ -118,7 +142,7 @@ class _ScoreReducer:
         def partition(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
             total = None
             for batch in payload_batches(batches, modalities):
-                stats = function(anomaly_scores(model, batch))
+                stats = function(scores_and_patterns(model, batch))
                 total = stats if total is None else merge(total, stats)
             if total is not None:
                 yield pa.RecordBatch.from_pydict({"stats": [encode_arrays(total)]})
@@ -221,10 +245,19 @@ def training_threshold(model: MultimodalGaussianMixture | FusionModel, data: Cac
         above = below if rank + 1 >= n else _order_statistic(
             reducer, rank + 1, lo, hi, n, bins, max_collect)
         threshold = _lerp(below, above, position - rank)
+        calibration = _calibration(reducer, lo, hi)
         return TrainingScores(threshold, n, float(-total / n), float(np.sqrt(squares / n)),
-                              reducer.passes)
+                              reducer.passes, calibration)
     finally:
         reducer.close()
+
+
+def _calibration(reducer: _ScoreReducer, lo: float, hi: float) -> Calibration:
+    """The calibration table of all scores, in [lo, hi], from one histogram pass."""
+    histograms = reducer.reduce(lambda scores, codes: pattern_histograms(scores, codes, lo, hi),
+                                merge_histograms, with_patterns=True)
+    return calibration_from_histograms(histograms, lo, hi,
+                                       [m.name for m in reducer.model.modalities])
 
 
 def training_summary(model: MultimodalGaussianMixture | FusionModel,

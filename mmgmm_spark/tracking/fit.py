@@ -203,7 +203,7 @@ def _fit_in_memory(model: MultimodalGaussianMixture, data: Mapping[str, np.ndarr
     scores = -fitted.score_samples(data)
     detector = AnomalyDetector(fitted, contamination)
     if with_threshold:
-        detector.set_threshold(scores)
+        detector.set_threshold(scores, detector.patterns(batch))
     if batch.n_rows > PLOT_ROWS:
         batch = batch.take(np.random.default_rng(0).choice(batch.n_rows, PLOT_ROWS, False))
     return _Trained(detector, model, len(scores), float(-scores.mean()), float(scores.std()),
@@ -244,7 +244,7 @@ def _fit_on_spark(model: MultimodalGaussianMixture, data: DataFrame | CachedBloc
         finally:
             if owned_transform and transformed is not None:
                 transformed.unpersist()
-    detector = AnomalyDetector(fitted, contamination, scores.threshold)
+    detector = AnomalyDetector(fitted, contamination, scores.threshold, scores.calibration)
     return _Trained(detector, model, scores.n_rows, scores.mean_log_likelihood,
                     scores.std_log_likelihood, sample, "spark", _n_parameters(model, preprocessing))
 

@@ -78,7 +78,7 @@ def tracked_late_fit(models: Mapping[str, MultimodalGaussianMixture], data: Cach
                  for name, fit in fits.items()}
         fused = late_model(preprocessing, parts, data.n_rows)
         scores = training_threshold(fused, data, contamination)
-        detector = AnomalyDetector(fused, contamination, scores.threshold)
+        detector = AnomalyDetector(fused, contamination, scores.threshold, scores.calibration)
         metrics = _late_metrics(fits, data.n_rows, scores.threshold)
         sample = data.sample(PLOT_ROWS, seed=0)
         result = FitRun(run_id, detector, data.n_rows, metrics)

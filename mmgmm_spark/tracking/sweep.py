@@ -203,12 +203,15 @@ def _log_winner(best: Candidate, candidates: list[Candidate]) -> None:
 
 
 def _set_threshold(fit: FitRun, data: Any, contamination: float) -> None:
-    """The winner's exact training threshold (the candidates were fitted without one)."""
+    """The winner's exact training threshold and calibration table (the candidates were
+    fitted without them)."""
     detector = fit.detector
     if isinstance(data, CachedBlocks):
-        detector.threshold = training_threshold(detector.model, data, contamination).threshold
+        scores = training_threshold(detector.model, data, contamination)
+        detector.threshold, detector.calibration = scores.threshold, scores.calibration
     else:
-        detector.set_threshold(-detector.model.score_samples(data))
+        batch = detector.model.to_batch(data)
+        detector.set_threshold(-detector.model.score_samples(data), detector.patterns(batch))
 
 
 def _mixture_modalities(modalities: Sequence[Modality],

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from mmgmm_spark.core.modality import COVARIANCE_TYPES
+from mmgmm_spark.core.spec import DEFAULT_REG_COVAR
 from mmgmm_spark.models.fusion.base import FusionStrategy
 from mmgmm_spark.models.fusion.registry import get_strategy
 
@@ -62,7 +63,7 @@ class FusionConfig:
     n_quantiles: int = 1000
     ensemble: bool = False
     min_weight: float = 0.1
-    reg_covar: float = 1e-3
+    reg_covar: float = DEFAULT_REG_COVAR
     max_iter: int = 200
     tol: float = 1e-3
     n_init: int = 1

@@ -112,10 +112,13 @@ def _fit_point(grid: Grid, modalities: list[Modality], data: Arrays,
     BIC in input units (None when EM fails)."""
     c = grid.config
     covariance_type = modalities[0].covariance_type
+    # BIC, which charges every parameter, chooses among the candidates: a small data set
+    # picks a small K rather than being refused (the rows-per-parameter floor guards fits of
+    # a fixed K: the estimator and the jobs)
     mixture = MultimodalGaussianMixture(
         modalities, k, tol=c.tol, reg_covar=c.reg_covar, max_iter=c.max_iter,
         n_init=c.n_init, init_params=c.init_params, random_state=c.random_state,
-        **grid.mixture_options)
+        **{"allow_small_data": True, **grid.mixture_options})
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
