@@ -183,7 +183,7 @@ class MultimodalGaussianMixture(Estimator, MixtureParams, DefaultParamsReadable,
             mixture.fit(blocks)
             scores = training_threshold(mixture, blocks, contamination)
         model = self._copyValues(MultimodalGaussianMixtureModel(
-            AnomalyDetector(mixture, contamination, scores.threshold)))
+            AnomalyDetector(mixture, contamination, scores.threshold, scores.calibration)))
         model._resetUid(self.uid)
         model.training_summary = MultimodalGaussianMixtureSummary(model, dataset, scores)
         return model
