@@ -132,9 +132,31 @@ def cmd_train(args: argparse.Namespace, config: AppConfig) -> int:
 def cmd_score(args: argparse.Namespace, config: AppConfig) -> int:
     from mmgmm_spark.app import pipeline
 
+    if args.incremental or config.scoring.mode == "incremental":
+        return _score_incremental(args, config)
     result = pipeline.score(_spark(config), config, args.scoring_run_id)
     print(f"wrote {result.table} version {result.version} (scoring run {result.scoring_run_id}, "
           f"model {result.model_name} v{result.model_version})")
+    return 0
+
+
+def _score_incremental(args: argparse.Namespace, config: AppConfig) -> int:
+    from mmgmm_spark.app.incremental import score_incremental
+
+    result = score_incremental(_spark(config), config, args.scoring_run_id)
+    if result.mode == "full":
+        print("no earlier scoring run of this model version: scored every entity")
+    else:
+        read = ", ".join(f"{name} ({method})" for name, method in result.methods.items())
+        print(f"since scoring run {result.base_run_id}: {result.n_changed} entities changed"
+              f" in {read or 'no table'}; {result.n_scored} scored, {result.n_deleted} "
+              "deleted upstream (their last scores kept)")
+    written = result.written
+    if written is None:
+        print("nothing to score: no rows added to the output table")
+    else:
+        print(f"wrote {written.table} version {written.version} (scoring run "
+              f"{written.scoring_run_id}, model {written.model_name} v{written.model_version})")
     return 0
 
 
@@ -202,6 +224,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue an interrupted training run from its last checkpoint")
     p = command("score", cmd_score, "score the feature tables into the output Delta table")
     p.add_argument("--scoring-run-id", default=None, help="re-run (replace) this scoring run")
+    p.add_argument("--incremental", action="store_true",
+                   help="only entities changed since the last scoring run of the model "
+                        "version (the same as --set scoring.mode=incremental)")
     p = command("evaluate", cmd_evaluate, "AUROC/AP/precision of the scores against labels")
     p.add_argument("--labels", required=True,
                    help="Delta table, Parquet or CSV file with the id and a label column")
