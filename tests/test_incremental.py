@@ -108,7 +108,8 @@ def test_incremental_scores_exactly_the_changed_entities(ws: Path, capsys, monke
 
     full = score(ws, capsys)                              # the reference: a full re-score
     full_run = re.search(r"scoring run (\w+),", full).group(1)
-    reference = scores(ws).query("scoring_run_id == @full_run").set_index("id")
+    table = scores(ws)
+    reference = table[table["scoring_run_id"] == full_run].set_index("id")
     got = appended.set_index("id")
     for column in ("anomaly_score", "a_log_likelihood", "b_log_likelihood"):
         np.testing.assert_allclose(got[column], reference.loc[got.index, column], rtol=0,
