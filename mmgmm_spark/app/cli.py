@@ -1,8 +1,9 @@
-"""The ``mmgmm`` command line: demo, ingest, train, score, evaluate, benchmark.
+"""The ``mmgmm`` command line: demo, ingest, train, score, evaluate, monitor, benchmark.
 
 Every subcommand takes ``--config FILE`` and any number of ``--set section.key=value``
 overrides, exits 0 on success, and on bad input exits 2 with one paragraph naming what is
-wrong (no Java stack trace as the only message).
+wrong (no Java stack trace as the only message); ``mmgmm monitor`` exits 3 when it finds
+drift.
 """
 
 from __future__ import annotations
@@ -178,6 +179,25 @@ def cmd_evaluate(args: argparse.Namespace, config: AppConfig) -> int:
     return 0
 
 
+def cmd_monitor(args: argparse.Namespace, config: AppConfig) -> int:
+    from mmgmm_spark.app.monitor import EXIT_DRIFT, SCORE, monitor
+
+    result = monitor(_spark(config), config)
+    m = result.metrics
+    print(f"scoring run {result.scoring_run_id} (model {result.model}, "
+          f"{m.get('n_rows', 0):.0f} entities): PSI of the score "
+          f"{m.get('psi.anomaly_score', float('nan')):.3g}, KS "
+          f"{m.get('ks.anomaly_score', float('nan')):.3g}; row appended to "
+          f"{result.written.table} (version {result.written.version})")
+    if not result.drifted:
+        print("no drift: every threshold holds")
+        return 0
+    for subject, reasons in sorted(result.drifted.items()):
+        what = "the score distribution" if subject == SCORE else f"modality '{subject}'"
+        print(f"DRIFT: {what} drifted: {'; '.join(reasons)}")
+    return EXIT_DRIFT
+
+
 def cmd_benchmark(args: argparse.Namespace) -> int:
     from mmgmm_spark.app.benchmark_adbench import main as adbench_main
 
@@ -235,6 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kind-column", default=None, metavar="KIND",
                    help="also report AUROC and average precision per anomaly kind")
     p.add_argument("--scoring-run-id", default=None)
+    command("monitor", cmd_monitor, "drift of the latest scoring run against the training "
+            "reference (exit 3 on drift)")
     bench = commands.add_parser("benchmark", help="accuracy benchmarks")
     kinds = bench.add_subparsers(dest="kind", required=True)
     adbench = kinds.add_parser("adbench", help="ADBench-format .npz files")

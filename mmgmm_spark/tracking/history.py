@@ -64,3 +64,17 @@ def recorded_base(config: TrackingConfig, scoring_run_id: str) -> ScoringRunReco
     client = config.client()
     base = client.get_run(scoring_run_id).data.params.get(BASE_RUN_PARAM, NO_BASE)
     return None if base == NO_BASE else _record(client.get_run(base))
+
+
+def latest_scoring_run(config: TrackingConfig, output_table: str):  # -> mlflow Run | None
+    """The newest ``FINISHED`` scoring run into ``output_table``, of any model version."""
+    client = config.client()
+    experiment = client.get_experiment_by_name(config.experiment)
+    if experiment is None:
+        return None
+    runs = client.search_runs(
+        [experiment.experiment_id],
+        filter_string=(f"params.output_table = {_quoted(output_table)} and "
+                       "attributes.status = 'FINISHED'"),
+        order_by=["attributes.start_time DESC"], max_results=1)
+    return runs[0] if runs else None

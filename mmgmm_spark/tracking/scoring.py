@@ -11,6 +11,7 @@ import mlflow
 from mmgmm_spark.core.errors import ConfigError
 from mmgmm_spark.spark.score import ScoringResult, score_to_delta
 from mmgmm_spark.tracking.config import TrackingConfig, tracking
+from mmgmm_spark.tracking.drift import log_scoring_drift
 from mmgmm_spark.tracking.fit import table_params
 from mmgmm_spark.tracking.pyfunc import load_detector
 from mmgmm_spark.tracking.registry import resolve_registered
@@ -73,12 +74,14 @@ def score_registered(spark: SparkSession, df: DataFrame | None, table: str, mode
             mlflow.log_params(params)
             mlflow.set_tags(tags)
             mlflow.log_metrics(dict(extra_metrics or {}))
-            if df is None:
-                return None
-            result = score_to_delta(spark, df, table, detector, model_name=name,
-                                    model_version=version, scoring_run_id=run.info.run_id,
-                                    **score_options)
-            mlflow.log_metric("output_table_version", result.version)
+            result = None if df is None else score_to_delta(
+                spark, df, table, detector, model_name=name, model_version=version,
+                scoring_run_id=run.info.run_id, **score_options)
+            if result is not None:
+                mlflow.log_metric("output_table_version", result.version)
+            log_scoring_drift(spark, config, detector, name, version, table,
+                              score_options.get("id_column", "id"),
+                              score_options.get("engine", "auto"))
             return result
 
 
