@@ -37,8 +37,9 @@ from mmgmm_spark.app.pipeline import (
     score_checked,
     tracking_config,
 )
+from mmgmm_spark.spark.data import join_modalities
 from mmgmm_spark.spark.score import ScoringResult
-from mmgmm_spark.storage import net_changes, read_changes
+from mmgmm_spark.storage import net_changes, read_changes, read_modality
 from mmgmm_spark.tracking.history import (
     BASE_RUN_PARAM,
     MODE_PARAM,
@@ -123,26 +124,36 @@ def score_incremental(spark: SparkSession, config: AppConfig,
                                 features.df, extra_params=params)
         return IncrementalResult("full", None, None, None, None, {}, written)
     ids, methods = changed_ids(spark, config, base.versions, features.versions)
-    if ids is not None:
-        ids = ids.cache()
+    ids = None if ids is None else ids.cache()
+    rows = None
     try:
-        rows, counts = _changed_rows(features.df, ids, config.data.id_column)
+        rows, counts = _changed_rows(spark, config, features, ids)
         metrics = dict(zip(("n_changed", "n_scored", "n_deleted"), counts, strict=True))
         written = score_checked(spark, config, features, registered, scoring_run_id,
                                 rows if counts[1] else None, extra_params=params,
                                 extra_metrics=metrics)
     finally:
-        if ids is not None:
-            ids.unpersist()
+        for cached in (ids, rows):
+            if cached is not None:
+                cached.unpersist()
     return IncrementalResult("incremental", base.run_id, *counts, methods, written)
 
 
-def _changed_rows(joined: DataFrame, ids: DataFrame | None, id_column: str
-                  ) -> tuple[DataFrame | None, tuple[int, int, int]]:
-    """The current rows of the changed ids and (changed, to score, deleted) counts."""
+def _changed_rows(spark: SparkSession, config: AppConfig, features: Features,
+                  ids: DataFrame | None) -> tuple[DataFrame | None, tuple[int, int, int]]:
+    """The current rows of the changed ids (each modality table at the version
+    ``features`` read, filtered to the ids before the outer join, so only their rows are
+    joined) and the (changed, to score, deleted) counts."""
     if ids is None:
         return None, (0, 0, 0)
-    n_changed = ids.count()
-    n_deleted = ids.join(joined.select(id_column), id_column, "left_anti").count()
-    return joined.join(ids, id_column, "left_semi"), (n_changed, n_changed - n_deleted,
-                                                      n_deleted)
+    id_column = config.data.id_column
+    frames = {m.name: read_modality(spark, m.table, id_col=id_column,
+                                    features_col=m.features_column,
+                                    version=features.versions[m.name],
+                                    engine=config.storage.engine, check=False
+                                    ).df.join(ids, id_column, "left_semi")
+              for m in config.data.modalities}
+    rows = join_modalities(frames, id_column, {m.name: m.features_column
+                                               for m in config.data.modalities}).cache()
+    n_changed, n_present = ids.count(), rows.count()
+    return rows, (n_changed, n_present, n_changed - n_present)
