@@ -100,7 +100,11 @@ def log_scoring_drift(spark: SparkSession, config: TrackingConfig, detector: Ano
         return {}
     scores = read_table(spark, output_table, engine=engine).df.where(
         (F.col(MODEL_NAME) == name) & (F.col(MODEL_VERSION) == str(version)))
-    current = profile(latest_scores(scores, id_column), reference, monitored_columns(detector))
+    latest = latest_scores(scores, id_column).cache()  # profiled by a few Spark jobs
+    try:
+        current = profile(latest, reference, monitored_columns(detector))
+    finally:
+        latest.unpersist()
     metrics = drift_metrics(reference, current)
     mlflow.log_metrics(metrics)
     mlflow.set_tag("drift.reference", "present")
