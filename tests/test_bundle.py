@@ -81,7 +81,7 @@ def test_wheel_tasks_call_real_cli_subcommands() -> None:
     scripts = project["scripts"]
     distribution = re.sub(r"[-_.]+", "_", project["name"]).lower()
     subcommands = build_parser()._subparsers._group_actions[0].choices
-    expected = {"mmgmm_train": "train", "mmgmm_score": "score"}
+    expected = {"mmgmm_train": "train", "mmgmm_score": "score", "mmgmm_monitor": "monitor"}
     for job_name, job in _jobs().items():
         clusters = {c["job_cluster_key"] for c in job.get("job_clusters", [])}
         for task in job["tasks"]:
@@ -116,3 +116,10 @@ def test_no_secrets_in_yaml(path: Path) -> None:
             continue
         assert not SECRET_KEY.search(keys[-1]), f"{path.name}: {'.'.join(keys)} looks secret"
         assert not re.search(r"(?i)(token|password)\s*[:=]", str(value)), (path.name, keys)
+
+
+def test_hourly_score_job_is_incremental_and_monitored() -> None:
+    jobs = _jobs()
+    assert "--incremental" in jobs["mmgmm_score"]["tasks"][0]["python_wheel_task"]["parameters"]
+    assert _load(ROOT / "conf" / "databricks.yaml")["scoring"]["mode"] == "incremental"
+    assert jobs["mmgmm_monitor"]["schedule"]["quartz_cron_expression"].split()[2] == "*"

@@ -1,8 +1,10 @@
-"""The ``mmgmm`` command line: demo, ingest, train, score, evaluate, features, benchmark.
+"""The ``mmgmm`` command line: demo, ingest, train, score, evaluate, monitor, features,
+benchmark.
 
 Every subcommand takes ``--config FILE`` and any number of ``--set section.key=value``
 overrides, exits 0 on success, and on bad input exits 2 with one paragraph naming what is
-wrong (no Java stack trace as the only message).
+wrong (no Java stack trace as the only message); ``mmgmm monitor`` exits 3 when it finds
+drift.
 """
 
 from __future__ import annotations
@@ -154,9 +156,31 @@ def cmd_train(args: argparse.Namespace, config: AppConfig) -> int:
 def cmd_score(args: argparse.Namespace, config: AppConfig) -> int:
     from mmgmm_spark.app import pipeline
 
+    if args.incremental or config.scoring.mode == "incremental":
+        return _score_incremental(args, config)
     result = pipeline.score(_spark(config), config, args.scoring_run_id)
     print(f"wrote {result.table} version {result.version} (scoring run {result.scoring_run_id}, "
           f"model {result.model_name} v{result.model_version})")
+    return 0
+
+
+def _score_incremental(args: argparse.Namespace, config: AppConfig) -> int:
+    from mmgmm_spark.app.incremental import score_incremental
+
+    result = score_incremental(_spark(config), config, args.scoring_run_id)
+    if result.mode == "full":
+        print("no earlier scoring run of this model version: scored every entity")
+    else:
+        read = ", ".join(f"{name} ({method})" for name, method in result.methods.items())
+        print(f"since scoring run {result.base_run_id}: {result.n_changed} entities changed"
+              f" in {read or 'no table'}; {result.n_scored} scored, {result.n_deleted} "
+              "deleted upstream (their last scores kept)")
+    written = result.written
+    if written is None:
+        print("nothing to score: no rows added to the output table")
+    else:
+        print(f"wrote {written.table} version {written.version} (scoring run "
+              f"{written.scoring_run_id}, model {written.model_name} v{written.model_version})")
     return 0
 
 
@@ -187,6 +211,25 @@ def cmd_features(args: argparse.Namespace, config: AppConfig) -> int:
           f"v{result.model_version}): responsibilities K={result.n_components}, "
           f"fisher_vector D={result.width} ({blocks})")
     return 0
+
+
+def cmd_monitor(args: argparse.Namespace, config: AppConfig) -> int:
+    from mmgmm_spark.app.monitor import EXIT_DRIFT, SCORE, monitor
+
+    result = monitor(_spark(config), config)
+    m = result.metrics
+    print(f"scoring run {result.scoring_run_id} (model {result.model}, "
+          f"{m.get('n_rows', 0):.0f} entities): PSI of the score "
+          f"{m.get('psi.anomaly_score', float('nan')):.3g}, KS "
+          f"{m.get('ks.anomaly_score', float('nan')):.3g}; row appended to "
+          f"{result.written.table} (version {result.written.version})")
+    if not result.drifted:
+        print("no drift: every threshold holds")
+        return 0
+    for subject, reasons in sorted(result.drifted.items()):
+        what = "the score distribution" if subject == SCORE else f"modality '{subject}'"
+        print(f"DRIFT: {what} drifted: {'; '.join(reasons)}")
+    return EXIT_DRIFT
 
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
@@ -235,6 +278,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue an interrupted training run from its last checkpoint")
     p = command("score", cmd_score, "score the feature tables into the output Delta table")
     p.add_argument("--scoring-run-id", default=None, help="re-run (replace) this scoring run")
+    p.add_argument("--incremental", action="store_true",
+                   help="only entities changed since the last scoring run of the model "
+                        "version (the same as --set scoring.mode=incremental)")
     p = command("evaluate", cmd_evaluate, "AUROC/AP/precision of the scores against labels")
     p.add_argument("--labels", required=True,
                    help="Delta table, Parquet or CSV file with the id and a label column")
@@ -250,6 +296,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bag-column", default=None, metavar="COLUMN",
                    help="rows are descriptors of the entity in COLUMN (in every modality "
                         "table): one Fisher vector per entity")
+    command("monitor", cmd_monitor, "drift of the latest scoring run against the training "
+            "reference (exit 3 on drift)")
     bench = commands.add_parser("benchmark", help="accuracy benchmarks")
     kinds = bench.add_subparsers(dest="kind", required=True)
     adbench = kinds.add_parser("adbench", help="ADBench-format .npz files")

@@ -199,10 +199,27 @@ class PreprocessingConfig(Section):
 
 
 class ScoringConfig(Section):
+    """``mode``: ``full`` scores every entity; ``incremental`` only those whose rows changed
+    in any modality table since the last scoring run of the same model version (see
+    :mod:`mmgmm_spark.app.incremental`)."""
+
     contamination: float = Field(0.01, gt=0, lt=0.5)
     model_uri: str | None = None
     output_table: str = "work/tables/scores"
     include_responsibilities: bool = False
+    mode: Literal["full", "incremental"] = "full"
+
+
+class MonitoringConfig(Section):
+    """``mmgmm monitor``: where checked runs go and the drift thresholds (a value above one
+    flags drift): population stability index and Kolmogorov-Smirnov statistic of the score
+    and of each modality's log-likelihood against the training reference, and the change
+    of the share of rows missing a modality."""
+
+    table: str = "work/tables/monitoring"
+    psi_threshold: float = Field(0.25, gt=0)
+    ks_threshold: float = Field(0.1, gt=0, le=1)
+    missing_share_threshold: float = Field(0.05, gt=0, le=1)
 
 
 class AppConfig(Section):
@@ -214,6 +231,7 @@ class AppConfig(Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     preprocessing: PreprocessingConfig = Field(default_factory=PreprocessingConfig)
     scoring: ScoringConfig = Field(default_factory=ScoringConfig)
+    monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig)
 
     def tracking_uri(self) -> str:
         """``tracking.uri``, else ``MLFLOW_TRACKING_URI``, else a sqlite file in ``work_dir``."""

@@ -354,18 +354,27 @@ def score(spark: SparkSession, config: AppConfig, scoring_run_id: str | None = N
     """Score every entity with the configured model URI and write the Delta output table."""
     features = read_features(spark, config)
     registered = load_matching_model(config, features)
+    return score_checked(spark, config, features, registered, scoring_run_id, features.df)
+
+
+def score_checked(spark: SparkSession, config: AppConfig, features: Features,
+                  registered: RegisteredDetector, scoring_run_id: str | None,
+                  rows: DataFrame | None, **run_options) -> ScoringResult | None:
+    """Score ``rows`` (some rows of ``features.df``; None: none, the run is only recorded)
+    with ``registered`` as one scoring run; errors name the tables. ``run_options``:
+    ``extra_params`` / ``extra_metrics`` of :func:`score_registered`."""
     fusion = registered.detector.fusion
     if config.scoring.include_responsibilities and not fusion.responsibilities:
         raise ConfigError(_NO_RESPONSIBILITIES.format(
             what=f"model {config.model_uri()} uses {fusion.name} fusion: it"))
     try:
         return score_registered(
-            spark, features.df, config.scoring.output_table, config.model_uri(),
+            spark, rows, config.scoring.output_table, config.model_uri(),
             config=tracking_config(config), scoring_run_id=scoring_run_id,
             table_versions=features.versions, registered=registered,
             id_column=config.data.id_column,
             responsibilities=config.scoring.include_responsibilities,
-            engine=config.storage.engine)
+            engine=config.storage.engine, **run_options)
     except DataValidationError as error:  # raised in the scoring tasks: name the tables
         tables = ", ".join(f"{m.name}={m.table}" for m in config.data.modalities)
         raise DataValidationError(f"Scoring {tables}: {error}") from None

@@ -10,11 +10,13 @@ array<float> or a Spark ML vector); other columns are ignored by :func:`read_mod
 """
 
 from mmgmm_spark.storage.api import (
+    read_changes,
     read_modality,
     read_table,
     write_modality_table,
     write_table,
 )
+from mmgmm_spark.storage.changes import NetChanges, TableChanges, net_changes
 from mmgmm_spark.storage.engines import ENGINE_NAMES, Engine, choose_engine, get_engine
 from mmgmm_spark.storage.engines.delta_spark import has_delta_spark
 from mmgmm_spark.storage.tables import (
@@ -34,8 +36,10 @@ __all__ = [
     "ENGINE_NAMES",
     "FEATURE_TYPES_HINT",
     "Engine",
+    "NetChanges",
     "StorageError",
     "TableRead",
+    "TableChanges",
     "TableRef",
     "TableWrite",
     "check_ids",
@@ -45,6 +49,8 @@ __all__ = [
     "features_as_double_array",
     "get_engine",
     "has_delta_spark",
+    "net_changes",
+    "read_changes",
     "read_modality",
     "read_table",
     "resolve_table",

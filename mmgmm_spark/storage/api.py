@@ -10,6 +10,7 @@ import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import types as T  # noqa: N812
 
+from mmgmm_spark.storage.changes import TableChanges
 from mmgmm_spark.storage.engines import get_engine
 from mmgmm_spark.storage.tables import (
     StorageError,
@@ -44,6 +45,22 @@ def read_table(spark: SparkSession, table: TableLike, *, version: int | None = N
     chosen = get_engine(spark, engine)
     df, read_version = chosen.read(spark, ref, version)
     return TableRead(df=df, table=ref.display, version=read_version, engine=chosen.name)
+
+
+def read_changes(spark: SparkSession, table: TableLike, since: int, until: int, *,
+                 engine: str = "auto") -> TableChanges:
+    """Rows added to and removed from ``table`` between Delta versions ``since`` and ``until``
+    (``since`` <= ``until``; see :mod:`mmgmm_spark.storage.changes` and
+    :func:`~mmgmm_spark.storage.changes.net_changes`)."""
+    for name, value in (("since", since), ("until", until)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise StorageError(f"{name} must be a Delta version (an integer >= 0), got "
+                               f"{value!r}.")
+    if since > until:
+        raise StorageError(f"Table {table!r}: changes since version {since} until {until}: "
+                           "since must not be after until.")
+    ref = resolve_table(table)
+    return get_engine(spark, engine).changes(spark, ref, since, until)
 
 
 def read_modality(spark: SparkSession, table: TableLike, *, id_col: str = "id",

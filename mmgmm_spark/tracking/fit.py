@@ -26,6 +26,7 @@ from mlflow.entities import Metric
 from pyspark.sql import DataFrame
 
 from mmgmm_spark.core.batch import Batch
+from mmgmm_spark.core.drift import DriftReference, reference_from_values
 from mmgmm_spark.core.em import IterationReport
 from mmgmm_spark.core.modality import Modality
 from mmgmm_spark.io.checkpoints import (
@@ -45,9 +46,11 @@ from mmgmm_spark.models.mixture import (
 )
 from mmgmm_spark.models.scores import modality_column
 from mmgmm_spark.spark.data import CachedBlocks, cached_blocks
+from mmgmm_spark.spark.population import monitored_columns, training_reference
 from mmgmm_spark.spark.score import training_summary, training_threshold
 from mmgmm_spark.tracking import plots
 from mmgmm_spark.tracking.config import TrackingConfig, tracking
+from mmgmm_spark.tracking.drift import log_reference
 from mmgmm_spark.tracking.pyfunc import input_example, log_detector
 from mmgmm_spark.tracking.registry import ChampionDecision, promote_if_not_worse
 from mmgmm_spark.tracking.reliability import (
@@ -189,6 +192,7 @@ class _Trained:
     sample: Batch  # input rows for plots and the input example
     data_path: str
     n_parameters: int  # of the mixture and any preprocessing, for BIC/AIC
+    reference: DriftReference | None = None  # training distribution for drift monitoring
 
 
 def _fit_in_memory(model: MultimodalGaussianMixture, data: Mapping[str, np.ndarray],
@@ -202,12 +206,19 @@ def _fit_in_memory(model: MultimodalGaussianMixture, data: Mapping[str, np.ndarr
     batch = fitted.to_batch(data)
     scores = -fitted.score_samples(data)
     detector = AnomalyDetector(fitted, contamination)
+    values = detector.score_batch(batch)
     if with_threshold:
         detector.set_threshold(scores, detector.patterns(batch))
+    sample = np.arange(batch.n_rows)
     if batch.n_rows > PLOT_ROWS:
-        batch = batch.take(np.random.default_rng(0).choice(batch.n_rows, PLOT_ROWS, False))
+        sample = np.random.default_rng(0).choice(batch.n_rows, PLOT_ROWS, False)
+        batch = batch.take(sample)
+    columns = monitored_columns(detector)
+    reference = reference_from_values(
+        {n: values[n] for n in columns}, {n: values[n][sample] for n in columns},
+        {m: n for n, m in columns.items() if m is not None}) if with_threshold else None
     return _Trained(detector, model, len(scores), float(-scores.mean()), float(scores.std()),
-                    batch, "in-memory", _n_parameters(model, preprocessing))
+                    batch, "in-memory", _n_parameters(model, preprocessing), reference)
 
 
 def _n_parameters(model: MultimodalGaussianMixture, preprocessing: Preprocessing | None) -> int:
@@ -241,12 +252,17 @@ def _fit_on_spark(model: MultimodalGaussianMixture, data: DataFrame | CachedBloc
             scores = (training_threshold(fitted, cached, contamination) if with_threshold
                       else training_summary(fitted, cached))
             sample = cached.sample(PLOT_ROWS, seed=0)
+            detector = AnomalyDetector(fitted, contamination, scores.threshold,
+                                       scores.calibration)
+            # one more pass over the same cached rows: the drift reference
+            reference = (training_reference(detector, cached, sample) if with_threshold
+                         else None)
         finally:
             if owned_transform and transformed is not None:
                 transformed.unpersist()
-    detector = AnomalyDetector(fitted, contamination, scores.threshold, scores.calibration)
     return _Trained(detector, model, scores.n_rows, scores.mean_log_likelihood,
-                    scores.std_log_likelihood, sample, "spark", _n_parameters(model, preprocessing))
+                    scores.std_log_likelihood, sample, "spark", _n_parameters(model, preprocessing),
+                    reference)
 
 
 def _fit(model: MultimodalGaussianMixture, data: Any, contamination: float,
@@ -415,6 +431,9 @@ def _finish(config: TrackingConfig, trained: _Trained, logger: MetricLogger,
                     retry, "Logging run parameters")
     call_with_retry(lambda: mlflow.log_metrics(metrics), retry, "Logging final metrics")
     call_with_retry(lambda: _log_plots(trained), retry, "Logging plots")
+    if trained.reference is not None:
+        call_with_retry(lambda: log_reference(trained.reference), retry,
+                        "Logging the drift reference")
     result = FitRun(run_id, trained.detector, trained.n_rows, metrics)
     if log_model:
         result.model_uri, result.model_version, result.decision = call_with_retry(

@@ -82,3 +82,29 @@ def bic_curve(results: Sequence[tuple[int, str, float]], best: tuple[int, str]) 
     ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
+
+
+def quantiles_over_runs(labels: Sequence[str],
+                        quantiles: Sequence[Mapping[str, Sequence[float]]],
+                        probabilities: Sequence[float]) -> Figure:
+    """One panel per monitored column: its quantiles (lines) over the checked runs.
+
+    ``labels``: (R,) run labels in time order; ``quantiles``: (R,) {column: (Q,) values at
+    ``probabilities``}.
+    """
+    columns = list(quantiles[-1]) if quantiles else []
+    fig, axes = plt.subplots(len(columns), 1, figsize=(7, 2.4 * max(1, len(columns))),
+                             squeeze=False, sharex=True)
+    x = np.arange(len(labels))
+    for ax, column in zip(axes[:, 0], columns, strict=True):
+        values = np.array([[np.nan] * len(probabilities) if column not in q else q[column]
+                           for q in quantiles], dtype=float)
+        for j, p in enumerate(probabilities):
+            ax.plot(x, values[:, j], marker="o", markersize=3, label=f"q{p:g}")
+        ax.set(ylabel=column)
+        ax.grid(alpha=0.3)
+    axes[0, 0].legend(fontsize=7, ncol=len(probabilities))
+    axes[-1, 0].set_xticks(x, labels, rotation=45, ha="right", fontsize=7)
+    axes[0, 0].set_title("Quantiles of the scored population over the checked runs")
+    fig.tight_layout()
+    return fig

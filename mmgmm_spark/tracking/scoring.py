@@ -11,6 +11,7 @@ import mlflow
 from mmgmm_spark.core.errors import ConfigError
 from mmgmm_spark.spark.score import ScoringResult, score_to_delta
 from mmgmm_spark.tracking.config import TrackingConfig, tracking
+from mmgmm_spark.tracking.drift import log_scoring_drift
 from mmgmm_spark.tracking.fit import table_params
 from mmgmm_spark.tracking.pyfunc import load_detector
 from mmgmm_spark.tracking.registry import resolve_registered
@@ -36,11 +37,13 @@ def load_registered(config: TrackingConfig, model_uri: str) -> RegisteredDetecto
     return RegisteredDetector(name, version, load_detector(f"models:/{name}/{version}"))
 
 
-def score_registered(spark: SparkSession, df: DataFrame, table: str, model_uri: str, *,
+def score_registered(spark: SparkSession, df: DataFrame | None, table: str, model_uri: str, *,
                      config: TrackingConfig | None = None, scoring_run_id: str | None = None,
                      table_versions: Mapping[str, Any] | None = None,
                      registered: RegisteredDetector | None = None,
-                     **score_options: Any) -> ScoringResult:
+                     extra_params: Mapping[str, Any] | None = None,
+                     extra_metrics: Mapping[str, float] | None = None,
+                     **score_options: Any) -> ScoringResult | None:
     """Score ``df`` with the model at ``model_uri`` and write the scores to Delta ``table``.
 
     ``model_uri`` is ``models:/<name>@<alias>`` or ``models:/<name>/<version>``; the alias is
@@ -50,7 +53,10 @@ def score_registered(spark: SparkSession, df: DataFrame, table: str, model_uri: 
     records model name/version, the input table versions and the output table version.
 
     ``registered``: the model already loaded from ``model_uri`` (:func:`load_registered`),
-    so a caller that inspected it does not load it twice. ``score_options``: ``id_column``,
+    so a caller that inspected it does not load it twice. ``df`` None: nothing to score (an
+    incremental run without changes): the run is recorded, nothing is written and None is
+    returned. ``extra_params`` / ``extra_metrics``: logged to the run too (incremental
+    scoring's mode, base run and counts). ``score_options``: ``id_column``,
     ``responsibilities``, ``engine`` of :func:`mmgmm_spark.spark.score.score_to_delta`.
     """
     config = config or TrackingConfig()
@@ -61,16 +67,21 @@ def score_registered(spark: SparkSession, df: DataFrame, table: str, model_uri: 
             "experiment_id": experiment_id, "run_name": "scoring"}
         params, tags = table_params(table_versions or {})
         params = {"model_uri": model_uri, "model_name": name, "model_version": version,
-                  "output_table": table, **params}
+                  "output_table": table, **params, **(extra_params or {})}
         if scoring_run_id:
             _check_same_inputs(config, scoring_run_id, params)
         with mlflow.start_run(**run_args) as run:
             mlflow.log_params(params)
             mlflow.set_tags(tags)
-            result = score_to_delta(spark, df, table, detector, model_name=name,
-                                    model_version=version, scoring_run_id=run.info.run_id,
-                                    **score_options)
-            mlflow.log_metric("output_table_version", result.version)
+            mlflow.log_metrics(dict(extra_metrics or {}))
+            result = None if df is None else score_to_delta(
+                spark, df, table, detector, model_name=name, model_version=version,
+                scoring_run_id=run.info.run_id, **score_options)
+            if result is not None:
+                mlflow.log_metric("output_table_version", result.version)
+            log_scoring_drift(spark, config, detector, name, version, table,
+                              score_options.get("id_column", "id"),
+                              score_options.get("engine", "auto"))
             return result
 
 

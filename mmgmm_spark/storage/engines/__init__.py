@@ -11,6 +11,7 @@ from typing import Protocol
 
 from pyspark.sql import DataFrame, SparkSession
 
+from mmgmm_spark.storage.changes import TableChanges
 from mmgmm_spark.storage.engines.delta_rs import DELTA_RS
 from mmgmm_spark.storage.engines.delta_spark import DELTA_SPARK
 from mmgmm_spark.storage.tables import StorageError, TableRef, TableWrite
@@ -37,6 +38,12 @@ class Engine(Protocol):
     def write(self, spark: SparkSession, df: DataFrame, ref: TableRef, mode: str,
               replace_where: Mapping[str, str | int] | None) -> TableWrite:
         """One transaction; ``TableWrite.version`` is the version this write committed."""
+        ...
+
+    def changes(self, spark: SparkSession, ref: TableRef, since: int,
+                until: int) -> TableChanges:
+        """Rows added and removed between versions ``since`` and ``until`` (see
+        :mod:`mmgmm_spark.storage.changes`), reading as little as the table allows."""
         ...
 
 

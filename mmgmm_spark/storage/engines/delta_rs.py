@@ -68,6 +68,7 @@ from pyspark.sql import functions as F  # noqa: N812
 from pyspark.sql import types as T  # noqa: N812
 from pyspark.sql.pandas.types import from_arrow_schema, to_arrow_schema
 
+from mmgmm_spark.storage.changes import ADDED_FILES, TableChanges
 from mmgmm_spark.storage.tables import (
     StorageError,
     TableRef,
@@ -181,6 +182,21 @@ def read(spark: SparkSession, ref: TableRef, version: int | None) -> tuple[DataF
     dt = _open(ref, version)
     _check_protocol(dt, ref, writing=False)
     return _read_files(spark, dt, [f.local for f in _live_files(dt, _local(ref))]), dt.version()
+
+
+def changes(spark: SparkSession, ref: TableRef, since: int, until: int) -> TableChanges:
+    """The data files in the log at ``until`` but not at ``since`` (added) and the reverse
+    (removed), read by Spark with their snapshot's schema: only the files that differ are
+    read (delta-rs keeps no Change Data Feed here)."""
+    old, new = _open(ref, since), _open(ref, until)
+    _check_protocol(new, ref, writing=False)
+    root = _local(ref)
+    before = {f.log_path: f.local for f in _live_files(old, root)}
+    after = {f.log_path: f.local for f in _live_files(new, root)}
+    added = [local for path, local in after.items() if path not in before]
+    removed = [local for path, local in before.items() if path not in after]
+    return TableChanges(_read_files(spark, new, added), _read_files(spark, old, removed),
+                        ADDED_FILES, ref.display, since, until)
 
 
 @dataclass(frozen=True)
@@ -518,6 +534,10 @@ class DeltaRsEngine:
     def write(self, spark: SparkSession, df: DataFrame, ref: TableRef, mode: str,
               replace_where: Mapping[str, str | int] | None) -> TableWrite:
         return write(spark, df, ref, mode, replace_where)
+
+    def changes(self, spark: SparkSession, ref: TableRef, since: int,
+                until: int) -> TableChanges:
+        return changes(spark, ref, since, until)
 
 
 DELTA_RS = DeltaRsEngine()

@@ -34,6 +34,12 @@ from pyspark.sql import DataFrame, DataFrameReader, DataFrameWriter, SparkSessio
 from pyspark.sql import functions as F  # noqa: N812
 from pyspark.sql import types as T  # noqa: N812
 
+from mmgmm_spark.storage.changes import (
+    ADDED_FILES,
+    CHANGE_DATA_FEED,
+    SNAPSHOTS,
+    TableChanges,
+)
 from mmgmm_spark.storage.tables import (
     StorageError,
     TableRef,
@@ -93,6 +99,67 @@ def read(spark: SparkSession, ref: TableRef, version: int | None) -> tuple[DataF
         raise StorageError(f"Table {ref.display!r} has no version {version}; latest is {latest}.")
     reader = spark.read.option("versionAsOf", int(version))
     return _load(reader, ref), int(version)
+
+
+CDF_COLUMNS = ("_change_type", "_commit_version", "_commit_timestamp")
+_FILE_LEVEL_UNSAFE = {"delta.enableDeletionVectors": "true"}
+"""Table properties under which a data file's rows are not the table's rows."""
+
+
+def changes(spark: SparkSession, ref: TableRef, since: int, until: int) -> TableChanges:
+    """Change Data Feed rows when the table records them for ``since + 1 .. until``; else
+    the data files added and removed between the two snapshots (their Parquet read
+    directly); else, for tables whose files are not plain rows (deletion vectors, column
+    mapping, partitions), the two snapshots whole."""
+    table = _delta_table(spark, ref)
+    if table is None:
+        read(spark, ref, None)  # raises the not-found error
+    detail = table.detail().select("properties", "partitionColumns").first()
+    properties = dict(detail["properties"] or {})
+    if properties.get("delta.enableChangeDataFeed", "").lower() == "true":
+        feed = _change_feed(spark, ref, since, until)
+        if feed is not None:
+            return feed
+    old, _ = read(spark, ref, since)
+    new, _ = read(spark, ref, until)
+    unsafe = detail["partitionColumns"] or properties.get(
+        "delta.columnMapping.mode", "none") != "none" or any(
+        properties.get(key, "").lower() == value for key, value in _FILE_LEVEL_UNSAFE.items())
+    if unsafe:
+        return TableChanges(new, old, SNAPSHOTS, ref.display, since, until)
+    before, after = set(old.inputFiles()), set(new.inputFiles())
+    return TableChanges(_files(spark, new, sorted(after - before)),
+                        _files(spark, old, sorted(before - after)), ADDED_FILES,
+                        ref.display, since, until)
+
+
+def _files(spark: SparkSession, snapshot: DataFrame, files: list[str]) -> DataFrame:
+    """The rows of some of ``snapshot``'s data files, with its schema."""
+    if not files:
+        return spark.createDataFrame([], snapshot.schema)
+    return spark.read.schema(snapshot.schema).parquet(*files)
+
+
+def _change_feed(spark: SparkSession, ref: TableRef, since: int,
+                 until: int) -> TableChanges | None:
+    """The feed's post-images and inserts (added) and pre-images and deletes (removed);
+    None when the feed does not cover the versions (enabled after ``since``)."""
+    reader = (spark.read.format("delta").option("readChangeFeed", "true")
+              .option("startingVersion", since + 1).option("endingVersion", until))
+    feed = _load(reader, ref)
+    try:
+        feed.limit(1).collect()
+    except Exception as exc:  # versions before the feed was enabled
+        if "DELTA_MISSING_CHANGE_DATA" not in str(exc):
+            raise
+        log.info("table %s: no change data feed for versions %d..%d, reading the log's "
+                 "files", ref.display, since + 1, until)
+        return None
+    kind = F.col("_change_type")
+    data = [c for c in feed.columns if c not in CDF_COLUMNS]
+    added = feed.where(kind.isin("insert", "update_postimage")).select(*data)
+    removed = feed.where(kind.isin("delete", "update_preimage")).select(*data)
+    return TableChanges(added, removed, CHANGE_DATA_FEED, ref.display, since, until)
 
 
 def table_schema(spark: SparkSession, ref: TableRef) -> T.StructType | None:
@@ -273,6 +340,10 @@ class DeltaSparkEngine:
     def write(self, spark: SparkSession, df: DataFrame, ref: TableRef, mode: str,
               replace_where: Mapping[str, str | int] | None) -> TableWrite:
         return write(spark, df, ref, mode, replace_where)
+
+    def changes(self, spark: SparkSession, ref: TableRef, since: int,
+                until: int) -> TableChanges:
+        return changes(spark, ref, since, until)
 
 
 DELTA_SPARK = DeltaSparkEngine()

@@ -1,0 +1,123 @@
+"""The scored population on Spark: the training reference pass, the latest score per id, and
+a population's profile (binned counts, quantiles, missing shares) against a reference.
+
+The output table keeps every scoring run's rows (one row per entity per run that scored it,
+tagged ``scoring_run_id`` and ``scored_at``); after incremental runs an entity's current
+score is its newest row: :func:`latest_scores`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+from pyspark.sql import DataFrame, Window
+from pyspark.sql import functions as F
+
+from mmgmm_spark.core.batch import Batch
+from mmgmm_spark.core.drift import (
+    QUANTILES,
+    DriftReference,
+    assemble_reference,
+    bin_counts,
+    quantile_edges,
+)
+from mmgmm_spark.models.detector import AnomalyDetector
+from mmgmm_spark.models.scores import ANOMALY_SCORE, IS_ANOMALY, SCORED_AT, modality_column
+from mmgmm_spark.spark.data import CachedBlocks, translated_errors
+from mmgmm_spark.spark.tasks import spark_task
+
+
+def monitored_columns(detector: AnomalyDetector) -> dict[str, str | None]:
+    """{output column: its modality or None}: the anomaly score and every modality's
+    log-likelihood."""
+    return {ANOMALY_SCORE.name: None,
+            **{modality_column(m.name): m.name for m in detector.modalities}}
+
+
+def training_reference(detector: AnomalyDetector, data: CachedBlocks, sample: Batch,
+                       tree_depth: int = 2) -> DriftReference:
+    """The reference of all cached training rows, in one pass over them: bin edges and
+    quantiles from ``sample`` (rows of ``data``), counts of every row."""
+    columns = monitored_columns(detector)
+    sampled = detector.score_batch(sample)
+    edges = {name: quantile_edges(sampled[name]) for name in columns}
+    names = list(columns)
+
+    def function(batch: Batch) -> tuple[np.ndarray, ...]:
+        values = detector.score_batch(batch)
+        return (np.array([batch.n_rows]),
+                np.array([np.isnan(values[n]).sum() for n in names]),
+                *(bin_counts(values[n], edges[n]) for n in names))
+
+    def merge(a: tuple[np.ndarray, ...], b: tuple[np.ndarray, ...]) -> tuple[np.ndarray, ...]:
+        return tuple(x + y for x, y in zip(a, b, strict=True))
+
+    zero = (np.zeros(1, np.int64), np.zeros(len(names), np.int64),
+            *(np.zeros(len(edges[n]) + 1, np.int64) for n in names))
+    total = data.aggregate(function, merge, zero, (tuple, tuple), tree_depth)
+    missing = {m: int(total[1][i]) for i, m in enumerate(columns.values()) if m is not None}
+    return assemble_reference(edges, dict(zip(names, total[2:], strict=True)), missing,
+                              int(total[0][0]), {n: sampled[n] for n in names})
+
+
+def latest_scores(scores: DataFrame, id_column: str) -> DataFrame:
+    """The newest row (by ``scored_at``) of every id of an output table's rows."""
+    newest = Window.partitionBy(id_column).orderBy(F.col(SCORED_AT).desc())
+    return (scores.withColumn("_rank", F.row_number().over(newest))
+            .where(F.col("_rank") == 1).drop("_rank"))
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A population's distribution on a reference's bins.
+
+    Attributes:
+        n_rows: rows profiled.
+        counts: {column: (B,) rows per reference bin}.
+        quantiles: {column: {q: value}} (Spark's approxQuantile, relative error 1e-3).
+        missing_share: {modality: share of rows whose log-likelihood is NaN}.
+        fraction_over_threshold: share of rows flagged ``is_anomaly``.
+    """
+
+    n_rows: int
+    counts: dict[str, np.ndarray]
+    quantiles: dict[str, dict[float, float]]
+    missing_share: dict[str, float]
+    fraction_over_threshold: float
+
+
+def profile(rows: DataFrame, reference: DriftReference, modalities: dict[str, str | None]
+            ) -> Profile:
+    """Bin ``rows`` (scored rows) on ``reference``'s edges in one pass; ``modalities``:
+    :func:`monitored_columns`."""
+    names = list(reference.columns)
+    edges = {n: reference.columns[n].edges for n in names}
+
+    @spark_task
+    def count(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            for n in names:
+                values = batch.column(n).to_numpy(zero_copy_only=False).astype(np.float64)
+                counts = np.append(bin_counts(values, edges[n]), np.isnan(values).sum())
+                yield pa.RecordBatch.from_pydict({"column": [n] * len(counts),
+                                                  "bin": np.arange(len(counts)),
+                                                  "n": counts})
+
+    with translated_errors():
+        binned = (rows.select(*names).mapInArrow(count, "column string, bin long, n long")
+                  .groupBy("column", "bin").agg(F.sum("n").alias("n")).collect())
+        n_rows = rows.count()
+        flagged = rows.agg(F.avg(F.col(IS_ANOMALY.name).cast("double"))).first()[0]
+        quantiles = rows.approxQuantile(names, list(QUANTILES), 1e-3)
+    counts = {n: np.zeros(len(edges[n]) + 2, np.int64) for n in names}
+    for row in binned:
+        counts[row["column"]][row["bin"]] += row["n"]
+    missing = {m: counts[n][-1] / n_rows if n_rows else 0.0
+               for n, m in modalities.items() if m is not None}
+    return Profile(n_rows, {n: c[:-1] for n, c in counts.items()},
+                   {n: dict(zip(QUANTILES, q, strict=True)) if q else {}
+                    for n, q in zip(names, quantiles, strict=True)},
+                   missing, float(flagged or 0.0))
