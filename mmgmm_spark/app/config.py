@@ -157,6 +157,7 @@ class ModelConfig(Section):
     seed: int = 0
     init_sample_rows: int = Field(100_000, ge=1)
     tree_depth: int = Field(2, ge=1)
+    compute_dtype: Literal["float64", "float32"] = "float64"
 
     @field_validator("init_params")
     @classmethod

@@ -132,7 +132,8 @@ def holdout_arrays(features: Features, config: AppConfig) -> dict[str, np.ndarra
 def _model_options(config: AppConfig) -> dict:
     m = config.model
     return {"tol": m.tol, "reg_covar": m.reg_covar, "max_iter": m.max_iter,
-            "n_init": m.n_init, "init_params": m.init_params, "random_state": m.seed}
+            "n_init": m.n_init, "init_params": m.init_params, "random_state": m.seed,
+            "compute_dtype": m.compute_dtype}
 
 
 def fusion_config(config: AppConfig) -> FusionConfig:

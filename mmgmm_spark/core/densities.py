@@ -33,8 +33,8 @@ def shift(gaussian: GaussianBlock, weights: np.ndarray) -> np.ndarray:
 class Centred:
     """The observed rows of one modality minus its centre c (see :func:`shift`)."""
 
-    centre: np.ndarray          # (d,)
-    values: np.ndarray          # (n_observed, d)
+    centre: np.ndarray          # (d,) float64
+    values: np.ndarray          # (n_observed, d), in the compute dtype (float64 or float32)
 
     @cached_property
     def moment_rows(self) -> np.ndarray:
@@ -48,7 +48,7 @@ class Centred:
         """
         n, d = self.values.shape
         pairs = d * (d + 1) // 2
-        out = np.empty((pairs + d + 1, n))
+        out = np.empty((pairs + d + 1, n), dtype=self.values.dtype)
         columns = out[pairs: pairs + d]
         columns[:] = self.values.T
         out[-1] = 1.0
@@ -65,13 +65,19 @@ def log_gaussian_density(block: Centred, gaussian: GaussianBlock) -> np.ndarray:
     return -0.5 * (gaussian.dim * LOG_2PI + maha) + gaussian.log_det_precision_cholesky()
 
 
-def centred_blocks(batch: Batch, params: MixtureParams,
-                   modalities: tuple[Modality, ...]) -> dict[str, Centred]:
-    """Per modality, its observed rows minus its centre."""
+COMPUTE_DTYPES = ("float64", "float32")
+"""Dtypes the kernels may multiply in (``compute_dtype``). Rows are centred in float64 first;
+log-probabilities, responsibilities and statistics are float64 either way."""
+
+
+def centred_blocks(batch: Batch, params: MixtureParams, modalities: tuple[Modality, ...],
+                   compute_dtype: str = "float64") -> dict[str, Centred]:
+    """Per modality, its observed rows minus its centre, in ``compute_dtype``."""
     out = {}
     for m in modalities:
         centre = shift(params.blocks[m.name], params.weights)
-        out[m.name] = Centred(centre, batch.blocks[m.name].values - centre)
+        values = (batch.blocks[m.name].values - centre).astype(compute_dtype, copy=False)
+        out[m.name] = Centred(centre, values)
     return out
 
 

@@ -189,7 +189,8 @@ def fit_em(spec: MixtureSpec, data: TrainingData, *,
                               if isinstance(spec.random_state, int) else 0)
     if resume is not None and resume.rng_state is not None:
         rng.set_state(resume.rng_state)
-    stats_pass = data.stats_pass(spec.modalities, spec.n_components, tree_depth)
+    stats_pass = data.stats_pass(spec.modalities, spec.n_components, tree_depth,
+                                 spec.compute_dtype)
 
     def run(start: EMResult, on_result: ResultCallback) -> EMResult:
         return run_em(stats_pass, start.params, spec.modalities, spec.reg_covar, spec.tol,

@@ -13,12 +13,16 @@ from typing import Any
 import numpy as np
 
 from mmgmm_spark.core.batch import Batch
+from mmgmm_spark.core.densities import COMPUTE_DTYPES
 from mmgmm_spark.core.init import INIT_METHODS, initial_params
 from mmgmm_spark.core.modality import Modality, check_modalities
 from mmgmm_spark.core.params import MixtureParams, check_param_shapes
 
 HYPERPARAMETERS = ("n_components", "tol", "reg_covar", "max_iter", "n_init", "init_params")
 """The hyperparameters stored (with the integer seed) in model files and checkpoints."""
+
+OPTIONAL_HYPERPARAMETERS = {"compute_dtype": "float64"}
+"""Stored like :data:`HYPERPARAMETERS`; files written before they existed get these defaults."""
 
 
 def _is_int(value: Any) -> bool:
@@ -37,6 +41,8 @@ class MixtureSpec:
         means_init: {modality: (K, d)} initial means, or None.
         precisions_init: {modality: precisions in the covariance type's shape}, or None.
         random_state: an int seed, a ``numpy.random.RandomState`` (used as is), or None.
+        compute_dtype: "float64" (default) or "float32": the dtype the E-step and statistics
+            kernels multiply in; statistics are summed and the M-step done in float64.
     """
 
     modalities: tuple[Modality, ...]
@@ -50,6 +56,7 @@ class MixtureSpec:
     means_init: Mapping[str, np.ndarray] | None = field(default=None, compare=False)
     precisions_init: Mapping[str, np.ndarray] | None = field(default=None, compare=False)
     random_state: int | np.random.RandomState | None = field(default=None, compare=False)
+    compute_dtype: str = "float64"
 
     def validate(self) -> MixtureSpec:
         """``self``, after checking every setting; a ValueError names the first bad one."""
@@ -62,6 +69,7 @@ class MixtureSpec:
             ("max_iter", _is_int(self.max_iter) and self.max_iter >= 0, "an integer >= 0"),
             ("n_init", _is_int(self.n_init) and self.n_init >= 1, "an integer >= 1"),
             ("init_params", self.init_params in INIT_METHODS, f"one of {INIT_METHODS}"),
+            ("compute_dtype", self.compute_dtype in COMPUTE_DTYPES, f"one of {COMPUTE_DTYPES}"),
         ]
         for name, ok, expected in checks:
             if not ok:
@@ -88,9 +96,10 @@ class MixtureSpec:
                               self.precisions_init)
 
     def hyperparameters(self) -> dict[str, Any]:
-        """:data:`HYPERPARAMETERS` and the integer seed, as plain JSON values."""
-        return {name: getattr(self, name) for name in HYPERPARAMETERS} | {"random_state":
-                                                                           self.seed}
+        """:data:`HYPERPARAMETERS`, :data:`OPTIONAL_HYPERPARAMETERS` and the integer seed, as
+        plain JSON values."""
+        names = (*HYPERPARAMETERS, *OPTIONAL_HYPERPARAMETERS)
+        return {name: getattr(self, name) for name in names} | {"random_state": self.seed}
 
     def to_dict(self) -> dict[str, Any]:
         """``{"modalities": [...], "hyperparameters": {...}}`` (no initial values)."""
@@ -103,6 +112,8 @@ class MixtureSpec:
         hyper = document["hyperparameters"]
         return cls(tuple(Modality.from_dict(d) for d in document["modalities"]),
                    **{name: hyper[name] for name in HYPERPARAMETERS},
+                   **{name: hyper.get(name, default)
+                      for name, default in OPTIONAL_HYPERPARAMETERS.items()},
                    random_state=hyper.get("random_state")).validate()
 
 

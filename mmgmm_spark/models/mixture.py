@@ -87,6 +87,9 @@ class MultimodalGaussianMixture:
         means_init: {modality: (K, d)} initial means, or None.
         precisions_init: {modality: precisions in the covariance type's shape}, or None.
         random_state: seed (int), a ``numpy.random.RandomState``, or None.
+        compute_dtype: "float64" (default, scikit-learn parity) or "float32": the E-step and
+            statistics kernels multiply in float32 (about twice as fast at large d), the
+            statistics are summed and the M-step done in float64.
     """
 
     def __init__(self, modalities: list[Modality], n_components: int = 1, *, tol: float = 1e-3,
@@ -94,7 +97,8 @@ class MultimodalGaussianMixture:
                  init_params: str = "kmeans", weights_init: np.ndarray | None = None,
                  means_init: dict[str, np.ndarray] | None = None,
                  precisions_init: dict[str, np.ndarray] | None = None,
-                 random_state: int | np.random.RandomState | None = None) -> None:
+                 random_state: int | np.random.RandomState | None = None,
+                 compute_dtype: str = "float64") -> None:
         self.modalities = check_modalities(modalities)
         self.n_components = n_components
         self.tol = tol
@@ -106,6 +110,7 @@ class MultimodalGaussianMixture:
         self.means_init = means_init
         self.precisions_init = precisions_init
         self.random_state = random_state
+        self.compute_dtype = compute_dtype
         self.params_: MixtureParams | None = None
         self.converged_ = False
         self.lower_bounds_: list[float] = []
