@@ -66,6 +66,18 @@ def test_spark_fit_equals_in_memory_fit(spark, data, start, partitions, use_rdd)
                     reference(data, start))
 
 
+@pytest.mark.parametrize("use_rdd", [True, False], ids=["rdd", "dataframe-only"])
+def test_spark_float32_compute_is_within_1e6_of_the_float64_fit(spark, data, start, use_rdd):
+    """compute_dtype reaches the Spark tasks: the float32 fit stays within 1e-6 of float64."""
+    df = spark.createDataFrame(arrow_table(data.features)).repartition(2)
+    model = MultimodalGaussianMixture(MODALITIES, K, tol=0, max_iter=8, compute_dtype="float32",
+                                      **start)
+    with pytest.warns(UserWarning):
+        model.fit(df, on_iteration=None, use_rdd=use_rdd, rows_per_block=700)
+    np.testing.assert_allclose(model.lower_bounds_, reference(data, start).lower_bounds_,
+                               rtol=1e-6)
+
+
 def test_each_iteration_is_a_named_spark_job_and_cache_is_released(spark, data, start):
     df = spark.createDataFrame(arrow_table(data.features))
     tracker = spark.sparkContext.statusTracker()

@@ -166,6 +166,7 @@ class ModelConfig(Section):
     """Delta table (id, ``weight_column``); null: the first modality's table."""
     warm_start: bool = False
     """Start EM from the model registered under ``tracking.alias`` (when there is one)."""
+    compute_dtype: Literal["float64", "float32"] = "float64"
 
     @field_validator("init_params")
     @classmethod

@@ -134,7 +134,7 @@ def _model_options(config: AppConfig) -> dict:
     return {"tol": m.tol, "reg_covar": m.reg_covar, "reg_covar_mode": m.reg_covar_mode,
             "max_iter": m.max_iter,
             "n_init": m.n_init, "init_params": m.init_params, "random_state": m.seed,
-            "allow_small_data": m.allow_small_data}
+            "allow_small_data": m.allow_small_data, "compute_dtype": m.compute_dtype}
 
 
 def fusion_config(config: AppConfig) -> FusionConfig:

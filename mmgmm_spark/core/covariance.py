@@ -30,7 +30,8 @@ class DegenerateComponentError(ValueError):
 
 
 class CentredRows(Protocol):
-    """Observed rows of one modality minus its centre (``densities.Centred``)."""
+    """Observed rows of one modality minus its centre (``densities.Centred``), in the compute
+    dtype (float64, or float32 when opted in): the kernels multiply in ``values.dtype``."""
 
     values: np.ndarray            # (n, d)
 
@@ -64,6 +65,17 @@ def _lower_cholesky(matrix: np.ndarray, modality: str, component: int | str,
         return linalg.cholesky(matrix, lower=True)
     except linalg.LinAlgError:
         raise singular(modality, component, reg_covar) from None
+
+
+def compute_cast(x: CentredRows, *arrays: np.ndarray) -> tuple[np.ndarray, ...]:
+    """``arrays`` (parameters, responsibilities) in the compute dtype of the rows ``x``, so
+    that every GEMM runs in that dtype (no copy when they already are)."""
+    return tuple(a.astype(x.values.dtype, copy=False) for a in arrays)
+
+
+def as_float64(*arrays: np.ndarray) -> tuple[np.ndarray, ...]:
+    """``arrays`` in float64 (no copy when they already are): kernels return float64."""
+    return tuple(np.asarray(a, dtype=np.float64) for a in arrays)
 
 
 def unpack_symmetric(packed: np.ndarray, dim: int) -> np.ndarray:
@@ -124,14 +136,16 @@ class CovarianceType:
 
     def mahalanobis(self, x: CentredRows, gaussians: Gaussians,
                     means: np.ndarray) -> np.ndarray:
-        """(n, K) squared Mahalanobis distances of centred rows to centred means (K, d)."""
+        """(n, K) float64 squared Mahalanobis distances of centred rows to centred means (K, d),
+        multiplied in the rows' compute dtype."""
         raise NotImplementedError
 
     def statistics(self, resp: np.ndarray, x: CentredRows
                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(mass (K,), first (K, d), second) of responsibilities (n, K) and centred rows."""
-        values = x.values
-        return resp.sum(axis=0), resp.T @ values, resp.T @ (values * values)
+        """(mass (K,), first (K, d), second) of responsibilities (n, K) and centred rows,
+        float64 whatever the compute dtype."""
+        values, (weights,) = x.values, compute_cast(x, resp)
+        return as_float64(resp.sum(axis=0), weights.T @ values, weights.T @ (values * values))
 
     def covariances(self, second: np.ndarray, mass: np.ndarray,
                     offset: np.ndarray) -> np.ndarray:
@@ -249,13 +263,14 @@ class FullCovariance(_Matrices):
         linear = np.einsum("kij,kj->ki", chol, whitened_means)           # P m, (K, d)
         coefficients = np.hstack([gaussians.pair_precisions, -2.0 * linear,
                                   (whitened_means ** 2).sum(axis=1)[:, None]])
-        maha = coefficients @ x.moment_rows                              # (K, n)
+        (maha,) = as_float64(compute_cast(x, coefficients)[0] @ x.moment_rows)   # (K, n)
         return np.maximum(maha, 0.0, out=maha).T
 
     def statistics(self, resp: np.ndarray, x: CentredRows
                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         pairs = x.values.shape[1] * (x.values.shape[1] + 1) // 2
-        moments = (x.moment_rows @ resp).T                          # (K, pairs + d + 1)
+        (moments,) = as_float64(x.moment_rows @ compute_cast(x, resp)[0])
+        moments = moments.T                                         # (K, pairs + d + 1)
         return moments[:, -1], moments[:, pairs:-1], moments[:, :pairs]
 
     def covariances(self, second: np.ndarray, mass: np.ndarray,
@@ -289,15 +304,16 @@ class TiedCovariance(_Matrices):
 
     def mahalanobis(self, x: CentredRows, gaussians: Gaussians,
                     means: np.ndarray) -> np.ndarray:
-        chol = gaussians.precisions_cholesky
+        chol, means = compute_cast(x, gaussians.precisions_cholesky, means)
         y = x.values @ chol
         b = means @ chol
-        return (y * y).sum(axis=1)[:, None] - 2.0 * (y @ b.T) + (b * b).sum(axis=1)[None]
+        return as_float64((y * y).sum(axis=1)[:, None] - 2.0 * (y @ b.T)
+                          + (b * b).sum(axis=1)[None])[0]
 
     def statistics(self, resp: np.ndarray, x: CentredRows
                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        values = x.values
-        return resp.sum(axis=0), resp.T @ values, values.T @ values
+        values, (weights,) = x.values, compute_cast(x, resp)
+        return as_float64(resp.sum(axis=0), weights.T @ values, values.T @ values)
 
     def covariances(self, second: np.ndarray, mass: np.ndarray,
                     offset: np.ndarray) -> np.ndarray:
@@ -366,10 +382,11 @@ class DiagCovariance(_Diagonal):
 
     def mahalanobis(self, x: CentredRows, gaussians: Gaussians,
                     means: np.ndarray) -> np.ndarray:
-        values, chol = x.values, gaussians.precisions_cholesky
+        values = x.values
+        chol, means = compute_cast(x, gaussians.precisions_cholesky, means)
         precision = chol * chol
-        return ((values * values) @ precision.T - 2.0 * (values @ (means * precision).T)
-                + (means * means * precision).sum(axis=1)[None])
+        return as_float64((values * values) @ precision.T - 2.0 * (values @ (means * precision).T)
+                          + (means * means * precision).sum(axis=1)[None])[0]
 
 
 class SphericalCovariance(_Diagonal):
@@ -405,10 +422,11 @@ class SphericalCovariance(_Diagonal):
 
     def mahalanobis(self, x: CentredRows, gaussians: Gaussians,
                     means: np.ndarray) -> np.ndarray:
-        values, chol = x.values, gaussians.precisions_cholesky
+        values = x.values
+        chol, means = compute_cast(x, gaussians.precisions_cholesky, means)
         precision = chol * chol
-        return ((values * values).sum(axis=1)[:, None] - 2.0 * (values @ means.T)
-                + (means * means).sum(axis=1)[None]) * precision[None]
+        return as_float64(((values * values).sum(axis=1)[:, None] - 2.0 * (values @ means.T)
+                           + (means * means).sum(axis=1)[None]) * precision[None])[0]
 
     def regularised(self, covariances: np.ndarray, reg_covar: float) -> np.ndarray:
         return (covariances + reg_covar).mean(axis=1)

@@ -207,7 +207,8 @@ def fit_em(spec: MixtureSpec, data: TrainingData, *,
         initials, n_init = (lambda _: spec.initial_params(sample, rng)), spec.n_init
     if resume is not None and resume.rng_state is not None:
         rng.set_state(resume.rng_state)
-    stats_pass = data.stats_pass(spec.modalities, spec.n_components, tree_depth)
+    stats_pass = data.stats_pass(spec.modalities, spec.n_components, tree_depth,
+                                 spec.compute_dtype)
     reg_covar = spec.block_reg_covar(sample)
 
     def run(start: EMResult, on_result: ResultCallback) -> EMResult:

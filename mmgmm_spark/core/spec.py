@@ -14,14 +14,13 @@ import numpy as np
 
 from mmgmm_spark.core.batch import Batch, DataValidationError
 from mmgmm_spark.core.covariance import covariance_type
+from mmgmm_spark.core.densities import COMPUTE_DTYPES
 from mmgmm_spark.core.init import INIT_METHODS, initial_params
 from mmgmm_spark.core.modality import Modality, check_modalities
 from mmgmm_spark.core.params import MixtureParams, check_param_shapes
 
-HYPERPARAMETERS = ("n_components", "tol", "reg_covar", "reg_covar_mode", "max_iter", "n_init",
-                   "init_params")
-"""The hyperparameters stored (with the integer seed) in model files and checkpoints (a file
-written before ``reg_covar_mode`` existed reads as ``absolute``)."""
+HYPERPARAMETERS = ("n_components", "tol", "reg_covar", "max_iter", "n_init", "init_params")
+"""The hyperparameters stored (with the integer seed) in model files and checkpoints."""
 
 REG_COVAR_MODES = ("absolute", "relative")
 """``absolute``: ``reg_covar`` is added to every covariance's diagonal as is; ``relative``: it
@@ -34,6 +33,9 @@ low-variance features (``early`` fusion, K=10 on the demo data: cross-modal AURO
 
 MIN_ROWS_PER_PARAMETER = 1.0
 """A fit with fewer training rows per free parameter is refused unless ``allow_small_data``."""
+
+OPTIONAL_HYPERPARAMETERS = {"reg_covar_mode": "absolute", "compute_dtype": "float64"}
+"""Stored like :data:`HYPERPARAMETERS`; files written before they existed get these defaults."""
 
 
 def _is_int(value: Any) -> bool:
@@ -54,6 +56,8 @@ class MixtureSpec:
         random_state: an int seed, a ``numpy.random.RandomState`` (used as is), or None.
         allow_small_data: fit even with fewer than :data:`MIN_ROWS_PER_PARAMETER` rows per
             free parameter (not stored with the model).
+        compute_dtype: "float64" (default) or "float32": the dtype the E-step and statistics
+            kernels multiply in; statistics are summed and the M-step done in float64.
     """
 
     modalities: tuple[Modality, ...]
@@ -69,6 +73,7 @@ class MixtureSpec:
     precisions_init: Mapping[str, np.ndarray] | None = field(default=None, compare=False)
     random_state: int | np.random.RandomState | None = field(default=None, compare=False)
     allow_small_data: bool = field(default=False, compare=False)
+    compute_dtype: str = "float64"
 
     def validate(self) -> MixtureSpec:
         """``self``, after checking every setting; a ValueError names the first bad one."""
@@ -83,6 +88,7 @@ class MixtureSpec:
             ("max_iter", _is_int(self.max_iter) and self.max_iter >= 0, "an integer >= 0"),
             ("n_init", _is_int(self.n_init) and self.n_init >= 1, "an integer >= 1"),
             ("init_params", self.init_params in INIT_METHODS, f"one of {INIT_METHODS}"),
+            ("compute_dtype", self.compute_dtype in COMPUTE_DTYPES, f"one of {COMPUTE_DTYPES}"),
         ]
         for name, ok, expected in checks:
             if not ok:
@@ -144,9 +150,10 @@ class MixtureSpec:
                               self.precisions_init)
 
     def hyperparameters(self) -> dict[str, Any]:
-        """:data:`HYPERPARAMETERS` and the integer seed, as plain JSON values."""
-        return {name: getattr(self, name) for name in HYPERPARAMETERS} | {"random_state":
-                                                                           self.seed}
+        """:data:`HYPERPARAMETERS`, :data:`OPTIONAL_HYPERPARAMETERS` and the integer seed, as
+        plain JSON values."""
+        names = (*HYPERPARAMETERS, *OPTIONAL_HYPERPARAMETERS)
+        return {name: getattr(self, name) for name in names} | {"random_state": self.seed}
 
     def to_dict(self) -> dict[str, Any]:
         """``{"modalities": [...], "hyperparameters": {...}}`` (no initial values)."""
@@ -158,7 +165,9 @@ class MixtureSpec:
         """The validated spec of :meth:`to_dict`'s form (KeyError/TypeError/ValueError)."""
         hyper = document["hyperparameters"]
         return cls(tuple(Modality.from_dict(d) for d in document["modalities"]),
-                   **{name: hyper[name] for name in HYPERPARAMETERS if name in hyper},
+                   **{name: hyper[name] for name in HYPERPARAMETERS},
+                   **{name: hyper.get(name, default)
+                      for name, default in OPTIONAL_HYPERPARAMETERS.items()},
                    random_state=hyper.get("random_state")).validate()
 
 

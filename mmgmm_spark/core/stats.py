@@ -215,8 +215,8 @@ def _block_stats(resp: np.ndarray, x: Centred, covariance: str) -> BlockStats:
 
 
 def _stats_of_chunk(batch: Batch, params: MixtureParams, modalities: tuple[Modality, ...],
-                    resp: np.ndarray | None) -> SufficientStats:
-    centred = centred_blocks(batch, params, modalities)
+                    resp: np.ndarray | None, compute_dtype: str) -> SufficientStats:
+    centred = centred_blocks(batch, params, modalities, compute_dtype)
     log_likelihood = 0.0
     if resp is None:
         log_norm, resp = responsibilities(weighted_log_prob(batch, params, modalities, centred))
@@ -234,7 +234,8 @@ def _stats_of_chunk(batch: Batch, params: MixtureParams, modalities: tuple[Modal
 
 
 def accumulate_stats(batch: Batch, params: MixtureParams, modalities: tuple[Modality, ...],
-                     resp: np.ndarray | None = None) -> SufficientStats:
+                     resp: np.ndarray | None = None, *,
+                     compute_dtype: str = "float64") -> SufficientStats:
     """E-step plus statistics for all rows of ``batch`` against ``params``.
 
     Args:
@@ -243,13 +244,15 @@ def accumulate_stats(batch: Batch, params: MixtureParams, modalities: tuple[Moda
         modalities: the model's modalities, in order.
         resp: optional fixed responsibilities (n, K) (initialisation); when given, the
             log-likelihood is not computed and is reported as 0.
+        compute_dtype: the dtype the kernels multiply in (:data:`densities.COMPUTE_DTYPES`);
+            each chunk's statistics are float64 and are summed in float64.
     """
     chunks = list(batch.chunks(_chunk_rows(params.n_components, modalities)))
     starts = np.cumsum([0, *(chunk.n_rows for chunk in chunks)])
 
     def chunk_stats(i: int) -> SufficientStats:
         chunk_resp = None if resp is None else resp[starts[i]: starts[i + 1]]
-        return _stats_of_chunk(chunks[i], params, modalities, chunk_resp)
+        return _stats_of_chunk(chunks[i], params, modalities, chunk_resp, compute_dtype)
 
     zero = SufficientStats.zero(modalities, params.n_components)
     threads = min(_blas_threads(), len(chunks))

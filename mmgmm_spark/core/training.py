@@ -38,9 +38,10 @@ class TrainingData(Protocol):
         """At most about ``max_rows`` rows for initialisation, drawn with ``seed``."""
 
     def stats_pass(self, modalities: tuple[Modality, ...], n_components: int,
-                   tree_depth: int) -> StatsPass:
+                   tree_depth: int, compute_dtype: str = "float64") -> StatsPass:
         """``params -> SufficientStats`` over all rows, for a model of ``modalities``
-        (reduced over a tree of depth ``tree_depth`` where the rows are distributed)."""
+        (reduced over a tree of depth ``tree_depth`` where the rows are distributed), the
+        kernels multiplying in ``compute_dtype`` (see :func:`accumulate_stats`)."""
 
 
 @dataclass(frozen=True)
@@ -58,8 +59,9 @@ class InMemoryRows:
         return self.batch
 
     def stats_pass(self, modalities: tuple[Modality, ...], n_components: int,
-                   tree_depth: int = 2) -> StatsPass:
-        return lambda params: accumulate_stats(self.batch, params, modalities)
+                   tree_depth: int = 2, compute_dtype: str = "float64") -> StatsPass:
+        return lambda params: accumulate_stats(self.batch, params, modalities,
+                                               compute_dtype=compute_dtype)
 
 
 Source = Callable[..., contextlib.AbstractContextManager[TrainingData]]

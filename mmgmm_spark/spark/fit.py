@@ -38,11 +38,12 @@ class SparkStatsPass:
     """``params -> SufficientStats`` over all cached rows; each call is one named Spark job.
 
     ``modalities`` are the model's (their covariance types decide the statistics; the cache's
-    own modalities only have to match them in names and widths).
+    own modalities only have to match them in names and widths); ``compute_dtype`` is the
+    kernels' (:func:`~mmgmm_spark.core.stats.accumulate_stats`).
     """
 
     def __init__(self, data: CachedBlocks, modalities: tuple[Modality, ...], n_components: int,
-                 tree_depth: int = 2) -> None:
+                 tree_depth: int = 2, compute_dtype: str = "float64") -> None:
         cached = [(m.name, m.dim) for m in data.modalities]
         if [(m.name, m.dim) for m in modalities] != cached:
             raise ValueError(f"The model's modalities {[m.name for m in modalities]} do not "
@@ -51,24 +52,26 @@ class SparkStatsPass:
         self.modalities = tuple(modalities)
         self.n_components = n_components
         self.tree_depth = tree_depth
+        self.compute_dtype = compute_dtype
         self.passes = 0
 
     def __call__(self, params: MixtureParams) -> SufficientStats:
         self.passes += 1
-        modalities, k = self.modalities, self.n_components
+        modalities, k, dtype = self.modalities, self.n_components, self.compute_dtype
         codec = (lambda stats: (stats.to_vector(),),
                  lambda arrays: SufficientStats.from_vector(arrays[0], modalities, k))
         zero = SufficientStats.zero(modalities, k)
         if self.data.rdd is None:    # Spark Connect: the parameters travel in the closure
             return self.data.aggregate(
-                lambda batch: accumulate_stats(batch, params, modalities),
+                lambda batch: accumulate_stats(batch, params, modalities, compute_dtype=dtype),
                 SufficientStats.merge, zero, codec, self.tree_depth)
         context = self.data.rdd.context
         context.setJobGroup(JOB_GROUP, f"mmgmm-spark EM pass {self.passes}")
         broadcast = context.broadcast(params)
         try:
             return self.data.aggregate(
-                lambda batch: accumulate_stats(batch, broadcast.value, modalities),
+                lambda batch: accumulate_stats(batch, broadcast.value, modalities,
+                                               compute_dtype=dtype),
                 SufficientStats.merge, zero, codec, self.tree_depth)
         finally:
             broadcast.destroy()
@@ -99,8 +102,8 @@ class SparkRows:
         return sample
 
     def stats_pass(self, modalities: tuple[Modality, ...], n_components: int,
-                   tree_depth: int = 2) -> StatsPass:
-        return SparkStatsPass(self.data, modalities, n_components, tree_depth)
+                   tree_depth: int = 2, compute_dtype: str = "float64") -> StatsPass:
+        return SparkStatsPass(self.data, modalities, n_components, tree_depth, compute_dtype)
 
 
 @contextlib.contextmanager
