@@ -40,7 +40,7 @@ def _ours(x: np.ndarray, dtype: str, iters: int, **start) -> MultimodalGaussianM
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return MultimodalGaussianMixture(
-            [Modality("x", x.shape[1], "full")], K, tol=0.0, max_iter=iters,
+            [Modality("x", x.shape[1], "full")], K, tol=0.0, max_iter=iters, reg_covar=1e-6,
             weights_init=start["weights_init"], means_init={"x": start["means_init"]},
             precisions_init={"x": start["precisions_init"]}, compute_dtype=dtype,
             random_state=0).fit({"x": x}, on_iteration=None)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from pyspark.sql import functions as F
@@ -196,17 +197,35 @@ def test_bad_input_names_the_param_or_column(spark, arrays):
         MultimodalGaussianMixture(featuresCols=["image", "text"]).fit(empty)
 
 
-def test_weight_col_and_initial_model_are_refused_until_wired(spark, arrays):
-    """Declared but not wired: setting either is an error naming it, never ignored."""
-    estimator = MultimodalGaussianMixture(featuresCols=["image", "text"])
-    assert estimator.hasParam("weightCol") and estimator.hasParam("initialModel")
-    with pytest.raises(NotImplementedError, match="Param weightCol is declared but not wired"):
-        estimator.setWeightCol("w")
-    with pytest.raises(NotImplementedError, match="Param initialModel"):
-        estimator.setInitialModel(None)
-    df = spark.createDataFrame(arrow_table(arrays))
-    with pytest.raises(NotImplementedError, match="Param weightCol"):
-        estimator.fit(df, params={estimator.weightCol: "w"})
+def test_weight_col_and_initial_model_fit_as_repeated_rows_from_that_model(spark, arrays,
+                                                                         fitted):
+    """weightCol: integer weights = the rows repeated; initialModel: EM starts from exactly
+    that model (so both fits share their start, which k-means seeding would not give)."""
+    from pyspark.sql import functions as F  # noqa: N812
+
+    df, start = fitted
+    counts = np.random.default_rng(3).integers(0, 3, len(arrays["text"]))
+    repeated = {m: np.repeat(v, counts, axis=0) for m, v in arrays.items()}
+    weighted = spark.createDataFrame(arrow_table(arrays).append_column(
+        "w", pa.array(counts.astype(float))))
+    common = {"featuresCols": ["image", "text"], "k": 3, "maxIter": 5, "tol": 0.0}
+    by_weight = MultimodalGaussianMixture(**common, weightCol="w",
+                                          initialModel=start).fit(weighted)
+    by_rows = MultimodalGaussianMixture(**common, initialModel=start).fit(
+        spark.createDataFrame(arrow_table(repeated)))
+    np.testing.assert_allclose(by_weight.weights, by_rows.weights, rtol=1e-9)
+    for name in ("image", "text"):
+        np.testing.assert_allclose(by_weight.means[name], by_rows.means[name], rtol=1e-9)
+        np.testing.assert_allclose(by_weight.covariances[name], by_rows.covariances[name],
+                                   rtol=1e-9)
+    # maxIter=0 keeps exactly the initial model's parameters
+    kept = MultimodalGaussianMixture(**{**common, "maxIter": 0}, initialModel=start).fit(df)
+    np.testing.assert_array_equal(kept.means["image"], start.means["image"])
+    with pytest.raises(ValueError, match="k|n_components"):
+        MultimodalGaussianMixture(**{**common, "k": 2}, initialModel=start).fit(df)
+    negative = weighted.withColumn("w", F.lit(-1.0))
+    with pytest.raises(ValueError, match="'w'"):
+        MultimodalGaussianMixture(**common, weightCol="w").fit(negative)
 
 
 def test_unfitted_pipeline_saves_and_loads_its_params(tmp_path):

@@ -12,11 +12,12 @@ import pytest
 from scipy.stats import multivariate_normal
 
 from mmgmm_spark import DataValidationError, Modality, MultimodalGaussianMixture
+from mmgmm_spark.core.spec import DEFAULT_REG_COVAR
 from mmgmm_spark.spark.arrow import arrow_table
 
 MODALITIES = [Modality("image", 4, "full"), Modality("text", 3, "diag")]
 K = 3
-REG = 1e-6
+REG = DEFAULT_REG_COVAR  # the estimator default the fits below use
 
 
 @pytest.fixture(scope="module")

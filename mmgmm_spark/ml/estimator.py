@@ -22,7 +22,8 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from mmgmm_spark.core.batch import DataValidationError
-from mmgmm_spark.ml.params import MixtureParams, check_features_cols, unwired_error
+from mmgmm_spark.core.spec import DEFAULT_REG_COVAR
+from mmgmm_spark.ml.params import MixtureParams, check_features_cols
 from mmgmm_spark.ml.persistence import ModelReader, ModelWriter
 from mmgmm_spark.ml.transform import check_input_schema, ml_names, score_frame, transformed_schema
 from mmgmm_spark.models.detector import AnomalyDetector
@@ -105,8 +106,10 @@ class MultimodalGaussianMixture(Estimator, MixtureParams, DefaultParamsReadable,
     def __init__(self, *, featuresCols: list[str] | None = None, k: int = 2,
                  covarianceTypes: list[str] | None = None,
                  fusionWeights: list[float] | None = None, maxIter: int = 100,
-                 tol: float = 1e-3, regCovar: float = 1e-6, seed: int = 0,
+                 tol: float = 1e-3, regCovar: float = DEFAULT_REG_COVAR, seed: int = 0,
                  initMode: str = "kmeans", contamination: float = 0.01,
+                 weightCol: str | None = None,
+                 initialModel: MultimodalGaussianMixtureModel | None = None,
                  predictionCol: str = "prediction", probabilityCol: str = "probability",
                  logLikelihoodCol: str = "logLikelihood", anomalyScoreCol: str = "anomalyScore",
                  isAnomalyCol: str = "isAnomaly") -> None:
@@ -149,12 +152,23 @@ class MultimodalGaussianMixture(Estimator, MixtureParams, DefaultParamsReadable,
         return self._set(contamination=value)
 
     def setWeightCol(self, value: str) -> MultimodalGaussianMixture:
-        """Not wired yet: raises (a silently ignored weight column would be a wrong fit)."""
-        raise unwired_error("weightCol")
+        """Numeric row-weight column: integer weights fit as if each row were repeated."""
+        return self._set(weightCol=value)
 
-    def setInitialModel(self, value: Any) -> MultimodalGaussianMixture:
-        """Not wired yet: raises (a silently ignored initial model would be a wrong fit)."""
-        raise unwired_error("initialModel")
+    def setInitialModel(self, value: MultimodalGaussianMixtureModel) -> MultimodalGaussianMixture:
+        """A fitted model of the same columns, widths, covariance types and k: EM starts
+        from exactly its parameters (no initialisation)."""
+        return self._set(initialModel=value)
+
+    def _weight_column(self) -> str | None:
+        return self.getWeightCol() if self.isDefined(self.weightCol) else None
+
+    def _initial_mixture(self) -> Mixture | None:
+        initial = self.getInitialModel() if self.isDefined(self.initialModel) else None
+        if initial is not None and not isinstance(initial, MultimodalGaussianMixtureModel):
+            raise TypeError(f"Param initialModel must be a fitted "
+                            f"MultimodalGaussianMixtureModel, got {type(initial).__name__}.")
+        return None if initial is None else initial.mixture
 
     def unfitted_mixture(self, dims: list[int]) -> Mixture:
         """The unfitted in-memory estimator these Params describe, for columns of ``dims``."""
@@ -171,16 +185,17 @@ class MultimodalGaussianMixture(Estimator, MixtureParams, DefaultParamsReadable,
         return mixture
 
     def _fit(self, dataset: DataFrame) -> MultimodalGaussianMixtureModel:
-        self.check_unwired()
         columns = check_features_cols(self)
+        weight = self._weight_column()
         check_input_schema(dataset.schema, columns, [])
         contamination = self.getContamination()
         if not 0.0 < contamination < 0.5:
             raise ValueError(f"Param contamination must be in (0, 0.5), got {contamination!r}.")
         mixture = self.unfitted_mixture(feature_widths(dataset, columns))
         source = "the training DataFrame"
-        with cached_blocks(dataset, mixture.modalities, source=source) as blocks:
-            mixture.fit(blocks)
+        with cached_blocks(dataset, mixture.modalities, source=source,
+                           weight_column=weight) as blocks:
+            mixture.fit(blocks, initial_model=self._initial_mixture())
             scores = training_threshold(mixture, blocks, contamination)
         model = self._copyValues(MultimodalGaussianMixtureModel(
             AnomalyDetector(mixture, contamination, scores.threshold, scores.calibration)))

@@ -21,9 +21,7 @@ from pyspark.ml.param.shared import (
 
 from mmgmm_spark.core.init import INIT_METHODS
 from mmgmm_spark.core.modality import COVARIANCE_TYPES, Modality
-
-UNWIRED = ("weightCol", "initialModel")
-"""Params declared for the API but not wired to the fit yet (setting one is an error)."""
+from mmgmm_spark.core.spec import DEFAULT_REG_COVAR
 
 SEED_RANGE = 2 ** 32
 """numpy seeds are in [0, 2**32): a Spark seed (any long) is taken modulo this."""
@@ -68,8 +66,8 @@ class MixtureParams(HasPredictionCol, HasProbabilityCol, HasMaxIter, HasTol, Has
 
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
-        self._setDefault(k=2, maxIter=100, tol=1e-3, regCovar=1e-6, seed=0, initMode="kmeans",
-                         contamination=0.01, predictionCol="prediction",
+        self._setDefault(k=2, maxIter=100, tol=1e-3, regCovar=DEFAULT_REG_COVAR, seed=0,
+                         initMode="kmeans", contamination=0.01, predictionCol="prediction",
                          probabilityCol="probability", logLikelihoodCol="logLikelihood",
                          anomalyScoreCol="anomalyScore", isAnomalyCol="isAnomaly")
 
@@ -131,12 +129,6 @@ class MixtureParams(HasPredictionCol, HasProbabilityCol, HasMaxIter, HasTol, Has
         return self._set(isAnomalyCol=value)
 
     # ------------------------------------------------------------------------ checks
-    def check_unwired(self) -> None:
-        """A clear error when a Param of :data:`UNWIRED` is set (it would be ignored)."""
-        for name in UNWIRED:
-            if self.isSet(self.getParam(name)):
-                raise unwired_error(name)
-
     def modalities(self, dims: list[int]) -> list[Modality]:
         """The modalities of ``featuresCols`` with these widths (one per column)."""
         columns = self.getFeaturesCols()
@@ -153,22 +145,3 @@ class MixtureParams(HasPredictionCol, HasProbabilityCol, HasMaxIter, HasTol, Has
     def random_state(self) -> int:
         """The numpy seed of ``seed`` (a Spark long, taken modulo 2**32)."""
         return int(self.getOrDefault(self.seed)) % SEED_RANGE
-
-
-def unwired_error(name: str) -> NotImplementedError:
-    """The error of setting a Param of :data:`UNWIRED`."""
-    return NotImplementedError(
-        f"Param {name} is declared but not wired to the fit yet: the fit would ignore it. "
-        f"Leave {name} unset; for now fit an unweighted model from its own initialisation "
-        "(k, initMode, seed).")
-
-
-def check_features_cols(params: MixtureParams) -> list[str]:
-    """``featuresCols``, which must be set to at least one distinct column."""
-    if not params.isDefined(params.featuresCols) or not params.getFeaturesCols():
-        raise ValueError("Param featuresCols is not set: give one features column per "
-                         "modality, e.g. setFeaturesCols(['image', 'text']).")
-    columns = params.getFeaturesCols()
-    if len(set(columns)) != len(columns):
-        raise ValueError(f"Param featuresCols names a column twice: {columns}.")
-    return columns

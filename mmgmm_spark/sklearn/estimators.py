@@ -114,7 +114,8 @@ class MixtureEstimator:
                 for name in ("means_init", "precisions_init")}
         options = {name: getattr(self, name) for name in self.MIXTURE_PARAMS} | init
         warm = getattr(self, "model_", None) if self.warm_start else None
-        model = Mixture([m for m, _ in self.groups_], **options)
+        # scikit-learn's conventions: small data is fitted, not refused (the jobs refuse it)
+        model = Mixture([m for m, _ in self.groups_], **options, allow_small_data=True)
         weights = None if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
         self.model_ = model.fit(self.split(X), sample_weight=weights, initial_model=warm,
                                 on_iteration=None)
