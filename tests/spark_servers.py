@@ -7,6 +7,7 @@ workers and executors) and logs to a file under the test's temporary directory.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -35,11 +36,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def server_env() -> dict[str, str]:
-    """The environment of every server: loopback, this interpreter for Python workers, and
-    this checkout first on their path (the installed package may be another checkout)."""
-    return {**os.environ, "SPARK_LOCAL_IP": HOST, "PYSPARK_PYTHON": sys.executable,
-            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+def server_env(checkout: bool = True) -> dict[str, str]:
+    """The environment of a server: loopback, this interpreter for Python workers and, with
+    ``checkout``, this checkout first on their path (the installed package may be another
+    checkout; a cluster's executors get the package from the job instead)."""
+    env = {**os.environ, "SPARK_LOCAL_IP": HOST, "PYSPARK_PYTHON": sys.executable}
+    env.pop("PYTHONPATH", None)
+    return env | ({"PYTHONPATH": str(ROOT)} if checkout else {})
 
 
 @dataclass
@@ -50,10 +53,10 @@ class Server:
     log: Path
 
     @classmethod
-    def start(cls, command: list[str], log: Path, cwd: Path) -> Server:
+    def start(cls, command: list[str], log: Path, cwd: Path, checkout: bool = True) -> Server:
         out = log.open("wb")
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=cwd,
-                                   env=server_env(), start_new_session=True)
+                                   env=server_env(checkout), start_new_session=True)
         out.close()
         return cls(process, log)
 
@@ -76,10 +79,8 @@ class Server:
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
-        try:  # what the server started (Python workers, executors) may outlive it
+        with contextlib.suppress(ProcessLookupError):  # its Python workers, executors...
             os.killpg(self.process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 def port_open(port: int) -> bool:
@@ -139,7 +140,7 @@ def start_cluster(work: Path, n_workers: int = 2, cores: int = 1, memory: str = 
     port, web_port = free_port(), free_port()
     master = Server.start([spark_class, "org.apache.spark.deploy.master.Master", "--host", HOST,
                            "--port", str(port), "--webui-port", str(web_port)],
-                          work / "master.log", work)
+                          work / "master.log", work, checkout=False)
     cluster = Cluster(master, f"spark://{HOST}:{port}", web_port)
     master.wait_until(lambda: port_open(web_port), "Spark standalone master")
     for i in range(n_workers):
@@ -148,7 +149,8 @@ def start_cluster(work: Path, n_workers: int = 2, cores: int = 1, memory: str = 
         cluster.workers.append(Server.start(
             [spark_class, "org.apache.spark.deploy.worker.Worker", "--host", HOST,
              "--cores", str(cores), "--memory", memory, "--webui-port", str(free_port()),
-             "--work-dir", str(worker_dir), cluster.url], work / f"worker-{i}.log", work))
+             "--work-dir", str(worker_dir), cluster.url], work / f"worker-{i}.log", work,
+            checkout=False))
     master.wait_until(lambda: cluster.alive_workers() == n_workers,
                       f"{n_workers} standalone workers")
     return cluster
