@@ -16,15 +16,17 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from deltalake import DeltaTable
 from sklearn.metrics import roc_auc_score
 
 from tests.conftest import copy_empty_mlflow_store
-from tests.spark_servers import ROOT, server_env, start_connect_server
+from tests.spark_servers import server_env, start_connect_server
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
 
+UDF_SCRIPT = Path(__file__).parent / "scripts" / "score_udf_connect.py"
 ROWS = 3_000
 SETTINGS = ["model.n_components=3", "model.max_iter=30", "tracking.experiment=connect"]
 SCORE_COLUMNS = ["log_likelihood", "anomaly_score", "image_log_likelihood",
@@ -66,8 +68,7 @@ def _prepare(spark, work_dir: Path, engine: str) -> Path:
 
 def _cli(*args: str, cwd: Path) -> str:
     """``python -m mmgmm_spark ARGS`` in a fresh process (this checkout first on its path)."""
-    env = {**server_env(), "PYTHONPATH": str(ROOT)}
-    result = subprocess.run([sys.executable, "-m", "mmgmm_spark", *args], cwd=cwd, env=env,
+    result = subprocess.run([sys.executable, "-m", "mmgmm_spark", *args], cwd=cwd, env=server_env(),
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
     return result.stdout
@@ -151,9 +152,19 @@ def _same_as_classic(spark, connect_url: str, tmp_path_factory, engine: str) -> 
 
 
 def test_connect_cli_matches_classic_delta_rs(spark, connect_url, tmp_path_factory):
-    """delta-rs engine: train/score/evaluate over Connect equal the classic session's."""
+    """delta-rs engine: train/score/evaluate over Connect equal the classic session's, and
+    the registered model's ``mlflow.pyfunc.spark_udf`` works on a Connect session too (the
+    same scores as ``mmgmm score``)."""
     connect = _same_as_classic(spark, connect_url, tmp_path_factory, "delta-rs")
     assert "delta-rs" in _engine_of_last_commit(connect / "tables" / "scores")
+    out = connect / "udf.parquet"
+    subprocess.run([sys.executable, str(UDF_SCRIPT), connect_url, str(connect), str(out)],
+                   env=server_env(), check=True, timeout=600)
+    by_udf = pd.read_parquet(out).sort_values("id").reset_index(drop=True)
+    scored = _scores(connect)
+    assert by_udf["id"].tolist() == scored["id"].tolist()
+    for column in SCORE_COLUMNS:
+        np.testing.assert_allclose(by_udf[column], scored[column], rtol=1e-12, atol=1e-12)
 
 
 def test_connect_cli_matches_classic_delta_spark(delta_spark, connect_url, tmp_path_factory):
