@@ -53,10 +53,12 @@ class Server:
     log: Path
 
     @classmethod
-    def start(cls, command: list[str], log: Path, cwd: Path, checkout: bool = True) -> Server:
+    def start(cls, command: list[str], log: Path, cwd: Path, checkout: bool = True,
+              env: Mapping[str, str] | None = None) -> Server:
         out = log.open("wb")
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=cwd,
-                                   env=server_env(checkout), start_new_session=True)
+                                   env=server_env(checkout) | dict(env or {}),
+                                   start_new_session=True)
         out.close()
         return cls(process, log)
 
@@ -140,7 +142,9 @@ def start_cluster(work: Path, n_workers: int = 2, cores: int = 1, memory: str = 
     port, web_port = free_port(), free_port()
     master = Server.start([spark_class, "org.apache.spark.deploy.master.Master", "--host", HOST,
                            "--port", str(port), "--webui-port", str(web_port)],
-                          work / "master.log", work, checkout=False)
+                          work / "master.log", work, checkout=False,
+                          # its REST submission server would take the fixed port 6066
+                          env={"SPARK_MASTER_OPTS": "-Dspark.master.rest.enabled=false"})
     cluster = Cluster(master, f"spark://{HOST}:{port}", web_port)
     master.wait_until(lambda: port_open(web_port), "Spark standalone master")
     for i in range(n_workers):
