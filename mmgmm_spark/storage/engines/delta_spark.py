@@ -32,8 +32,7 @@ import uuid
 from collections.abc import Mapping
 
 from pyspark.errors import AnalysisException
-from pyspark.sql import DataFrame, DataFrameReader, DataFrameWriter, SparkSession
-from pyspark.sql import functions as F  # noqa: N812
+from pyspark.sql import DataFrame, DataFrameReader, DataFrameWriter, Row, SparkSession
 from pyspark.sql import types as T  # noqa: N812
 
 from mmgmm_spark.storage.tables import (
@@ -58,8 +57,9 @@ HISTORY_SEARCHED = 50
 NOT_A_DELTA_TABLE = "DELTA_TABLE_ONLY_OPERATION"
 
 
-def _history(spark: SparkSession, ref: TableRef, limit: int) -> DataFrame | None:
-    """The table's last ``limit`` commits, newest first; None if there is no such Delta table.
+def _history(spark: SparkSession, ref: TableRef, limit: int) -> list[Row] | None:
+    """``(version, userMetadata)`` of the table's last ``limit`` commits, newest first; None
+    if there is no such Delta table.
 
     ``DESCRIBE HISTORY`` needs only Delta's SQL extension, so it also works over Spark Connect
     on a server without Delta Connect's plugins (``delta.tables.DeltaTable`` needs them there).
@@ -71,7 +71,8 @@ def _history(spark: SparkSession, ref: TableRef, limit: int) -> DataFrame | None
     else:
         name = "delta.`" + ref.path.replace("`", "``") + "`"
     try:
-        return spark.sql(f"DESCRIBE HISTORY {name} LIMIT {int(limit)}")
+        history = spark.sql(f"DESCRIBE HISTORY {name} LIMIT {int(limit)}")
+        return history.select("version", "userMetadata").collect()
     except AnalysisException as exc:
         if exc.getCondition() == NOT_A_DELTA_TABLE:
             return None
@@ -80,7 +81,7 @@ def _history(spark: SparkSession, ref: TableRef, limit: int) -> DataFrame | None
 
 def _latest_version(spark: SparkSession, ref: TableRef) -> int | None:
     history = _history(spark, ref, 1)
-    return None if history is None else int(history.select("version").first()[0])
+    return None if history is None else int(history[0]["version"])
 
 
 def _load(reader: DataFrameReader, ref: TableRef) -> DataFrame:
@@ -192,14 +193,13 @@ def _save(writer: DataFrameWriter, ref: TableRef) -> None:
 def committed_version(spark: SparkSession, ref: TableRef, write_id: str) -> int:
     """The version whose ``commitInfo.userMetadata`` is ``write_id`` (this write's commit)."""
     history = _history(spark, ref, HISTORY_SEARCHED)
-    found = None if history is None else (
-        history.where(F.col("userMetadata") == write_id).select("version").first())
+    found = next((row for row in history or [] if row["userMetadata"] == write_id), None)
     if found is None:
         raise StorageError(
             f"Table {ref.display!r}: the write {write_id} succeeded but its commit is not among "
             f"the last {HISTORY_SEARCHED} versions of the table's history."
         )
-    return int(found[0])
+    return int(found["version"])
 
 
 def _is_lost_race(exc: Exception) -> bool:
