@@ -29,7 +29,7 @@ from tests.spark_servers import HOST, ROOT, free_port, server_env, start_cluster
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
 
-ROWS = 6_000
+ROWS = 3_000
 MARKER = "<!-- cluster-jobs -->"
 SCORE_COLUMNS = ["log_likelihood", "anomaly_score", "image_log_likelihood",
                  "text_log_likelihood", "sensor_log_likelihood"]
@@ -135,7 +135,7 @@ def test_readme_spark_submit_on_a_standalone_cluster(spark, cluster, tmp_path, t
     try:
         result = subprocess.run(["bash", "-euo", "pipefail", "-c", readme_cluster_block()],
                                 cwd=project, env=env, capture_output=True, text=True,
-                                timeout=900)
+                                timeout=2400)
     finally:
         done.set()
         watcher.join()
