@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import sys
 
+import pyarrow.parquet as pq
+
 from mmgmm_spark.spark.score import read_and_join
 from mmgmm_spark.spark.session import build_spark
 from mmgmm_spark.tracking import TrackingConfig
@@ -26,7 +28,8 @@ def main() -> None:
     tracking = TrackingConfig(work_dir=work_dir, tracking_uri=f"sqlite:///{work_dir}/mlflow.db")
     with tracking_context(tracking):
         scores = score_udf(spark, "models:/mmgmm-demo@champion", MODALITIES)
-        joined.select("id", scores.alias("s")).select("id", "s.*").toPandas().to_parquet(out)
+        table = joined.select("id", scores.alias("s")).select("id", "s.*").toArrow()
+    pq.write_table(table, out)
 
 
 if __name__ == "__main__":
