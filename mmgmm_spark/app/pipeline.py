@@ -218,7 +218,9 @@ def train(spark: SparkSession, config: AppConfig, resume_run_id: str | None = No
     if resume_run_id is not None:
         config = pinned_to_run(config, resume_run_id)
     features = read_features(spark, config)
-    training = features.df.where(~_holdout_bucket(config))
+    # sorted by id: the cached blocks, the initial sample and so the fit are the same on every
+    # kind of session (classic, Spark Connect, cluster), whatever order the tables were read in
+    training = features.df.where(~_holdout_bucket(config)).orderBy(config.data.id_column)
     spark_options = {"init_sample_rows": config.model.init_sample_rows,
                      "tree_depth": config.model.tree_depth,
                      "source": "training rows (hold-out excluded) of " + ", ".join(

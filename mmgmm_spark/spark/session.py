@@ -19,6 +19,7 @@ used instead (the Python package is a thin py4j wrapper over the jar's API).
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import logging
 import os
 import re
@@ -83,8 +84,10 @@ def build_spark(master: str | None = "local[2]", app_name: str = "mmgmm-spark",
             keeps whatever the environment (spark-submit, Databricks) configured.
         app_name: the application name shown in the Spark UI.
         conf: extra Spark properties; they override the local defaults.
-        remote: a Spark Connect URL (``sc://host:15002``, or ``local`` to start a local
-            Connect server); the session then has no RDD API.
+        remote: a Spark Connect URL (``sc://host:15002``), or ``local`` / ``local[N]`` to
+            start a Connect server in this process (``local`` runs it on ``master`` when that
+            is a ``local[...]`` master); the session then has no RDD API. A remote server keeps
+            its own static settings (and Delta's connector, or not): only ``conf`` is sent.
         delta: add Delta Lake's Spark connector (:func:`delta_package` in
             ``spark.jars.packages``, its extension and catalog), so ``storage.engine`` ``auto``
             picks ``delta-spark``. Only takes effect when this call starts Spark.
@@ -93,20 +96,45 @@ def build_spark(master: str | None = "local[2]", app_name: str = "mmgmm-spark",
     # Python workers must run the interpreter that has this project installed.
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     builder = SparkSession.builder.appName(app_name)
-    settings: dict[str, str] = {}
     if remote is not None:
+        remote = master if remote == "local" and (master or "").startswith("local[") else remote
         builder = builder.remote(remote)
-    else:
-        if master is not None:
-            builder = builder.master(master)
-        if (master or "").startswith("local"):
-            settings.update(LOCAL_DEFAULTS)
-            settings.update(DELTA_LOCAL_DEFAULTS if delta else {})
-        settings["spark.pyspark.python"] = os.environ["PYSPARK_PYTHON"]
-    settings.update(delta_settings(conf or {}) if delta else conf or {})
+    elif master is not None:
+        builder = builder.master(master)
+    starts_jvm = remote is None or remote.startswith("local")
+    local = (remote or master or "").startswith("local")
+    settings = jvm_settings(local, delta) if starts_jvm else {}
+    settings.update(delta_settings(conf or {}) if delta and starts_jvm else conf or {})
+    if remote is not None and starts_jvm:
+        return _local_connect_session(builder, settings)
     for key, value in settings.items():
         builder = builder.config(key, value)
     return builder.getOrCreate()
+
+
+def _local_connect_session(builder: SparkSession.Builder, settings: dict[str, str]
+                           ) -> SparkSession:
+    """A Spark Connect session on a server pyspark starts in this process with ``settings``.
+
+    pyspark reads the server's start-up settings from ``PYSPARK_REMOTE_INIT_CONF_*``; settings
+    given to the builder would also be sent to the Connect session, which refuses every static
+    one (driver memory, JVM options...) with a warning.
+    """
+    os.environ["PYSPARK_REMOTE_INIT_CONF_LEN"] = "1"
+    os.environ["PYSPARK_REMOTE_INIT_CONF_0"] = json.dumps(settings)
+    try:
+        return builder.getOrCreate()
+    finally:
+        del os.environ["PYSPARK_REMOTE_INIT_CONF_LEN"], os.environ["PYSPARK_REMOTE_INIT_CONF_0"]
+
+
+def jvm_settings(local: bool, delta: bool) -> dict[str, str]:
+    """Settings of a Spark JVM that this process starts (a classic session, or a local Spark
+    Connect server): :data:`LOCAL_DEFAULTS` (and :data:`DELTA_LOCAL_DEFAULTS`) on a local
+    master, and the Python workers' interpreter."""
+    settings = {**LOCAL_DEFAULTS, **(DELTA_LOCAL_DEFAULTS if delta else {})} if local else {}
+    settings["spark.pyspark.python"] = os.environ.get("PYSPARK_PYTHON", sys.executable)
+    return settings
 
 
 def has_rdd_api(spark: SparkSession) -> bool:

@@ -23,6 +23,7 @@ result type from the signature; call it with the modality columns in signature o
 
 from __future__ import annotations
 
+import importlib.resources
 import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -120,6 +121,19 @@ def pip_requirements() -> list[str]:
     return [f"{name}=={version(name)}" for name in packages]
 
 
+def entry_file(staging_dir: str) -> str:
+    """A real file holding ``pyfunc_entry.py``: MLflow's "model from code" needs a path, and
+    the package may be imported from a zip (``spark-submit --py-files``), where
+    :data:`ENTRY_FILE` is not a file; then the source is copied into ``staging_dir``."""
+    if os.path.isfile(ENTRY_FILE):
+        return ENTRY_FILE
+    copy = os.path.join(staging_dir, "pyfunc_entry.py")
+    source = importlib.resources.files("mmgmm_spark.tracking").joinpath("pyfunc_entry.py")
+    with open(copy, "w", encoding="utf-8") as out:
+        out.write(source.read_text(encoding="utf-8"))
+    return copy
+
+
 def log_detector(detector: AnomalyDetector, example: pd.DataFrame, *, name: str = "model",
                  registered_model_name: str | None = None, staging_dir: str) -> ModelInfo:
     """Log ``detector`` to the active run as a pyfunc model (and register it if a name is given).
@@ -131,7 +145,8 @@ def log_detector(detector: AnomalyDetector, example: pd.DataFrame, *, name: str 
     detector_dir = os.path.join(staging_dir, DETECTOR_ARTIFACT)
     detector.save(detector_dir)
     return mlflow.pyfunc.log_model(
-        name=name, python_model=ENTRY_FILE, artifacts={DETECTOR_ARTIFACT: detector_dir},
+        name=name, python_model=entry_file(staging_dir),
+        artifacts={DETECTOR_ARTIFACT: detector_dir},
         signature=model_signature(detector), input_example=example,
         registered_model_name=registered_model_name, pip_requirements=pip_requirements())
 

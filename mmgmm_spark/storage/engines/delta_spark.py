@@ -17,7 +17,8 @@ Delta Spark is transactional itself; this module only maps the shared interface 
   overwrite is not, and fails with an error saying another writer won. Delta's own commit is
   atomic, so a failed job leaves the table as it was.
 
-Works under Spark Connect (``delta.tables.DeltaTable`` dispatches to it).
+Works under Spark Connect, also without Delta Connect's server plugins: table history and
+versions come from ``DESCRIBE HISTORY`` (SQL), not ``delta.tables.DeltaTable``.
 """
 
 from __future__ import annotations
@@ -30,8 +31,8 @@ import time
 import uuid
 from collections.abc import Mapping
 
-from pyspark.sql import DataFrame, DataFrameReader, DataFrameWriter, SparkSession
-from pyspark.sql import functions as F  # noqa: N812
+from pyspark.errors import AnalysisException
+from pyspark.sql import DataFrame, DataFrameReader, DataFrameWriter, Row, SparkSession
 from pyspark.sql import types as T  # noqa: N812
 
 from mmgmm_spark.storage.changes import (
@@ -59,23 +60,34 @@ HISTORY_SEARCHED = 50
 """Recent commits searched for this write's id (concurrent writers commit in between)."""
 
 
-def _delta_table(spark: SparkSession, ref: TableRef):  # -> delta.tables.DeltaTable | None
-    from delta.tables import DeltaTable
+NOT_A_DELTA_TABLE = "DELTA_TABLE_ONLY_OPERATION"
 
+
+def _history(spark: SparkSession, ref: TableRef, limit: int) -> list[Row] | None:
+    """``(version, userMetadata)`` of the table's last ``limit`` commits, newest first; None
+    if there is no such Delta table.
+
+    ``DESCRIBE HISTORY`` needs only Delta's SQL extension, so it also works over Spark Connect
+    on a server without Delta Connect's plugins (``delta.tables.DeltaTable`` needs them there).
+    """
     if ref.catalog_name is not None:
         if not spark.catalog.tableExists(ref.display):
             return None
-        return DeltaTable.forName(spark, ref.catalog_name)
-    if not DeltaTable.isDeltaTable(spark, ref.path):
-        return None
-    return DeltaTable.forPath(spark, ref.path)
+        name = ref.catalog_name
+    else:
+        name = "delta.`" + ref.path.replace("`", "``") + "`"
+    try:
+        history = spark.sql(f"DESCRIBE HISTORY {name} LIMIT {int(limit)}")
+        return history.select("version", "userMetadata").collect()
+    except AnalysisException as exc:
+        if exc.getCondition() == NOT_A_DELTA_TABLE:
+            return None
+        raise
 
 
 def _latest_version(spark: SparkSession, ref: TableRef) -> int | None:
-    table = _delta_table(spark, ref)
-    if table is None:
-        return None
-    return int(table.history(1).select("version").first()[0])
+    history = _history(spark, ref, 1)
+    return None if history is None else int(history[0]["version"])
 
 
 def _load(reader: DataFrameReader, ref: TableRef) -> DataFrame:
@@ -164,8 +176,9 @@ def _change_feed(spark: SparkSession, ref: TableRef, since: int,
 
 def table_schema(spark: SparkSession, ref: TableRef) -> T.StructType | None:
     """The current schema of the table, or None if it does not exist."""
-    table = _delta_table(spark, ref)
-    return None if table is None else table.toDF().schema
+    if _latest_version(spark, ref) is None:
+        return None
+    return _load(spark.read, ref).schema
 
 
 def _sql_literal(value: str | int) -> str:
@@ -246,16 +259,14 @@ def _save(writer: DataFrameWriter, ref: TableRef) -> None:
 
 def committed_version(spark: SparkSession, ref: TableRef, write_id: str) -> int:
     """The version whose ``commitInfo.userMetadata`` is ``write_id`` (this write's commit)."""
-    table = _delta_table(spark, ref)
-    found = None if table is None else (
-        table.history(HISTORY_SEARCHED).where(F.col("userMetadata") == write_id)
-        .select("version").first())
+    history = _history(spark, ref, HISTORY_SEARCHED)
+    found = next((row for row in history or [] if row["userMetadata"] == write_id), None)
     if found is None:
         raise StorageError(
             f"Table {ref.display!r}: the write {write_id} succeeded but its commit is not among "
             f"the last {HISTORY_SEARCHED} versions of the table's history."
         )
-    return int(found[0])
+    return int(found["version"])
 
 
 def _is_lost_race(exc: Exception) -> bool:
