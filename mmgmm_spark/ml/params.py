@@ -145,3 +145,14 @@ class MixtureParams(HasPredictionCol, HasProbabilityCol, HasMaxIter, HasTol, Has
     def random_state(self) -> int:
         """The numpy seed of ``seed`` (a Spark long, taken modulo 2**32)."""
         return int(self.getOrDefault(self.seed)) % SEED_RANGE
+
+
+def check_features_cols(params: MixtureParams) -> list[str]:
+    """``featuresCols``, which must be set to at least one distinct column."""
+    if not params.isDefined(params.featuresCols) or not params.getFeaturesCols():
+        raise ValueError("Param featuresCols is not set: give one features column per "
+                         "modality, e.g. setFeaturesCols(['image', 'text']).")
+    columns = params.getFeaturesCols()
+    if len(set(columns)) != len(columns):
+        raise ValueError(f"Param featuresCols names a column twice: {columns}.")
+    return columns

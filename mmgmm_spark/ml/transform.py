@@ -23,8 +23,9 @@ from mmgmm_spark.core.batch import DataValidationError
 from mmgmm_spark.models.detector import AnomalyDetector
 from mmgmm_spark.models.scores import ScoreColumn, modality_column
 from mmgmm_spark.spark.arrow import batch_from_arrow, list_column
-from mmgmm_spark.spark.data import NUMERIC_ELEMENTS, features_column
+from mmgmm_spark.spark.data import features_column
 from mmgmm_spark.spark.tasks import spark_task
+from mmgmm_spark.storage.tables import NUMERIC_ELEMENTS
 
 MODALITY_SUFFIX = "LogLikelihood"
 INPUT_PREFIX = "__mmgmm_input_"

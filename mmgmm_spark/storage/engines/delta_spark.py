@@ -33,6 +33,7 @@ from collections.abc import Mapping
 
 from pyspark.errors import AnalysisException
 from pyspark.sql import DataFrame, DataFrameReader, DataFrameWriter, Row, SparkSession
+from pyspark.sql import functions as F  # noqa: N812
 from pyspark.sql import types as T  # noqa: N812
 
 from mmgmm_spark.storage.changes import (
@@ -70,19 +71,22 @@ def _history(spark: SparkSession, ref: TableRef, limit: int) -> list[Row] | None
     ``DESCRIBE HISTORY`` needs only Delta's SQL extension, so it also works over Spark Connect
     on a server without Delta Connect's plugins (``delta.tables.DeltaTable`` needs them there).
     """
-    if ref.catalog_name is not None:
-        if not spark.catalog.tableExists(ref.display):
-            return None
-        name = ref.catalog_name
-    else:
-        name = "delta.`" + ref.path.replace("`", "``") + "`"
+    if ref.catalog_name is not None and not spark.catalog.tableExists(ref.display):
+        return None
     try:
-        history = spark.sql(f"DESCRIBE HISTORY {name} LIMIT {int(limit)}")
+        history = spark.sql(f"DESCRIBE HISTORY {_sql_name(ref)} LIMIT {int(limit)}")
         return history.select("version", "userMetadata").collect()
     except AnalysisException as exc:
         if exc.getCondition() == NOT_A_DELTA_TABLE:
             return None
         raise
+
+
+def _sql_name(ref: TableRef) -> str:
+    """The table in SQL: its catalog name, or ``delta.`path```."""
+    if ref.catalog_name is not None:
+        return ref.catalog_name
+    return "delta.`" + ref.path.replace("`", "``") + "`"
 
 
 def _latest_version(spark: SparkSession, ref: TableRef) -> int | None:
@@ -123,10 +127,9 @@ def changes(spark: SparkSession, ref: TableRef, since: int, until: int) -> Table
     the data files added and removed between the two snapshots (their Parquet read
     directly); else, for tables whose files are not plain rows (deletion vectors, column
     mapping, partitions), the two snapshots whole."""
-    table = _delta_table(spark, ref)
-    if table is None:
-        read(spark, ref, None)  # raises the not-found error
-    detail = table.detail().select("properties", "partitionColumns").first()
+    read(spark, ref, None)  # raises the not-found error
+    detail = spark.sql(f"DESCRIBE DETAIL {_sql_name(ref)}").select(
+        "properties", "partitionColumns").first()
     properties = dict(detail["properties"] or {})
     if properties.get("delta.enableChangeDataFeed", "").lower() == "true":
         feed = _change_feed(spark, ref, since, until)
