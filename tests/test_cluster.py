@@ -86,12 +86,12 @@ def _active_stages(ui_port: int) -> list[dict]:
 
 def _kill_worker_when_scoring(cluster, ui_port: int, done: threading.Event,
                               killed: list[str]) -> None:
-    """Once the second application (the scoring job) runs tasks of its write stage, SIGKILL
-    worker 0's process group (the worker, its executor and Python workers)."""
+    """Once the second application (the scoring job) runs tasks, SIGKILL worker 0's process
+    group (the worker, its executor and Python workers)."""
     while not done.is_set():
         scoring = len(cluster.state().get("completedapps", [])) >= 1
         stages = _active_stages(ui_port) if scoring else []
-        if any(s["name"].startswith("save") and s["numActiveTasks"] > 0 for s in stages):
+        if any(s["numActiveTasks"] > 0 for s in stages):
             cluster.workers[0].stop(signal.SIGKILL)
             killed.append(stages[0]["name"])
             return
@@ -140,7 +140,7 @@ def test_readme_spark_submit_on_a_standalone_cluster(spark, cluster, tmp_path, t
         done.set()
         watcher.join()
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-8000:]
-    assert killed, "the scoring job ended before a worker could be killed during its write"
+    assert killed, "the scoring job ended before a worker could be killed while it ran tasks"
 
     local = load_config(config_path, [f"work_dir={local_dir}", "storage.engine=delta-rs"])
     pipeline.train(spark, local)

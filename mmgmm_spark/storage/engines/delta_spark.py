@@ -243,9 +243,24 @@ def _check_schema(spark: SparkSession, df: DataFrame, ref: TableRef, mode: str,
         )
 
 
+def _default_collation(df: DataFrame) -> DataFrame:
+    """``df`` with its string columns cast to the plain ``string`` type.
+
+    Over Spark Connect a schema sent by the client (e.g. ``mapInArrow``'s) carries strings as
+    ``string collate UTF8_BINARY``, which Delta Spark writes into the table's schema as is and
+    delta-rs cannot read; the cast keeps the values and writes ``string``.
+    """
+    strings = {f.name for f in df.schema.fields if isinstance(f.dataType, T.StringType)}
+    if not strings:
+        return df
+    return df.select(*[F.col(c).cast("string").alias(c) if c in strings else F.col(c)
+                       for c in df.columns])
+
+
 def _writer(df: DataFrame, mode: str, replace_where: Mapping[str, str | int] | None,
             write_id: str) -> DataFrameWriter:
-    writer = df.write.format("delta").mode(mode).option("userMetadata", write_id)
+    writer = (_default_collation(df).write.format("delta").mode(mode)
+              .option("userMetadata", write_id))
     if replace_where:
         return writer.option("replaceWhere", replace_where_sql(replace_where))
     if mode == "overwrite":
