@@ -31,7 +31,7 @@ pytestmark = [pytest.mark.spark, pytest.mark.slow]
 
 ROWS = 3_000
 MARKER = "<!-- cluster-jobs -->"
-SCORE_COLUMNS = ["log_likelihood", "anomaly_score", "image_log_likelihood",
+SCORE_COLUMNS = ["log_likelihood", "anomaly_score", "calibrated_score", "image_log_likelihood",
                  "text_log_likelihood", "sensor_log_likelihood"]
 COPY_IGNORE = shutil.ignore_patterns(".git", "work", "dist", "build", "__pycache__", "*.egg-info",
                                      ".pytest_cache", ".ruff_cache", "mlruns", "spark-warehouse")

@@ -29,7 +29,7 @@ pytestmark = [pytest.mark.spark, pytest.mark.slow]
 UDF_SCRIPT = Path(__file__).parent / "scripts" / "score_udf_connect.py"
 ROWS = 3_000
 SETTINGS = ["model.n_components=3", "model.max_iter=30", "tracking.experiment=connect"]
-SCORE_COLUMNS = ["log_likelihood", "anomaly_score", "image_log_likelihood",
+SCORE_COLUMNS = ["log_likelihood", "anomaly_score", "calibrated_score", "image_log_likelihood",
                  "text_log_likelihood", "sensor_log_likelihood"]
 
 
@@ -126,7 +126,8 @@ def _assert_same_runs(classic: Path, connect: Path, labels: Path,
     assert sb["is_anomaly"].tolist() == sa["is_anomaly"].tolist()
     assert sb["cluster"].tolist() == sa["cluster"].tolist()
     truth = DeltaTable(str(labels)).to_pandas().set_index("id").loc[sb["id"]]
-    auroc = roc_auc_score(truth["is_anomaly"], sb["anomaly_score"])
+    ranking, _ = b.ranking()  # evaluate ranks by the calibrated score
+    auroc = roc_auc_score(truth["is_anomaly"], sb[ranking])
     assert connect_metrics["auroc"] == pytest.approx(auroc, abs=1e-6)
     for name in ("auroc", "average_precision", "precision_at_threshold", "recall_at_threshold"):
         assert connect_metrics[name] == pytest.approx(classic_metrics[name], abs=1e-6)
