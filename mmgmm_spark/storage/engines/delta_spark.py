@@ -74,7 +74,7 @@ def _history(spark: SparkSession, ref: TableRef, limit: int) -> list[Row] | None
     if ref.catalog_name is not None and not spark.catalog.tableExists(ref.display):
         return None
     try:
-        history = spark.sql(f"DESCRIBE HISTORY {_sql_name(ref)} LIMIT {int(limit)}")
+        history = describe(spark, "HISTORY", ref, f"LIMIT {int(limit)}")
         return history.select("version", "userMetadata").collect()
     except AnalysisException as exc:
         if exc.getCondition() == NOT_A_DELTA_TABLE:
@@ -82,11 +82,20 @@ def _history(spark: SparkSession, ref: TableRef, limit: int) -> list[Row] | None
         raise
 
 
-def _sql_name(ref: TableRef) -> str:
-    """The table in SQL: its catalog name, or ``delta.`path```."""
+def sql_name(ref: TableRef) -> str:
+    """The table in SQL: its catalog name (validated and quoted by ``resolve_table``), or
+    ``delta.`path``` with the path's backticks doubled."""
     if ref.catalog_name is not None:
         return ref.catalog_name
     return "delta.`" + ref.path.replace("`", "``") + "`"
+
+
+def describe(spark: SparkSession, command: str, ref: TableRef, suffix: str = "") -> DataFrame:
+    """``DESCRIBE HISTORY|DETAIL <table> <suffix>``: the only SQL text besides replaceWhere,
+    from a fixed command, :func:`sql_name` and an integer limit."""
+    if command not in ("HISTORY", "DETAIL"):
+        raise ValueError(f"describe: unknown command {command!r}")
+    return spark.sql(f"DESCRIBE {command} {sql_name(ref)} {suffix}")  # validated SQL text
 
 
 def _latest_version(spark: SparkSession, ref: TableRef) -> int | None:
@@ -128,8 +137,7 @@ def changes(spark: SparkSession, ref: TableRef, since: int, until: int) -> Table
     directly); else, for tables whose files are not plain rows (deletion vectors, column
     mapping, partitions), the two snapshots whole."""
     read(spark, ref, None)  # raises the not-found error
-    detail = spark.sql(f"DESCRIBE DETAIL {_sql_name(ref)}").select(
-        "properties", "partitionColumns").first()
+    detail = describe(spark, "DETAIL", ref).select("properties", "partitionColumns").first()
     properties = dict(detail["properties"] or {})
     if properties.get("delta.enableChangeDataFeed", "").lower() == "true":
         feed = _change_feed(spark, ref, since, until)
