@@ -112,8 +112,16 @@ def test_pipeline_scores_equal_the_numpy_reference(classic, arrays):
                                    rtol=1e-9, atol=1e-12, err_msg=name)
     np.testing.assert_array_equal(classic["before_prediction"], expected["prediction"])
     assert float(classic["threshold"]) == pytest.approx(expected["threshold"], rel=1e-12)
-    np.testing.assert_array_equal(classic["before_isAnomaly"],
-                                  expected["anomalyScore"] > expected["threshold"])
+    # isAnomaly: the calibrated score (training tail probability within the row's missingness
+    # pattern) over -log10(contamination): monotone in the raw score within a pattern, and
+    # the complete rows (their own table) flag the contamination share of themselves
+    calibrated, flagged = classic["before_calibratedScore"], classic["before_isAnomaly"]
+    np.testing.assert_array_equal(flagged, calibrated > -np.log10(0.05))
+    complete = ~np.isnan(arrays["image"]).all(axis=1)
+    for rows in (complete, ~complete):
+        order = np.argsort(expected["anomalyScore"][rows])
+        assert np.all(np.diff(calibrated[rows][order]) >= -1e-12)
+    assert flagged[complete].mean() == pytest.approx(0.05, abs=0.005)
     np.testing.assert_array_equal(classic["cluster_sizes"],
                                   np.bincount(expected["prediction"], minlength=3))
     assert np.isnan(classic["before_imageLogLikelihood"][::10]).all()
@@ -163,7 +171,7 @@ def test_transform_schema_declares_the_output_columns(fitted):
     declared = model.transformSchema(vectors.schema)
     actual = model.transform(vectors).schema
     assert [(f.name, f.dataType) for f in declared] == [(f.name, f.dataType) for f in actual]
-    assert declared.names[-7:] == [*ml_pipeline.SCORES, "probability"]
+    assert declared.names[-8:] == [*ml_pipeline.SCORES, "probability"]
 
 
 def test_output_column_params_rename_or_drop_columns(fitted):
@@ -173,7 +181,7 @@ def test_output_column_params_rename_or_drop_columns(fitted):
     out = model.transform(df)
     assert {"cluster", "score", "logLikelihood", "isAnomaly"} <= set(out.columns)
     assert "probability" not in out.columns and "prediction" not in out.columns
-    with pytest.raises(DataValidationError, match=r"\['cluster', .*already exist"):
+    with pytest.raises(DataValidationError, match=r"'cluster', .*already exist"):
         model.transform(out.drop("score"))
     assert "prediction" in fitted_model.transform(df).columns  # the copy's Params are its own
 

@@ -241,7 +241,8 @@ class MultimodalGaussianMixtureModel(Model, MixtureParams, MLReadable, MLWritabl
 
     @property
     def threshold(self) -> float | None:
-        """Anomaly-score threshold: ``isAnomaly`` is ``anomalyScore > threshold``."""
+        """Raw anomaly-score threshold (the training quantile); ``isAnomaly`` is
+        ``calibratedScore > -log10(contamination)`` (one rate per missingness pattern)."""
         return self.detector.threshold
 
     @property

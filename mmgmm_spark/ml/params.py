@@ -61,7 +61,7 @@ class MixtureParams(HasPredictionCol, HasProbabilityCol, HasMaxIter, HasTol, Has
                               TypeConverters.toString)
     anomalyScoreCol = _param("anomalyScoreCol", "output column: -log p(row)",
                              TypeConverters.toString)
-    isAnomalyCol = _param("isAnomalyCol", "output column: anomaly score > the threshold",
+    isAnomalyCol = _param("isAnomalyCol", "output column: calibrated score > -log10(contamination)",
                           TypeConverters.toString)
 
     def __init__(self, *args: Any) -> None:

@@ -22,8 +22,8 @@ from mmgmm_spark.ml import MultimodalGaussianMixture, MultimodalGaussianMixtureM
 from mmgmm_spark.spark.arrow import list_column
 from mmgmm_spark.spark.session import build_spark
 
-SCORES = ["logLikelihood", "anomalyScore", "isAnomaly", "prediction", "imageLogLikelihood",
-          "textLogLikelihood"]
+SCORES = ["logLikelihood", "anomalyScore", "calibratedScore", "isAnomaly", "prediction",
+          "imageLogLikelihood", "textLogLikelihood"]
 
 
 def frame(spark, arrays):
