@@ -24,7 +24,7 @@ import pytest
 import yaml
 from deltalake import DeltaTable
 
-from tests.conftest import copy_empty_mlflow_store
+from tests.conftest import copy_empty_mlflow_store, long_test
 from tests.spark_servers import HOST, ROOT, free_port, server_env, start_cluster
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
@@ -113,6 +113,7 @@ def _scores(work_dir: Path):
             .sort_values("id").reset_index(drop=True))
 
 
+@long_test
 def test_readme_spark_submit_on_a_standalone_cluster(spark, cluster, tmp_path, tmp_path_factory):
     """train + score as README writes them: the local fit's parameters (1e-9) and scores,
     every entity scored exactly once although a worker was killed while scoring."""

@@ -21,7 +21,7 @@ import pytest
 from deltalake import DeltaTable
 from sklearn.metrics import roc_auc_score
 
-from tests.conftest import copy_empty_mlflow_store
+from tests.conftest import copy_empty_mlflow_store, long_test
 from tests.spark_servers import server_env, start_connect_server
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
@@ -168,6 +168,7 @@ def test_connect_cli_matches_classic_delta_rs(spark, connect_url, tmp_path_facto
         np.testing.assert_allclose(by_udf[column], scored[column], rtol=1e-12, atol=1e-12)
 
 
+@long_test
 def test_connect_cli_matches_classic_delta_spark(delta_spark, connect_url, tmp_path_factory):
     """delta-spark engine: the same, the scores committed by Delta Lake's Spark connector
     on the Connect server."""
