@@ -330,6 +330,15 @@ def test_spark_model_and_registered_mlflow_model_convert(fitted, tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
+    try:
+        _convert_both_ways(fitted, tmp_path)
+    finally:  # later tests set only the tracking URI: leave no registry URI behind
+        mlflow.set_registry_uri("")
+        os.environ.pop("MLFLOW_REGISTRY_URI", None)  # set_registry_uri exports it
+        mlflow.set_tracking_uri(None)
+
+
+def _convert_both_ways(fitted, tmp_path):
     df, model = fitted
     experiment = mlflow.create_experiment("ml", artifact_location=str(tmp_path / "artifacts"))
     with mlflow.start_run(experiment_id=experiment):
