@@ -158,3 +158,14 @@ def start_cluster(work: Path, n_workers: int = 2, cores: int = 1, memory: str = 
     master.wait_until(lambda: cluster.alive_workers() == n_workers,
                       f"{n_workers} standalone workers")
     return cluster
+
+
+def registered_champion(work_dir: Path, model_name: str):
+    """The detector registered as ``model_name@champion`` in ``work_dir``'s SQLite MLflow."""
+    from mmgmm_spark.tracking import load_detector
+    from mmgmm_spark.tracking import tracking as tracking_context
+    from mmgmm_spark.tracking.config import TrackingConfig
+
+    uri = f"sqlite:///{work_dir / 'mlflow.db'}"
+    with tracking_context(TrackingConfig(work_dir=str(work_dir), tracking_uri=uri)):
+        return load_detector(f"models:/{model_name}@champion")

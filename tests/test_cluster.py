@@ -25,7 +25,14 @@ import yaml
 from deltalake import DeltaTable
 
 from tests.conftest import copy_empty_mlflow_store, long_test
-from tests.spark_servers import HOST, ROOT, free_port, server_env, start_cluster
+from tests.spark_servers import (
+    HOST,
+    ROOT,
+    free_port,
+    registered_champion,
+    server_env,
+    start_cluster,
+)
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
 
@@ -99,13 +106,7 @@ def _kill_worker_when_scoring(cluster, ui_port: int, done: threading.Event,
 
 
 def _registered(work_dir: Path):
-    from mmgmm_spark.tracking import load_detector
-    from mmgmm_spark.tracking import tracking as tracking_context
-    from mmgmm_spark.tracking.config import TrackingConfig
-
-    uri = f"sqlite:///{work_dir / 'mlflow.db'}"
-    with tracking_context(TrackingConfig(work_dir=str(work_dir), tracking_uri=uri)):
-        return load_detector("models:/mmgmm-entities@champion")
+    return registered_champion(work_dir, "mmgmm-entities")
 
 
 def _scores(work_dir: Path):

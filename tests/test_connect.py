@@ -22,7 +22,7 @@ from deltalake import DeltaTable
 from sklearn.metrics import roc_auc_score
 
 from tests.conftest import copy_empty_mlflow_store, long_test
-from tests.spark_servers import server_env, start_connect_server
+from tests.spark_servers import registered_champion, server_env, start_connect_server
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
 
@@ -95,13 +95,7 @@ def _classic_run(spark, work_dir: Path, engine: str, labels: Path) -> dict[str, 
 
 
 def _registered_model(work_dir: Path):
-    from mmgmm_spark.tracking import load_detector
-    from mmgmm_spark.tracking import tracking as tracking_context
-    from mmgmm_spark.tracking.config import TrackingConfig
-
-    uri = f"sqlite:///{work_dir / 'mlflow.db'}"
-    with tracking_context(TrackingConfig(work_dir=str(work_dir), tracking_uri=uri)):
-        return load_detector("models:/mmgmm-demo@champion")
+    return registered_champion(work_dir, "mmgmm-demo")
 
 
 def _scores(work_dir: Path):

@@ -110,9 +110,11 @@ def scoring_run_rows(spark: SparkSession, config: AppConfig, table: str,
 def feature_arrays(spark: SparkSession, config: AppConfig, table: str,
                    ids: np.ndarray) -> dict[str, np.ndarray]:
     """{column: (n, width)} of the array columns (``responsibilities``, ``fisher_vector``) of
-    a features table (``mmgmm features``), rows in the order of ``ids`` (n,). Brings the
-    table to the driver: for notebook-sized tables."""
-    frame = read_table(spark, table, engine=config.storage.engine).df.toPandas()
-    frame = frame.set_index(config.data.id_column).loc[list(ids)]
-    return {name: np.stack(frame[name].to_numpy())
-            for name in ("responsibilities", "fisher_vector")}
+    a features table (``mmgmm features``), rows in the order of ``ids`` (n,). Brings those
+    rows to the driver: for notebook-sized selections."""
+    id_column, names = config.data.id_column, ("responsibilities", "fisher_vector")
+    rows = (read_table(spark, table, engine=config.storage.engine).df
+            .where(F.col(id_column).isin(np.asarray(ids).tolist()))
+            .select(id_column, *names))
+    frame = rows.toPandas().set_index(id_column).loc[list(ids)]
+    return {name: np.stack(frame[name].to_numpy()) for name in names}

@@ -44,18 +44,10 @@ def _record(run) -> ScoringRunRecord:
 def last_scoring_run(config: TrackingConfig, model_name: str, model_version: str,
                      output_table: str) -> ScoringRunRecord | None:
     """The newest ``FINISHED`` scoring run of this model version into ``output_table``."""
-    client = config.client()
-    experiment = client.get_experiment_by_name(config.experiment)
-    if experiment is None:
-        return None
-    runs = client.search_runs(
-        [experiment.experiment_id],
-        filter_string=(f"params.model_name = {_quoted(model_name)} and "
-                       f"params.model_version = {_quoted(str(model_version))} and "
-                       f"params.output_table = {_quoted(output_table)} and "
-                       "attributes.status = 'FINISHED'"),
-        order_by=["attributes.start_time DESC"], max_results=1)
-    return _record(runs[0]) if runs else None
+    run = _newest_finished_run(config, f"params.model_name = {_quoted(model_name)} and "
+                               f"params.model_version = {_quoted(str(model_version))} and "
+                               f"params.output_table = {_quoted(output_table)}")
+    return None if run is None else _record(run)
 
 
 def recorded_base(config: TrackingConfig, scoring_run_id: str) -> ScoringRunRecord | None:
@@ -68,13 +60,16 @@ def recorded_base(config: TrackingConfig, scoring_run_id: str) -> ScoringRunReco
 
 def latest_scoring_run(config: TrackingConfig, output_table: str):  # -> mlflow Run | None
     """The newest ``FINISHED`` scoring run into ``output_table``, of any model version."""
+    return _newest_finished_run(config, f"params.output_table = {_quoted(output_table)}")
+
+
+def _newest_finished_run(config: TrackingConfig, condition: str):  # -> mlflow Run | None
+    """The newest ``FINISHED`` run of the experiment matching ``condition`` (MLflow filter)."""
     client = config.client()
     experiment = client.get_experiment_by_name(config.experiment)
     if experiment is None:
         return None
-    runs = client.search_runs(
-        [experiment.experiment_id],
-        filter_string=(f"params.output_table = {_quoted(output_table)} and "
-                       "attributes.status = 'FINISHED'"),
-        order_by=["attributes.start_time DESC"], max_results=1)
+    runs = client.search_runs([experiment.experiment_id],
+                              filter_string=f"{condition} and attributes.status = 'FINISHED'",
+                              order_by=["attributes.start_time DESC"], max_results=1)
     return runs[0] if runs else None
