@@ -13,12 +13,16 @@ sharing the cores, unlike wall time):
 - ``empty``: a job of as many one-integer tasks (scheduling and task launch only).
 
 ``spark - drain`` approximates the kernel work in the tasks; ``drain - empty`` the transfer.
-``--partitions`` takes a comma-separated list (each a separate cache of the same rows).
+``--partitions`` takes a comma-separated list (each a separate cache of the same rows);
+``--masters`` too (one session after the other in this process): with
+``--masters "local-cluster[1,1,2048],local-cluster[2,1,2048]"`` it prints the strong-scaling
+speed-up of the Spark pass from 1 to 2 one-core executors.
 
 Usage::
 
     python benchmarks/bench_spark_overhead.py [--rows 1000000] [--dim 16] [--components 8]
                                               [--partitions 4,2] [--repeats 5]
+                                              [--masters local[2],...]
 """
 
 from __future__ import annotations
@@ -100,16 +104,10 @@ def spark_rows(blocks: CachedBlocks, params, modalities, components: int, repeat
             for name, f in passes.items()}
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rows", type=int, default=1_000_000)
-    parser.add_argument("--dim", type=int, default=16)
-    parser.add_argument("--components", type=int, default=8)
-    parser.add_argument("--partitions", default="4,2")
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--master", default="local[2]")
-    args = parser.parse_args(argv)
-    spark = build_spark(args.master, "mmgmm-bench-overhead", conf={"spark.driver.memory": "8g"})
+def measure(master: str, args: argparse.Namespace) -> dict[int, tuple[float, float]]:
+    """Every pass on one Spark session of ``master``; the Spark pass's (min wall, min CPU)
+    seconds per partition count."""
+    spark = build_spark(master, "mmgmm-bench-overhead", conf={"spark.driver.memory": "8g"})
     spark.sparkContext.setLogLevel("ERROR")
     modalities = (Modality("x", args.dim, "full"),)
     df = synthetic_frame(spark, args.rows, {"x": args.dim}, args.components, 4).cache()
@@ -120,23 +118,45 @@ def main(argv: list[str] | None = None) -> int:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model.fit({"x": batch.blocks["x"].dense()})
-    print(f"N={args.rows}, d={args.dim}, K={args.components}, full, master "
-          f"{spark.sparkContext.master}; load average {os.getloadavg()} on {os.cpu_count()} CPUs")
+    print(f"N={args.rows}, d={args.dim}, K={args.components}, full, master {master}; "
+          f"load average {os.getloadavg()} on {os.cpu_count()} CPUs")
     print(f"{'pass':24s}{'wall min':>9s}{'wall med':>9s}{'cpu min':>9s}{'cpu med':>9s}")
     in_memory = InMemoryRows(batch).stats_pass(modalities, args.components)
     memory = row("in-memory", *timed(lambda: in_memory(model.params_), args.repeats))
+    results = {}
     for partitions in (int(p) for p in args.partitions.split(",")):
         blocks = CachedBlocks(df.repartition(partitions), modalities, "bench")
         try:
-            spark_pass = spark_rows(blocks, model.params_, modalities, args.components,
-                                    args.repeats)["spark"]
+            results[partitions] = spark_pass = spark_rows(
+                blocks, model.params_, modalities, args.components, args.repeats)["spark"]
         finally:
             blocks.unpersist()
         print(f"P={partitions}: Spark / in-memory {spark_pass[0] / memory[0]:.2f}x wall "
               f"(+{spark_pass[0] - memory[0]:.3f} s), {spark_pass[1] / memory[1]:.2f}x CPU "
               f"(+{spark_pass[1] - memory[1]:.3f} s)")
-    print(f"load average at the end {os.getloadavg()}")
+    print(f"load average at the end {os.getloadavg()}", flush=True)
     spark.stop()
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--dim", type=int, default=16)
+    parser.add_argument("--components", type=int, default=8)
+    parser.add_argument("--partitions", default="4,2")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--masters", default="local[2]",
+                        help="comma-separated; with several, the Spark pass's speed-up over "
+                             "the first master is printed (strong scaling)")
+    args = parser.parse_args(argv)
+    masters = args.masters.split(",")
+    runs = {master: measure(master, args) for master in masters}
+    for master in masters[1:]:
+        for partitions, (wall, cpu) in runs[master].items():
+            base_wall, base_cpu = runs[masters[0]][partitions]
+            print(f"P={partitions}: {master} vs {masters[0]}: Spark pass speed-up "
+                  f"{base_wall / wall:.2f}x wall, CPU-s ratio {cpu / base_cpu:.2f}")
     return 0
 
 
