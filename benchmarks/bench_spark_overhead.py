@@ -14,15 +14,15 @@ sharing the cores, unlike wall time):
 
 ``spark - drain`` approximates the kernel work in the tasks; ``drain - empty`` the transfer.
 ``--partitions`` takes a comma-separated list (each a separate cache of the same rows);
-``--masters`` too (one session after the other in this process): with
-``--masters "local-cluster[1,1,2048],local-cluster[2,1,2048]"`` it prints the strong-scaling
+``--masters`` takes a semicolon-separated list (one session after the other here): with
+``--masters "local-cluster[1,1,2048];local-cluster[2,1,2048]"`` it prints the strong-scaling
 speed-up of the Spark pass from 1 to 2 one-core executors.
 
 Usage::
 
     python benchmarks/bench_spark_overhead.py [--rows 1000000] [--dim 16] [--components 8]
                                               [--partitions 4,2] [--repeats 5]
-                                              [--masters local[2],...]
+                                              [--masters "local[2];..."]
 """
 
 from __future__ import annotations
@@ -147,10 +147,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--partitions", default="4,2")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--masters", default="local[2]",
-                        help="comma-separated; with several, the Spark pass's speed-up over "
+                        help="semicolon-separated; with several, the Spark pass's speed-up over "
                              "the first master is printed (strong scaling)")
     args = parser.parse_args(argv)
-    masters = args.masters.split(",")
+    masters = args.masters.split(";")
     runs = {master: measure(master, args) for master in masters}
     for master in masters[1:]:
         for partitions, (wall, cpu) in runs[master].items():
