@@ -85,3 +85,33 @@ def test_unknown_covariance_type_is_refused_naming_the_known_ones():
         covariance_type("banded")
     with pytest.raises(ValueError, match="covariance_type must be one of"):
         Modality("m", 2, "banded")
+
+
+def test_relative_variances_are_generalised_eigenvalues_against_the_mixture_covariance():
+    """Against scipy's generalised symmetric eigensolver on the hand-computed total
+    covariance sum_k pi_k (S_k + (m_k - m)(m_k - m)^T); two blocks: the minimum over them."""
+    from scipy.linalg import eigh
+
+    from mmgmm_spark.core.params import MixtureParams, relative_variances
+
+    rng = np.random.RandomState(0)
+    weights = np.array([0.7, 0.3])
+    a = rng.randn(2, 3, 3)
+    full = a @ a.transpose(0, 2, 1) + 0.1 * np.eye(3)
+    means_full, means_diag = rng.randn(2, 3), rng.randn(2, 2)
+    diag = np.array([[1.0, 0.01], [2.0, 3.0]])
+    blocks = {"f": GaussianBlock.from_covariances("full", means_full, full),
+              "d": GaussianBlock.from_covariances("diag", means_diag, diag)}
+    expected = np.full(2, np.inf)
+    for means, covariances in ((means_full, full), (means_diag, np.stack(
+            [np.diag(v) for v in diag]))):
+        centred = means - weights @ means
+        total = sum(w * (c + np.outer(m, m)) for w, c, m in zip(weights, covariances, centred,
+                                                                        strict=True))
+        expected = np.minimum(expected, [eigh(c, total, eigvals_only=True)[0]
+                                         for c in covariances])
+    got = relative_variances(MixtureParams(weights, blocks))
+    np.testing.assert_allclose(got, expected, rtol=1e-10)
+    one = relative_variances(MixtureParams(np.ones(1), {"f": GaussianBlock.from_covariances(
+        "full", means_full[:1], full[:1])}))
+    np.testing.assert_allclose(one, [1.0], rtol=1e-12)

@@ -21,7 +21,8 @@ from mmgmm_spark.core.modality import Modality
 
 __all__ = ["DegenerateComponentError", "DegenerateComponentWarning", "GaussianBlock",
            "MixtureParams", "check_initial_params", "check_param_shapes", "covariance_shape",
-           "covariances_from_precisions", "precisions_cholesky_from_covariances", "stored_array"]
+           "covariances_from_precisions", "precisions_cholesky_from_covariances",
+           "relative_variances", "stored_array"]
 
 
 def stored_array(arrays: Mapping[str, np.ndarray], key: str, shape: tuple[int, ...],
@@ -139,6 +140,26 @@ class MixtureParams:
     def n_parameters(self) -> int:
         """Free parameters of the whole mixture, as used by BIC and AIC."""
         return sum(b.n_parameters() for b in self.blocks.values()) + self.n_components - 1
+
+
+def relative_variances(params: MixtureParams) -> np.ndarray:
+    """(K,) each component's smallest variance relative to the mixture's: the least
+    generalised eigenvalue of its covariance Sigma_k against the total covariance of the
+    mixture, Sigma = sum_k pi_k (Sigma_k + (mu_k - mu)(mu_k - mu)^T), mu = sum_k pi_k mu_k
+    (per modality block, the minimum over blocks). Invariant to any invertible affine map
+    of a block's coordinates; 1 for K = 1. Near 0: the component is (close to) flat in some
+    direction along which the data vary, e.g. collapsed onto a point mass of some features.
+    """
+    out = np.full(params.n_components, np.inf)
+    for block in params.blocks.values():
+        covariances = block.full_covariances(params.n_components)           # (K, d, d)
+        centred = block.means - params.weights @ block.means                 # (K, d)
+        total = np.einsum("k,kij->ij", params.weights, covariances
+                          + centred[:, :, None] * centred[:, None, :])      # (d, d)
+        inverse_root = np.linalg.inv(np.linalg.cholesky(total))             # L^-1
+        relative = inverse_root @ covariances @ inverse_root.T               # (K, d, d)
+        out = np.minimum(out, np.linalg.eigvalsh(relative)[:, 0])
+    return out
 
 
 def check_param_shapes(modalities: tuple[Modality, ...], n_components: int,

@@ -46,6 +46,11 @@ class FusionConfig:
             (see :mod:`mmgmm_spark.models.fusion.ensemble`; not for ``late``).
         min_weight: candidates with a component weight below this are not admissible
             (K = 1 always is): a tiny component tends to model a cluster of anomalies.
+        min_variance: candidates with a component whose smallest variance relative to the
+            mixture's (:func:`mmgmm_spark.core.params.relative_variances`) is below this are
+            not admissible (K = 1 always is): such a component sits on a point mass of some
+            features (discrete values, duplicates) and buys likelihood there without
+            describing the normal rows.
         reg_covar, max_iter, tol, n_init, init_params, random_state: EM settings.
     """
 
@@ -63,6 +68,7 @@ class FusionConfig:
     n_quantiles: int = 1000
     ensemble: bool = False
     min_weight: float = 0.1
+    min_variance: float = 0.0
     reg_covar: float = DEFAULT_REG_COVAR
     max_iter: int = 200
     tol: float = 1e-3

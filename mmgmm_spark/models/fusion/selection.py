@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from mmgmm_spark.core.modality import Modality
-from mmgmm_spark.core.params import DegenerateComponentError
+from mmgmm_spark.core.params import DegenerateComponentError, relative_variances
 from mmgmm_spark.core.preprocessing import ModalityPreprocessor
 from mmgmm_spark.models.fusion.base import Arrays, FusionStrategy, TrainingSet
 from mmgmm_spark.models.fusion.config import FusionConfig, capped
@@ -34,6 +34,7 @@ class FusionCandidate:
     projection: dict[str, int]
     bic: float
     min_weight: float
+    min_variance: float
     admissible: bool
     mixture: MultimodalGaussianMixture | None = field(default=None, repr=False)
     preprocessors: dict[str, ModalityPreprocessor] | None = field(default=None, repr=False)
@@ -41,7 +42,8 @@ class FusionCandidate:
     def summary(self) -> dict:
         return {"n_components": self.n_components, "covariance_type": self.covariance_type,
                 "standardise": self.standardise, "projection": self.projection, "bic": self.bic,
-                "min_weight": self.min_weight, "admissible": self.admissible}
+                "min_weight": self.min_weight, "min_variance": self.min_variance,
+                "admissible": self.admissible}
 
 
 @dataclass(frozen=True)
@@ -129,11 +131,12 @@ def _fit_point(grid: Grid, modalities: list[Modality], data: Arrays,
     log_likelihood = float(mixture.score_samples(data).sum() + residual.sum())
     n_params = mixture.n_parameters() + sum(p.n_parameters() for p in preprocessors.values())
     bic = -2.0 * log_likelihood + n_params * np.log(len(residual))
-    smallest = float(mixture.weights_.min())
+    weight, variance = float(mixture.weights_.min()), float(
+        relative_variances(mixture.params).min())
+    admissible = k == 1 or (weight >= c.min_weight and variance >= c.min_variance)
     return FusionCandidate(k, covariance_type, standardise,
                            {name: p.output_dim for name, p in preprocessors.items()},
-                           float(bic), smallest, k == 1 or smallest >= c.min_weight,
-                           mixture, preprocessors)
+                           float(bic), weight, variance, admissible, mixture, preprocessors)
 
 
 def residual_sum(preprocessors: dict[str, ModalityPreprocessor], data: Arrays,
