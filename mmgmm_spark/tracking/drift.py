@@ -60,8 +60,7 @@ def load_reference(config: TrackingConfig, name: str, version: str) -> DriftRefe
             raise NoDriftReferenceError(
                 f"Model {name} version {version} (run {run_id}) has no training drift "
                 f"reference ({REFERENCE_ARTIFACT}): it was trained before drift monitoring "
-                "existed, or by a sweep or late fusion, which do not store one yet. Retrain "
-                "it with `mmgmm train` (a single joint or early fit) to monitor drift."
+                "existed. Retrain it with `mmgmm train` to monitor drift."
             ) from None
         with open(os.path.join(directory, os.path.basename(path))
                   if os.path.isdir(path) else path) as f:
