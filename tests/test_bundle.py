@@ -81,7 +81,8 @@ def test_wheel_tasks_call_real_cli_subcommands() -> None:
     scripts = project["scripts"]
     distribution = re.sub(r"[-_.]+", "_", project["name"]).lower()
     subcommands = build_parser()._subparsers._group_actions[0].choices
-    expected = {"mmgmm_train": "train", "mmgmm_score": "score", "mmgmm_monitor": "monitor"}
+    expected = {"mmgmm_train": "train", "mmgmm_score": "score", "mmgmm_monitor": "monitor",
+                "mmgmm_features": "features"}
     for job_name, job in _jobs().items():
         clusters = {c["job_cluster_key"] for c in job.get("job_clusters", [])}
         for task in job["tasks"]:
@@ -123,3 +124,12 @@ def test_hourly_score_job_is_incremental_and_monitored() -> None:
     assert "--incremental" in jobs["mmgmm_score"]["tasks"][0]["python_wheel_task"]["parameters"]
     assert _load(ROOT / "conf" / "databricks.yaml")["scoring"]["mode"] == "incremental"
     assert jobs["mmgmm_monitor"]["schedule"]["quartz_cron_expression"].split()[2] == "*"
+
+
+def test_nightly_features_job_runs_after_training() -> None:
+    job = _jobs()["mmgmm_features"]
+    parameters = job["tasks"][0]["python_wheel_task"]["parameters"]
+    assert build_parser().parse_args(parameters).output_table == "${var.features_table}"
+    hour = job["schedule"]["quartz_cron_expression"].split()[2]
+    train_hour = _jobs()["mmgmm_train"]["schedule"]["quartz_cron_expression"].split()[2]
+    assert hour.isdigit() and train_hour.isdigit() and int(hour) > int(train_hour)

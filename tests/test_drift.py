@@ -75,6 +75,15 @@ def ws(spark, tmp_path_factory):
         yield root
 
 
+def numpy_psi(ref: dict, values: np.ndarray) -> float:
+    """PSI of ``values`` on the stored reference bins, by numpy."""
+    current = np.bincount(np.searchsorted(ref["edges"], values[np.isfinite(values)],
+                                          side="right"), minlength=len(ref["counts"]))
+    e = np.maximum(np.array(ref["counts"]) / sum(ref["counts"]), PSI_FLOOR)
+    a = np.maximum(current / current.sum(), PSI_FLOOR)
+    return float(np.sum((a - e) * np.log(a / e)))
+
+
 def run(ws: Path, capsys, *argv: str) -> tuple[int, str]:
     code = main([argv[0], "--config", str(ws / "config.yaml"), *argv[1:]])
     return code, capsys.readouterr().out
@@ -99,13 +108,8 @@ def test_monitor_is_quiet_without_drift_and_flags_the_shifted_modality(ws, capsy
         model_run, "drift/reference.json")).read_text())
     scores = DeltaTable(str(ws / "scores")).to_pyarrow_table().to_pandas()
     for column in ("anomaly_score", "a_log_likelihood", "b_log_likelihood"):
-        ref = reference["columns"][column]
-        values = scores[column].to_numpy()
-        current = np.bincount(np.searchsorted(ref["edges"], values[np.isfinite(values)],
-                                              side="right"), minlength=len(ref["counts"]))
-        e = np.maximum(np.array(ref["counts"]) / sum(ref["counts"]), PSI_FLOOR)
-        a = np.maximum(current / current.sum(), PSI_FLOOR)
-        assert logged[f"drift.psi.{column}"] == pytest.approx(np.sum((a - e) * np.log(a / e)))
+        assert logged[f"drift.psi.{column}"] == pytest.approx(
+            numpy_psi(reference["columns"][column], scores[column].to_numpy()))
     assert logged["drift.missing_share.b"] == pytest.approx(0.1)
     assert sum(reference["columns"]["anomaly_score"]["counts"]) == reference["n_rows"]
 
@@ -114,6 +118,22 @@ def test_monitor_is_quiet_without_drift_and_flags_the_shifted_modality(ws, capsy
         lambda f: list(np.asarray(f) + 4.0))), mode="overwrite")
     code, out = run(ws, capsys, "score", "--incremental")
     assert code == 0 and "1800 scored" in out, out
+    # the incremental run's population (base profile - old + new scores) = the newest score
+    # of every id in the output table, binned by numpy
+    incremental = client(ws).get_run(re.search(r"scoring run (\w+),", out).group(1))
+    table = DeltaTable(str(ws / "scores")).to_pyarrow_table().to_pandas()
+    latest = table.sort_values("scored_at").groupby("id").tail(1)
+    assert incremental.data.metrics["drift.n_rows"] == len(latest) == N_ROWS
+    for column in ("anomaly_score", "b_log_likelihood"):
+        assert incremental.data.metrics[f"drift.psi.{column}"] == pytest.approx(
+            numpy_psi(reference["columns"][column], latest[column].to_numpy()))
+        # the median, read from a 2048-bin grid over 3 spans of the edges (clamped to it)
+        edges = np.asarray(reference["columns"][column]["edges"])
+        span = edges[-1] - edges[0]
+        median = np.clip(np.nanmedian(latest[column]), edges[0] - span, edges[-1] + span)
+        assert incremental.data.metrics[f"drift.quantile.{column}.0.5"] == pytest.approx(
+            median, abs=3 * span / 2048)
+    assert incremental.data.metrics["drift.missing_share.b"] == pytest.approx(0.1)
     code, out = run(ws, capsys, "monitor")
     assert code == 3, out
     assert "DRIFT: modality 'b' drifted" in out and "modality 'a'" not in out

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -151,6 +153,15 @@ def test_late_fusion_on_spark_is_the_closed_form_combination(spark, data, tracki
         f"tags.mlflow.parentRunId = '{fit.run_id}'")
     assert sorted(r.info.run_name for r in children) == ["late: a", "late: b"]
     assert client.get_run(fit.run_id).data.params["fusion"] == "late"
+    # the drift reference stored with the late model: every row binned (numpy), shares
+    reference = client.download_artifacts(fit.run_id, "drift/reference.json")
+    reference = json.loads(Path(reference).read_text())
+    score = reference["columns"]["anomaly_score"]
+    np.testing.assert_array_equal(score["counts"], np.bincount(
+        np.searchsorted(score["edges"], -expected, side="right"),
+        minlength=len(score["edges"]) + 1))
+    assert reference["missing_share"] == pytest.approx(
+        {name: float((~observed_rows(x)).mean()) for name, x in data.items()})
     assert spark.sparkContext._jsc.sc().getPersistentRDDs().size() == 0
 
 

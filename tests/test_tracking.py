@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -177,6 +178,13 @@ def test_sweep_selects_bic_minimum_like_sklearn(config):
     assert len(children) == 2 * len(ks)
     assert {a.path for a in client.list_artifacts(result.run_id, "plots")} == {
         "plots/bic_vs_k.png"}
+    # the winner's drift reference, on the parent run (the registered model's run)
+    reference = json.loads(Path(client.download_artifacts(
+        result.run_id, "drift/reference.json")).read_text())["columns"]["anomaly_score"]
+    scores = -result.best_fit.detector.model.score_samples({"xy": x})
+    np.testing.assert_array_equal(reference["counts"], np.bincount(
+        np.searchsorted(reference["edges"], scores, side="right"),
+        minlength=len(reference["edges"]) + 1))
 
 
 def test_evaluation_matches_independent_references(config, data, first_fit):

@@ -28,18 +28,21 @@ from dataclasses import dataclass
 from functools import reduce
 
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 
 from mmgmm_spark.app.config import AppConfig
 from mmgmm_spark.app.pipeline import (
     Features,
+    ModalityReads,
+    joined_rows,
     load_matching_model,
-    read_features,
+    read_modalities,
     score_checked,
     tracking_config,
 )
-from mmgmm_spark.spark.data import join_modalities
 from mmgmm_spark.spark.score import ScoringResult
-from mmgmm_spark.storage import net_changes, read_changes, read_modality
+from mmgmm_spark.storage import check_ids, net_changes, read_changes
+from mmgmm_spark.tracking.drift import PopulationChange
 from mmgmm_spark.tracking.history import (
     BASE_RUN_PARAM,
     MODE_PARAM,
@@ -114,46 +117,86 @@ def score_incremental(spark: SparkSession, config: AppConfig,
     """Score the entities changed since the last scoring run of the model version (see the
     module docstring); the run's params record ``scoring.mode`` and ``scoring.base_run_id``,
     its metrics ``n_changed``, ``n_scored`` and ``n_deleted`` (incremental runs)."""
-    features = read_features(spark, config)
+    reads = read_modalities(spark, config, check=False)  # ids checked below, where read
+    features = Features(joined_rows(config, reads.frames), reads.modalities, reads.versions)
     registered = load_matching_model(config, features)
     base = _base(config, registered.name, registered.version, features, scoring_run_id)
     params = {MODE_PARAM: "full" if base is None else "incremental",
               BASE_RUN_PARAM: NO_BASE if base is None else base.run_id}
     if base is None:
+        for m in config.data.modalities:
+            check_ids(reads.frames[m.name], m.table, config.data.id_column, m.features_column)
         written = score_checked(spark, config, features, registered, scoring_run_id,
                                 features.df, extra_params=params)
         return IncrementalResult("full", None, None, None, None, {}, written)
     ids, methods = changed_ids(spark, config, base.versions, features.versions)
-    ids = None if ids is None else ids.cache()
+    changed = None if ids is None else ChangedIds.of(ids, config.data.id_column)
     rows = None
     try:
-        rows, counts = _changed_rows(spark, config, features, ids)
+        rows, counts = _changed_rows(config, reads, changed)
         metrics = dict(zip(("n_changed", "n_scored", "n_deleted"), counts, strict=True))
+        old = None if changed is None else _restricted_join(
+            config, read_modalities(spark, config, base.versions, check=False).frames, changed)
         written = score_checked(spark, config, features, registered, scoring_run_id,
                                 rows if counts[1] else None, extra_params=params,
-                                extra_metrics=metrics)
+                                extra_metrics=metrics,
+                                population_change=PopulationChange(base.run_id, old))
     finally:
-        for cached in (ids, rows):
+        for cached in (None if changed is None else changed.frame, rows):
             if cached is not None:
                 cached.unpersist()
     return IncrementalResult("incremental", base.run_id, *counts, methods, written)
 
 
-def _changed_rows(spark: SparkSession, config: AppConfig, features: Features,
-                  ids: DataFrame | None) -> tuple[DataFrame | None, tuple[int, int, int]]:
-    """The current rows of the changed ids (each modality table at the version
-    ``features`` read, filtered to the ids before the outer join, so only their rows are
-    joined) and the (changed, to score, deleted) counts."""
-    if ids is None:
+MAX_LISTED_IDS = 200_000
+"""Changed ids up to this many are brought to the driver and filter every table read as an
+``id IN (...)`` predicate, which Parquet (row-group statistics) and Delta (file statistics)
+use to skip the data that holds none of them; more are semi-joined (every file read)."""
+
+
+@dataclass(frozen=True)
+class ChangedIds:
+    """The changed ids: a cached one-column ``frame``, and ``listed`` (their values) when
+    there are at most :data:`MAX_LISTED_IDS` of them."""
+
+    frame: DataFrame
+    listed: list | None
+    id_column: str
+
+    @classmethod
+    def of(cls, ids: DataFrame, id_column: str) -> ChangedIds:
+        ids = ids.cache()
+        first = [row[0] for row in ids.limit(MAX_LISTED_IDS + 1).collect()]
+        return cls(ids, first if len(first) <= MAX_LISTED_IDS else None, id_column)
+
+    def count(self) -> int:
+        return len(self.listed) if self.listed is not None else self.frame.count()
+
+    def restrict(self, df: DataFrame) -> DataFrame:
+        """The rows of ``df`` whose id is one of these."""
+        if self.listed is not None:
+            return df.where(F.col(self.id_column).isin(self.listed))
+        return df.join(self.frame, self.id_column, "left_semi")
+
+
+def _restricted_join(config: AppConfig, frames: dict[str, DataFrame],
+                     changed: ChangedIds) -> DataFrame:
+    """The changed ids' rows of every modality table (filtered before the outer join, so
+    only their rows are read where the layout allows and joined)."""
+    return joined_rows(config, {name: changed.restrict(df) for name, df in frames.items()})
+
+
+def _changed_rows(config: AppConfig, reads: ModalityReads, changed: ChangedIds | None
+                  ) -> tuple[DataFrame | None, tuple[int, int, int]]:
+    """The current rows of the changed ids (cached) and the (changed, to score, deleted)
+    counts; their ids are checked as a full run checks every table's (one aggregation)."""
+    if changed is None:
         return None, (0, 0, 0)
     id_column = config.data.id_column
-    frames = {m.name: read_modality(spark, m.table, id_col=id_column,
-                                    features_col=m.features_column,
-                                    version=features.versions[m.name],
-                                    engine=config.storage.engine, check=False
-                                    ).df.join(ids, id_column, "left_semi")
-              for m in config.data.modalities}
-    rows = join_modalities(frames, id_column, {m.name: m.features_column
-                                               for m in config.data.modalities}).cache()
-    n_changed, n_present = ids.count(), rows.count()
-    return rows, (n_changed, n_present, n_changed - n_present)
+    rows = _restricted_join(config, reads.frames, changed).cache()
+    n_rows, n_distinct = rows.agg(F.count(F.lit(1)), F.count_distinct(id_column)).first()
+    n_changed = changed.count()
+    if n_rows != n_distinct or (changed.listed is not None and None in changed.listed):
+        for m in config.data.modalities:  # names the table (a null or duplicated id)
+            check_ids(reads.frames[m.name], m.table, id_column, m.features_column)
+    return rows, (n_changed, n_distinct, n_changed - n_distinct)

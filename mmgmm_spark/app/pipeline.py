@@ -43,11 +43,11 @@ from mmgmm_spark.models.scores import (
     SCORING_RUN_ID,
 )
 from mmgmm_spark.spark.arrow import batch_from_arrow
-from mmgmm_spark.spark.data import CachedBlocks
+from mmgmm_spark.spark.data import CachedBlocks, join_modalities
 from mmgmm_spark.spark.preprocess import fit_preprocessing_options
-from mmgmm_spark.spark.score import ScoringResult, read_and_join
+from mmgmm_spark.spark.score import ScoringResult
 from mmgmm_spark.spark.session import build_spark
-from mmgmm_spark.storage import StorageError, read_table
+from mmgmm_spark.storage import StorageError, read_modality, read_table
 from mmgmm_spark.storage.tables import SCHEMA_MISMATCH, SCHEMA_MISMATCH_HINT
 from mmgmm_spark.tracking import (
     FitRun,
@@ -96,23 +96,52 @@ class Features:
     versions: dict[str, int]
 
 
-def _infer_dim(df: DataFrame, name: str, table: str) -> int:
-    row = df.where(F.col(name).isNotNull()).select(F.size(name).alias("d")).first()
+def _infer_dim(df: DataFrame, column: str, name: str, table: str) -> int:
+    """The width of the first non-null vector of ``column`` in modality ``name``'s table
+    (reads until it finds one, usually a few rows of the first file)."""
+    row = df.where(F.col(column).isNotNull()).select(F.size(column).alias("d")).first()
     if row is None:
         raise DataValidationError(f"Table {table!r} (modality '{name}') has no rows.")
     return int(row["d"])
 
 
+@dataclass(frozen=True)
+class ModalityReads:
+    """Every modality table read at one version: {modality: (id, features) DataFrame},
+    {modality: Delta version read}, and the modalities (widths inferred where the config
+    gives none)."""
+
+    frames: dict[str, DataFrame]
+    versions: dict[str, int]
+    modalities: list[Modality]
+
+
+def read_modalities(spark: SparkSession, config: AppConfig,
+                    versions: dict[str, int] | None = None, check: bool = True) -> ModalityReads:
+    """Read every modality table (at ``versions``, else the config's pins, else the latest);
+    ``check``: validate the ids of every row (one aggregation per table), as full reads do."""
+    frames, read_versions, modalities = {}, {}, []
+    for m in config.data.modalities:
+        version = (versions or {}).get(m.name, m.version)
+        read = read_modality(spark, m.table, id_col=config.data.id_column,
+                             features_col=m.features_column, version=version,
+                             engine=config.storage.engine, check=check)
+        frames[m.name], read_versions[m.name] = read.df, read.version
+        dim = m.dim or _infer_dim(read.df, m.features_column, m.name, m.table)
+        modalities.append(Modality(m.name, dim, m.covariance_type, m.weight))
+    return ModalityReads(frames, read_versions, modalities)
+
+
+def joined_rows(config: AppConfig, frames: dict[str, DataFrame]) -> DataFrame:
+    """DataFrame(id, <modality>...): the modality rows full-outer-joined on the id."""
+    return join_modalities(frames, config.data.id_column,
+                           {m.name: m.features_column for m in config.data.modalities})
+
+
 def read_features(spark: SparkSession, config: AppConfig) -> Features:
     """Read every modality table (pinned versions from config) and outer-join them on id."""
-    specs = config.data.modalities
-    joined, versions = read_and_join(
-        spark, {m.name: m.table for m in specs}, id_column=config.data.id_column,
-        features_column={m.name: m.features_column for m in specs},
-        versions={m.name: m.version for m in specs}, engine=config.storage.engine)
-    modalities = [Modality(m.name, m.dim or _infer_dim(joined, m.name, m.table),
-                           m.covariance_type, m.weight) for m in specs]
-    return Features(joined, modalities, versions)
+    reads = read_modalities(spark, config)
+    return Features(joined_rows(config, reads.frames), reads.modalities, reads.versions)
 
 
 def _holdout_bucket(config: AppConfig) -> F.Column:

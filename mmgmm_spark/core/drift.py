@@ -122,3 +122,119 @@ def assemble_reference(edges: dict[str, np.ndarray], counts: dict[str, np.ndarra
         columns[name] = ColumnReference(e, counts[name], dict(zip(QUANTILES, map(float, q),
                                                                    strict=True)))
     return DriftReference(columns, {m: n / n_rows for m, n in missing.items()}, n_rows)
+
+
+# ------------------------------------------------------------------ a population's profile
+GRID_BINS = 2048
+"""Equal-width bins of the quantile grid (:func:`quantile_grid`)."""
+
+
+def quantile_grid(edges: np.ndarray, bins: int = GRID_BINS) -> np.ndarray:
+    """(bins + 1,) equal-width edges over three times the span of a column's reference
+    ``edges`` (B - 1,) (one span below the first edge and one above the last): the
+    histogram a population's quantiles are read from (:func:`grid_quantiles`)."""
+    if edges.size == 0:
+        return np.linspace(-1.0, 1.0, bins + 1)
+    lo, hi = float(edges[0]), float(edges[-1])
+    span = hi - lo if hi > lo else max(abs(lo), 1.0)
+    return np.linspace(lo - span, hi + span, bins + 1)
+
+
+def grid_counts(values: np.ndarray, grid: np.ndarray) -> np.ndarray:
+    """(len(grid) + 1,) counts of the finite ``values`` (n,) per bin of ``grid``: bin 0 holds
+    the values below ``grid[0]``, the last those from ``grid[-1]`` on."""
+    return bin_counts(values, grid)
+
+
+def grid_quantiles(grid: np.ndarray, counts: np.ndarray,
+                   quantiles: tuple[float, ...] = QUANTILES) -> dict[float, float]:
+    """{q: value}: the q-quantiles of the population counted by ``counts`` (G + 2,) on
+    ``grid`` (G + 1,), by linear interpolation within the bin holding them (to within one
+    bin width, span * 3 / G); a quantile in an open end bin is that end of the grid; NaN
+    for an empty population."""
+    total = counts.sum()
+    if not total:
+        return {q: float("nan") for q in quantiles}
+    cumulative = np.cumsum(counts)
+    out = {}
+    for q in quantiles:
+        rank = q * total
+        b = int(np.searchsorted(cumulative, rank, side="left"))
+        if b == 0 or b == len(counts) - 1:
+            out[q] = float(grid[0] if b == 0 else grid[-1])
+            continue
+        below = cumulative[b - 1]
+        t = (rank - below) / counts[b] if counts[b] else 0.0
+        out[q] = float(grid[b - 1] + t * (grid[b] - grid[b - 1]))
+    return out
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A population's distribution on a reference's bins: additive counts, so the profile
+    of a population that changed by some rows is the old profile minus the profile of their
+    old values plus that of their new ones.
+
+    Attributes:
+        n_rows: rows profiled.
+        n_flagged: rows flagged ``is_anomaly``.
+        counts: {column: (B + 1,) rows per reference bin, then the rows whose value is NaN}.
+        grid: {column: (G + 2,) rows per bin of the column's :func:`quantile_grid`}.
+    """
+
+    n_rows: int
+    n_flagged: int
+    counts: dict[str, np.ndarray]
+    grid: dict[str, np.ndarray]
+
+    def plus(self, other: Profile, sign: int = 1) -> Profile:
+        """The profile of this population with ``other``'s rows added (``sign`` 1) or taken
+        out (-1)."""
+        return Profile(self.n_rows + sign * other.n_rows, self.n_flagged + sign * other.n_flagged,
+                       {n: c + sign * other.counts[n] for n, c in self.counts.items()},
+                       {n: c + sign * other.grid[n] for n, c in self.grid.items()})
+
+    def bins(self, column: str) -> np.ndarray:
+        """(B,) rows per reference bin of ``column`` (finite values)."""
+        return self.counts[column][:-1]
+
+    def missing_share(self, column: str) -> float:
+        """Share of rows whose ``column`` is NaN (the modality is missing)."""
+        return float(self.counts[column][-1] / self.n_rows) if self.n_rows else 0.0
+
+    def fraction_over_threshold(self) -> float:
+        return self.n_flagged / self.n_rows if self.n_rows else 0.0
+
+    def quantiles(self, column: str, reference: DriftReference) -> dict[float, float]:
+        """:func:`grid_quantiles` of ``column`` (NaN values excluded)."""
+        return grid_quantiles(quantile_grid(reference.columns[column].edges), self.grid[column])
+
+    def to_dict(self) -> dict:
+        return {"n_rows": self.n_rows, "n_flagged": self.n_flagged,
+                "counts": {n: c.tolist() for n, c in self.counts.items()},
+                "grid": {n: c.tolist() for n, c in self.grid.items()}}
+
+    @classmethod
+    def from_dict(cls, document: dict) -> Profile:
+        return cls(int(document["n_rows"]), int(document["n_flagged"]),
+                   {n: np.asarray(c, np.int64) for n, c in document["counts"].items()},
+                   {n: np.asarray(c, np.int64) for n, c in document["grid"].items()})
+
+
+def empty_profile(reference: DriftReference) -> Profile:
+    """The profile of no rows on ``reference``'s bins."""
+    return Profile(0, 0, {n: np.zeros(len(c.edges) + 2, np.int64)
+                          for n, c in reference.columns.items()},
+                   {n: np.zeros(GRID_BINS + 2, np.int64) for n in reference.columns})
+
+
+def profile_values(values: dict[str, np.ndarray], flagged: np.ndarray,
+                   reference: DriftReference) -> Profile:
+    """The profile of n rows given as {column: (n,) values, NaN = missing} and (n,) bool
+    ``flagged``."""
+    counts, grid = {}, {}
+    for name, column in reference.columns.items():
+        v = np.asarray(values[name], np.float64)
+        counts[name] = np.append(bin_counts(v, column.edges), np.isnan(v).sum())
+        grid[name] = grid_counts(v, quantile_grid(column.edges))
+    return Profile(len(flagged), int(np.count_nonzero(flagged)), counts, grid)

@@ -1,5 +1,5 @@
 """The scored population on Spark: the training reference pass, the latest score per id, and
-a population's profile (binned counts, quantiles, missing shares) against a reference.
+a population's profile (binned counts, missing shares, flagged rows) against a reference.
 
 The output table keeps every scoring run's rows (one row per entity per run that scored it,
 tagged ``scoring_run_id`` and ``scored_at``); after incremental runs an entity's current
@@ -8,8 +8,8 @@ score is its newest row: :func:`latest_scores`.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -18,10 +18,12 @@ from pyspark.sql import functions as F
 
 from mmgmm_spark.core.batch import Batch
 from mmgmm_spark.core.drift import (
-    QUANTILES,
     DriftReference,
+    Profile,
     assemble_reference,
     bin_counts,
+    empty_profile,
+    profile_values,
     quantile_edges,
 )
 from mmgmm_spark.models.detector import AnomalyDetector
@@ -70,54 +72,25 @@ def latest_scores(scores: DataFrame, id_column: str) -> DataFrame:
             .where(F.col("_rank") == 1).drop("_rank"))
 
 
-@dataclass(frozen=True)
-class Profile:
-    """A population's distribution on a reference's bins.
-
-    Attributes:
-        n_rows: rows profiled.
-        counts: {column: (B,) rows per reference bin}.
-        quantiles: {column: {q: value}} (Spark's approxQuantile, relative error 1e-3).
-        missing_share: {modality: share of rows whose log-likelihood is NaN}.
-        fraction_over_threshold: share of rows flagged ``is_anomaly``.
-    """
-
-    n_rows: int
-    counts: dict[str, np.ndarray]
-    quantiles: dict[str, dict[float, float]]
-    missing_share: dict[str, float]
-    fraction_over_threshold: float
-
-
-def profile(rows: DataFrame, reference: DriftReference, modalities: dict[str, str | None]
-            ) -> Profile:
-    """Bin ``rows`` (scored rows) on ``reference``'s edges in one pass; ``modalities``:
-    :func:`monitored_columns`."""
+def profile(rows: DataFrame, reference: DriftReference) -> Profile:
+    """The :class:`Profile` of ``rows`` (scored rows: the reference's columns and
+    ``is_anomaly``) on ``reference``'s bins, in one Spark job: each task profiles its rows,
+    the driver adds the per-task profiles (one small row per task)."""
     names = list(reference.columns)
-    edges = {n: reference.columns[n].edges for n in names}
 
     @spark_task
     def count(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        total = empty_profile(reference)
         for batch in batches:
-            for n in names:
-                values = batch.column(n).to_numpy(zero_copy_only=False).astype(np.float64)
-                counts = np.append(bin_counts(values, edges[n]), np.isnan(values).sum())
-                yield pa.RecordBatch.from_pydict({"column": [n] * len(counts),
-                                                  "bin": np.arange(len(counts)),
-                                                  "n": counts})
+            values = {n: batch.column(n).to_numpy(zero_copy_only=False).astype(np.float64)
+                      for n in names}
+            flagged = batch.column(IS_ANOMALY.name).to_numpy(zero_copy_only=False)
+            total = total.plus(profile_values(values, flagged.astype(bool), reference))
+        yield pa.RecordBatch.from_pydict({"profile": [json.dumps(total.to_dict())]})
 
     with translated_errors():
-        binned = (rows.select(*names).mapInArrow(count, "column string, bin long, n long")
-                  .groupBy("column", "bin").agg(F.sum("n").alias("n")).collect())
-        n_rows = rows.count()
-        flagged = rows.agg(F.avg(F.col(IS_ANOMALY.name).cast("double"))).first()[0]
-        quantiles = rows.approxQuantile(names, list(QUANTILES), 1e-3)
-    counts = {n: np.zeros(len(edges[n]) + 2, np.int64) for n in names}
-    for row in binned:
-        counts[row["column"]][row["bin"]] += row["n"]
-    missing = {m: counts[n][-1] / n_rows if n_rows else 0.0
-               for n, m in modalities.items() if m is not None}
-    return Profile(n_rows, {n: c[:-1] for n, c in counts.items()},
-                   {n: dict(zip(QUANTILES, q, strict=True)) if q else {}
-                    for n, q in zip(names, quantiles, strict=True)},
-                   missing, float(flagged or 0.0))
+        parts = rows.select(*names, IS_ANOMALY.name).mapInArrow(count, "profile string")
+        total = empty_profile(reference)
+        for row in parts.collect():
+            total = total.plus(Profile.from_dict(json.loads(row["profile"])))
+    return total

@@ -38,7 +38,7 @@ from mmgmm_spark.io.checkpoints import (
     load_checkpoint,
 )
 from mmgmm_spark.models.detector import AnomalyDetector
-from mmgmm_spark.models.fusion import Preprocessing
+from mmgmm_spark.models.fusion import FusionModel, Preprocessing
 from mmgmm_spark.models.mixture import (
     MultimodalGaussianMixture,
     information_criteria,
@@ -47,7 +47,7 @@ from mmgmm_spark.models.mixture import (
 from mmgmm_spark.models.scores import modality_column
 from mmgmm_spark.spark.data import CachedBlocks, cached_blocks
 from mmgmm_spark.spark.population import monitored_columns, training_reference
-from mmgmm_spark.spark.score import training_summary, training_threshold
+from mmgmm_spark.spark.score import TrainingScores, training_summary, training_threshold
 from mmgmm_spark.tracking import plots
 from mmgmm_spark.tracking.config import TrackingConfig, tracking
 from mmgmm_spark.tracking.drift import log_reference
@@ -206,19 +206,45 @@ def _fit_in_memory(model: MultimodalGaussianMixture, data: Mapping[str, np.ndarr
     batch = fitted.to_batch(data)
     scores = -fitted.score_samples(data)
     detector = AnomalyDetector(fitted, contamination)
-    values = detector.score_batch(batch)
+    reference = None
     if with_threshold:
         detector.set_threshold(scores, detector.patterns(batch))
-    sample = np.arange(batch.n_rows)
+        reference = in_memory_reference(detector, batch)
     if batch.n_rows > PLOT_ROWS:
-        sample = np.random.default_rng(0).choice(batch.n_rows, PLOT_ROWS, False)
-        batch = batch.take(sample)
-    columns = monitored_columns(detector)
-    reference = reference_from_values(
-        {n: values[n] for n in columns}, {n: values[n][sample] for n in columns},
-        {m: n for n, m in columns.items() if m is not None}) if with_threshold else None
+        batch = batch.take(_plot_rows(batch.n_rows))
     return _Trained(detector, model, len(scores), float(-scores.mean()), float(scores.std()),
                     batch, "in-memory", _n_parameters(model, preprocessing), reference)
+
+
+def _plot_rows(n_rows: int) -> np.ndarray:
+    """(min(n_rows, PLOT_ROWS),) row indices of the in-memory sample (plots, reference edges)."""
+    if n_rows <= PLOT_ROWS:
+        return np.arange(n_rows)
+    return np.random.default_rng(0).choice(n_rows, PLOT_ROWS, False)
+
+
+def in_memory_reference(detector: AnomalyDetector, batch: Batch) -> DriftReference:
+    """The drift reference of all training rows ``batch`` (n rows): counts of every row,
+    bin edges and quantiles from the plot sample of them."""
+    values = detector.score_batch(batch)
+    columns = monitored_columns(detector)
+    sample = _plot_rows(batch.n_rows)
+    return reference_from_values({n: values[n] for n in columns},
+                                 {n: values[n][sample] for n in columns},
+                                 {m: n for n, m in columns.items() if m is not None})
+
+
+def thresholded_on_spark(fitted: MultimodalGaussianMixture | FusionModel, cached: CachedBlocks,
+                         contamination: float) -> tuple[TrainingScores, AnomalyDetector,
+                                                        Batch, DriftReference]:
+    """The exact training threshold and calibration of ``fitted`` over the cached training
+    rows, the detector holding them, a plot sample of the rows and the drift reference (one
+    more pass over the same cached rows): what every Spark fit that registers a detector
+    (single, sweep winner, ``late``) stores with it."""
+    scores = training_threshold(fitted, cached, contamination)
+    sample = cached.sample(PLOT_ROWS, seed=0)
+    detector = AnomalyDetector(fitted, contamination, scores.threshold, scores.calibration)
+    return scores, detector, sample, training_reference(detector, cached, sample)
 
 
 def _n_parameters(model: MultimodalGaussianMixture, preprocessing: Preprocessing | None) -> int:
@@ -249,14 +275,13 @@ def _fit_on_spark(model: MultimodalGaussianMixture, data: DataFrame | CachedBloc
                 transformed = transformed_rows(cached, preprocessing, model.modalities)
             model.fit(transformed or cached, **fit_options)
             fitted = model if preprocessing is None else preprocessing.model(model, cached.n_rows)
-            scores = (training_threshold(fitted, cached, contamination) if with_threshold
-                      else training_summary(fitted, cached))
-            sample = cached.sample(PLOT_ROWS, seed=0)
-            detector = AnomalyDetector(fitted, contamination, scores.threshold,
-                                       scores.calibration)
-            # one more pass over the same cached rows: the drift reference
-            reference = (training_reference(detector, cached, sample) if with_threshold
-                         else None)
+            if with_threshold:
+                scores, detector, sample, reference = thresholded_on_spark(
+                    fitted, cached, contamination)
+            else:
+                scores, reference = training_summary(fitted, cached), None
+                sample = cached.sample(PLOT_ROWS, seed=0)
+                detector = AnomalyDetector(fitted, contamination)
         finally:
             if owned_transform and transformed is not None:
                 transformed.unpersist()

@@ -15,14 +15,12 @@ from typing import Any
 import mlflow
 import numpy as np
 
-from mmgmm_spark.models.detector import AnomalyDetector
 from mmgmm_spark.models.fusion import LatePart, Preprocessing, late_model, observing
 from mmgmm_spark.models.mixture import MultimodalGaussianMixture, information_criteria
 from mmgmm_spark.spark.data import CachedBlocks
-from mmgmm_spark.spark.score import training_threshold
 from mmgmm_spark.tracking.config import TrackingConfig, tracking
+from mmgmm_spark.tracking.drift import log_reference
 from mmgmm_spark.tracking.fit import (
-    PLOT_ROWS,
     FitRun,
     log_figures,
     mlflow_run,
@@ -30,6 +28,7 @@ from mmgmm_spark.tracking.fit import (
     register_detector,
     score_figures,
     table_params,
+    thresholded_on_spark,
     tracked_fit,
 )
 from mmgmm_spark.tracking.reliability import (
@@ -77,16 +76,15 @@ def tracked_late_fit(models: Mapping[str, MultimodalGaussianMixture], data: Cach
                                 fit.metrics["final_log_likelihood_std"])
                  for name, fit in fits.items()}
         fused = late_model(preprocessing, parts, data.n_rows)
-        scores = training_threshold(fused, data, contamination)
-        detector = AnomalyDetector(fused, contamination, scores.threshold, scores.calibration)
+        scores, detector, sample, reference = thresholded_on_spark(fused, data, contamination)
         metrics = _late_metrics(fits, data.n_rows, scores.threshold)
-        sample = data.sample(PLOT_ROWS, seed=0)
         result = FitRun(run_id, detector, data.n_rows, metrics)
         try:
             call_with_retry(lambda: (mlflow.log_params({"n_rows": data.n_rows,
                                                         "data_path": "spark"}),
                                      mlflow.log_metrics(metrics),
-                                     log_figures(score_figures(detector, sample))),
+                                     log_figures(score_figures(detector, sample)),
+                                     log_reference(reference)),
                             retry, "Logging final metrics")
             result.model_uri, result.model_version, result.decision = call_with_retry(
                 lambda: register_detector(config, detector, sample, holdout, run_id),

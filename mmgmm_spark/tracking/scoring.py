@@ -11,7 +11,7 @@ import mlflow
 from mmgmm_spark.core.errors import ConfigError
 from mmgmm_spark.spark.score import ScoringResult, score_to_delta
 from mmgmm_spark.tracking.config import TrackingConfig, tracking
-from mmgmm_spark.tracking.drift import log_scoring_drift
+from mmgmm_spark.tracking.drift import PopulationChange, ScoredPopulation, log_scoring_drift
 from mmgmm_spark.tracking.fit import table_params
 from mmgmm_spark.tracking.pyfunc import load_detector
 from mmgmm_spark.tracking.registry import resolve_registered
@@ -43,6 +43,7 @@ def score_registered(spark: SparkSession, df: DataFrame | None, table: str, mode
                      registered: RegisteredDetector | None = None,
                      extra_params: Mapping[str, Any] | None = None,
                      extra_metrics: Mapping[str, float] | None = None,
+                     population_change: PopulationChange | None = None,
                      **score_options: Any) -> ScoringResult | None:
     """Score ``df`` with the model at ``model_uri`` and write the scores to Delta ``table``.
 
@@ -56,7 +57,9 @@ def score_registered(spark: SparkSession, df: DataFrame | None, table: str, mode
     so a caller that inspected it does not load it twice. ``df`` None: nothing to score (an
     incremental run without changes): the run is recorded, nothing is written and None is
     returned. ``extra_params`` / ``extra_metrics``: logged to the run too (incremental
-    scoring's mode, base run and counts). ``score_options``: ``id_column``,
+    scoring's mode, base run and counts). ``population_change``: how an incremental run
+    changed its base run's population (drift metrics, :func:`log_scoring_drift`).
+    ``score_options``: ``id_column``,
     ``responsibilities``, ``engine`` of :func:`mmgmm_spark.spark.score.score_to_delta`.
     """
     config = config or TrackingConfig()
@@ -79,9 +82,9 @@ def score_registered(spark: SparkSession, df: DataFrame | None, table: str, mode
                 scoring_run_id=run.info.run_id, **score_options)
             if result is not None:
                 mlflow.log_metric("output_table_version", result.version)
-            log_scoring_drift(spark, config, detector, name, version, table,
-                              score_options.get("id_column", "id"),
-                              score_options.get("engine", "auto"))
+            scored = ScoredPopulation(name, version, table, score_options.get("id_column", "id"),
+                                      score_options.get("engine", "auto"), result)
+            log_scoring_drift(spark, config, detector, scored, population_change)
             return result
 
 

@@ -13,19 +13,22 @@ import matplotlib.pyplot as plt
 import mlflow
 import numpy as np
 
+from mmgmm_spark.core.drift import DriftReference
 from mmgmm_spark.core.errors import ConfigError
 from mmgmm_spark.core.modality import Modality
 from mmgmm_spark.models.fusion import EARLY, FUSION_PARAM, Preprocessing
 from mmgmm_spark.models.mixture import MultimodalGaussianMixture
 from mmgmm_spark.spark.data import CachedBlocks, cached_blocks
-from mmgmm_spark.spark.score import training_threshold
 from mmgmm_spark.tracking import plots
 from mmgmm_spark.tracking.config import TrackingConfig, tracking
+from mmgmm_spark.tracking.drift import log_reference
 from mmgmm_spark.tracking.fit import (
     CACHE_OPTIONS,
     FitRun,
+    in_memory_reference,
     register_detector,
     table_params,
+    thresholded_on_spark,
     tracked_fit,
     transformed_rows,
 )
@@ -141,8 +144,9 @@ def select_model(data: Any, modalities: Sequence[Modality], n_components: Sequen
                           data, front, len(fronts) > 1, mixture_variants, n_components,
                           dict(model_options or {}), fit_options)]
         best = min(candidates, key=lambda c: c.bic)
-        _set_threshold(best.fit, data, contamination)
+        reference = _set_threshold(best.fit, data, contamination)
         _log_winner(best, candidates)
+        log_reference(reference)
         best_fit = best.fit
         if register:            # the model is logged on the parent run
             best_fit = dataclasses.replace(best_fit, run_id=parent.info.run_id)
@@ -202,16 +206,19 @@ def _log_winner(best: Candidate, candidates: list[Candidate]) -> None:
     plt.close(figure)
 
 
-def _set_threshold(fit: FitRun, data: Any, contamination: float) -> None:
+def _set_threshold(fit: FitRun, data: Any, contamination: float) -> DriftReference:
     """The winner's exact training threshold and calibration table (the candidates were
-    fitted without them)."""
+    fitted without them) and its drift reference (stored with the registered model)."""
     detector = fit.detector
     if isinstance(data, CachedBlocks):
-        scores = training_threshold(detector.model, data, contamination)
-        detector.threshold, detector.calibration = scores.threshold, scores.calibration
-    else:
-        batch = detector.model.to_batch(data)
-        detector.set_threshold(-detector.model.score_samples(data), detector.patterns(batch))
+        _, thresholded, _, reference = thresholded_on_spark(detector.model, data,
+                                                            contamination)
+        detector.threshold, detector.calibration = (thresholded.threshold,
+                                                    thresholded.calibration)
+        return reference
+    batch = detector.model.to_batch(data)
+    detector.set_threshold(-detector.model.score_samples(data), detector.patterns(batch))
+    return in_memory_reference(detector, batch)
 
 
 def _mixture_modalities(modalities: Sequence[Modality],
