@@ -811,10 +811,11 @@ def test_train_refuses_bad_weights_and_mismatched_warm_starts(ingested: Workspac
     common = ["--set", "tracking.registered_model=warm-model"]
     result = cli(capsys, "train", "--config", ws.config, *common, "--set",
                  "model.weight_column=w", "--set", f"model.weight_table={partial}")
-    assert_user_error(result, "weight column 'w'", "null, NaN or infinite weight")
+    assert_user_error(result, f"model.weight_table {str(partial)!r}",
+                      "training row(s) have no row there")
     result = cli(capsys, "train", "--config", ws.config, *common, "--set",
                  "model.warm_start=true", "--set", "model.n_components=3")
     assert_user_error(result, "models:/warm-model@champion", "K=2 (the model's n_components=3)")
     result = cli(capsys, "train", "--config", ws.config, *common, "--set",
-                 "model.weight_column=w", "--set", "preprocessing.standardise=true")
-    assert_user_error(result, "model.weight_column", "without preprocessing")
+                 "model.warm_start=true", "--set", "preprocessing.standardise=true")
+    assert_user_error(result, "model.warm_start", "without preprocessing")

@@ -1,12 +1,16 @@
 """What the nightly fit takes besides the rows: row weights and the model to warm-start from.
 
 ``model.weight_column`` names a numeric column of ``model.weight_table`` (default: the first
-modality's table), joined on the id; every training row must have a weight (a missing one is
-an error naming the column). ``model.warm_start`` starts EM from the mixture registered under
-``tracking.alias``; with no model there yet (the first night) the fit initialises as usual.
-Both apply to a single ``joint`` fit without preprocessing: a sweep chooses K and the
-covariance types, and preprocessing is refitted on each night's data, so neither a previous
-model's parameters nor the preprocessing moments (unweighted) would match.
+modality's table), joined on the id. Every fit takes it (``joint``, ``early``, ``late``,
+preprocessing, ``model.sweep``): a row of integer weight w counts as w copies of it in the
+preprocessing moments, EM, BIC, the threshold, the calibration table and the drift reference;
+a zero-weight row is absent. Every training row must have a weight: an id absent from the
+weight table is an error naming the table and the number of rows (give such rows weight 0 to
+leave them out, 1 to keep them). ``model.warm_start`` starts EM from the mixture registered
+under ``tracking.alias``; with no model there yet (the first night) the fit initialises as
+usual. It applies to a single ``joint`` fit without preprocessing: a sweep chooses K and the
+covariance types, and preprocessing is refitted on each night's data, so a previous model's
+parameters would not match.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from mmgmm_spark.app.config import AppConfig, ConfigError
+from mmgmm_spark.core.batch import DataValidationError
 from mmgmm_spark.core.modality import Modality
 from mmgmm_spark.core.params import MixtureParams, check_initial_params
 from mmgmm_spark.models.mixture import MultimodalGaussianMixture
@@ -29,16 +34,15 @@ log = logging.getLogger(__name__)
 
 
 def check_training_inputs(config: AppConfig, plain_joint: bool) -> None:
-    """Refuse weights or a warm start where they do not apply, naming the settings.
+    """Refuse a warm start where it does not apply and a weight column named like the id or
+    a modality, naming the settings.
 
     ``plain_joint``: the fit is one ``joint`` mixture without preprocessing or sweep.
     """
-    used = [name for name, on in (("model.weight_column", config.model.weight_column),
-                                  ("model.warm_start", config.model.warm_start)) if on]
-    if used and not plain_joint:
+    if config.model.warm_start and not plain_joint:
         raise ConfigError(
-            f"{' and '.join(used)} apply to a single model.fusion joint fit without "
-            "preprocessing or model.sweep; unset them or those settings.")
+            "model.warm_start applies to a single model.fusion joint fit without "
+            "preprocessing or model.sweep; unset it or those settings.")
     names = {m.name for m in config.data.modalities} | {config.data.id_column}
     if config.model.weight_column in names:
         raise ConfigError(f"model.weight_column '{config.model.weight_column}' is also the id "
@@ -46,7 +50,8 @@ def check_training_inputs(config: AppConfig, plain_joint: bool) -> None:
 
 
 def with_weights(spark: SparkSession, config: AppConfig, df: DataFrame) -> DataFrame:
-    """The joined rows with the weight column (null where the weight table has no row)."""
+    """The joined rows with the weight column; refuses rows whose id has no row in the weight
+    table (naming the table, the column and the number of rows)."""
     column, id_column = config.model.weight_column, config.data.id_column
     table = config.model.weight_table or config.data.modalities[0].table
     weights = read_table(spark, table, engine=config.storage.engine).df
@@ -55,7 +60,18 @@ def with_weights(spark: SparkSession, config: AppConfig, df: DataFrame) -> DataF
         raise ConfigError(f"model.weight_table {table!r} has no column(s) {missing} "
                           f"(columns: {weights.columns}); set model.weight_column / "
                           "model.weight_table to a table of (id, weight).")
-    return df.join(weights.select(id_column, F.col(column)), on=id_column, how="left")
+    marked = weights.select(id_column, F.col(column), F.lit(True).alias(_HAS_WEIGHT))
+    joined = df.join(marked, on=id_column, how="left")
+    absent = joined.agg(F.sum(F.col(_HAS_WEIGHT).isNull().cast("long"))).first()[0] or 0
+    if absent:
+        raise DataValidationError(
+            f"model.weight_table {table!r}: {absent} training row(s) have no row there (no "
+            f"weight in column '{column}'). Add their ids to the table (weight 0 leaves a row "
+            "out, 1 keeps it), or unset model.weight_column.")
+    return joined.drop(_HAS_WEIGHT)
+
+
+_HAS_WEIGHT = "__mmgmm_has_weight"
 
 
 def warm_start_params(config: AppConfig, tracking_config: TrackingConfig,

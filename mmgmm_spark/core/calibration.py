@@ -43,7 +43,8 @@ TAILS = np.concatenate([1.0 - np.arange(0, 199) * 0.005, 10.0 ** (-2.0 - np.aran
 0.01 down to 1e-6 in eighths of a decade (a pattern stores those >= 1 / its rows)."""
 
 Histograms = tuple[np.ndarray, np.ndarray]
-"""(codes (P,) int64 sorted patterns, counts (P, BINS) int64)."""
+"""(codes (P,) int64 sorted patterns, counts (P, BINS) float64: the rows' weights summed, so
+a row of integer weight w counts as w rows)."""
 
 
 def pattern_codes(observed: Sequence[np.ndarray]) -> np.ndarray:
@@ -76,24 +77,27 @@ def _from_unit(u: np.ndarray, lo: float, hi: float) -> np.ndarray:
 
 
 def pattern_histograms(scores: np.ndarray, codes: np.ndarray, lo: float, hi: float,
-                       bins: int = BINS) -> Histograms:
-    """Per pattern present in ``codes``, the counts of ``scores`` in ``bins`` bins of u.
+                       bins: int = BINS, weights: np.ndarray | None = None) -> Histograms:
+    """Per pattern present in ``codes``, the (weighted) counts of ``scores`` in ``bins`` bins
+    of u.
 
     Args:
         scores: (n,) raw anomaly scores, all in [lo, hi].
         codes: (n,) patterns (:func:`pattern_codes`).
         lo, hi: the range of all training scores.
+        weights: (n,) row weights > 0, or None (every row counts 1).
     """
     present, index = np.unique(codes, return_inverse=True)
     bin_index = np.minimum((_unit(scores, lo, hi) * bins).astype(np.int64), bins - 1)
-    counts = np.bincount(index * bins + bin_index, minlength=present.size * bins)
-    return present.astype(np.int64), counts.reshape(present.size, bins).astype(np.int64)
+    counts = np.bincount(index * bins + bin_index, weights=weights,
+                         minlength=present.size * bins)
+    return present.astype(np.int64), counts.reshape(present.size, bins).astype(np.float64)
 
 
 def merge_histograms(a: Histograms, b: Histograms) -> Histograms:
     """Sum of two :func:`pattern_histograms` results (patterns united)."""
     codes = np.union1d(a[0], b[0])
-    counts = np.zeros((codes.size, a[1].shape[1]), dtype=np.int64)
+    counts = np.zeros((codes.size, a[1].shape[1]), dtype=np.float64)
     for part_codes, part_counts in (a, b):
         counts[np.searchsorted(codes, part_codes)] += part_counts
     return codes, counts
@@ -101,8 +105,8 @@ def merge_histograms(a: Histograms, b: Histograms) -> Histograms:
 
 def _order_statistics(counts: np.ndarray, ranks: np.ndarray, lo: float, hi: float
                       ) -> np.ndarray:
-    """Approximate scores of 0-based integer ``ranks`` (m,) from a (BINS,) histogram: the
-    rows of a bin spread evenly in u across it."""
+    """Approximate scores of 0-based ``ranks`` (m,) from a (BINS,) histogram of (weighted)
+    counts: the rows of a bin spread evenly in u across it."""
     ends = np.cumsum(counts)
     b = np.minimum(np.searchsorted(ends, ranks, side="right"), counts.size - 1)
     inside = (ranks - (ends[b] - counts[b]) + 0.5) / np.maximum(counts[b], 1)
@@ -113,16 +117,17 @@ def _quantiles(counts: np.ndarray, lo: float, hi: float) -> np.ndarray:
     """Scores at the tail probabilities :data:`TAILS` (those >= 1 / n) of one histogram.
 
     Args:
-        counts: (BINS,) histogram of n scores.
+        counts: (BINS,) histogram of n scores (n: the sum of their weights).
     Returns:
         (L,) non-decreasing quantiles at position (n - 1)(1 - tail) in ascending order,
         interpolated linearly between neighbouring order statistics (numpy's convention).
     """
-    n = int(counts.sum())
-    position = (n - 1) * (1.0 - TAILS[1.0 / n <= TAILS])
+    n = float(counts.sum())
+    last = max(n - 1.0, 0.0)
+    position = last * (1.0 - TAILS[1.0 / n <= TAILS])
     below = np.floor(position)
     low = _order_statistics(counts, below, lo, hi)
-    high = _order_statistics(counts, np.minimum(below + 1, n - 1), lo, hi)
+    high = _order_statistics(counts, np.minimum(below + 1, last), lo, hi)
     return np.maximum.accumulate(low + (high - low) * (position - below))
 
 
@@ -131,7 +136,7 @@ class TailTable:
     """One group's quantiles: ``scores[j]`` has training tail probability ``TAILS[j]``.
 
     Attributes:
-        n_rows: training rows of the group.
+        n_rows: training rows of the group (the sum of their weights, rounded down).
         scores: (L,) non-decreasing raw anomaly scores.
     """
 
@@ -233,8 +238,14 @@ def calibration_from_histograms(histograms: Histograms, lo: float, hi: float,
 
 
 def fit_calibration(scores: np.ndarray, codes: np.ndarray, modalities: Sequence[str],
-                    min_rows: int = MIN_PATTERN_ROWS) -> Calibration:
-    """:func:`calibration_from_histograms` of in-memory training scores (n,), patterns (n,)."""
+                    min_rows: int = MIN_PATTERN_ROWS,
+                    weights: np.ndarray | None = None) -> Calibration:
+    """:func:`calibration_from_histograms` of in-memory training scores (n,), patterns (n,)
+    and row weights (n,) (None: all 1; zero-weight rows are absent)."""
+    if weights is not None:
+        keep = np.asarray(weights) > 0
+        scores, codes, weights = scores[keep], codes[keep], np.asarray(weights)[keep]
     lo, hi = float(scores.min()), float(scores.max())
-    return calibration_from_histograms(pattern_histograms(scores, codes, lo, hi), lo, hi,
-                                       modalities, min_rows)
+    return calibration_from_histograms(pattern_histograms(scores, codes, lo, hi,
+                                                          weights=weights),
+                                       lo, hi, modalities, min_rows)

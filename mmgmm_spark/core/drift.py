@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from mmgmm_spark.core.quantiles import as_count, weighted_quantile
+
 PSI_FLOOR = 1e-4
 REFERENCE_BINS = 20
 QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
@@ -31,7 +33,8 @@ class ColumnReference:
 
     Attributes:
         edges: (B - 1,) increasing interior bin edges (bin i holds edges[i-1] <= v < edges[i]).
-        counts: (B,) training rows per bin (finite values only).
+        counts: (B,) training rows per bin (finite values only; with row weights, the sum
+            of their weights).
         quantiles: {q: value} of the training values (from the sample), for ``QUANTILES``.
     """
 
@@ -46,7 +49,7 @@ class DriftReference:
 
     columns: dict[str, ColumnReference]
     missing_share: dict[str, float]
-    n_rows: int
+    n_rows: int | float
 
     def to_dict(self) -> dict:
         """JSON-serialisable form (stored with the model)."""
@@ -58,27 +61,37 @@ class DriftReference:
     @classmethod
     def from_dict(cls, document: dict) -> DriftReference:
         columns = {name: ColumnReference(np.asarray(c["edges"], dtype=np.float64),
-                                         np.asarray(c["counts"], dtype=np.int64),
+                                         np.asarray(c["counts"], dtype=np.float64),
                                          {float(q): float(v) for q, v in c["quantiles"].items()})
                    for name, c in document["columns"].items()}
         return cls(columns, {k: float(v) for k, v in document["missing_share"].items()},
-                   int(document["n_rows"]))
+                   as_count(document["n_rows"]))
 
 
-def quantile_edges(values: np.ndarray, bins: int = REFERENCE_BINS) -> np.ndarray:
-    """(<= bins - 1,) distinct interior edges: the 1/bins .. (bins-1)/bins quantiles of the
-    finite ``values`` (n,)."""
-    finite = values[np.isfinite(values)]
+def _finite(values: np.ndarray, weights: np.ndarray | None
+            ) -> tuple[np.ndarray, np.ndarray | None]:
+    """The finite values of rows with a weight > 0 (n,) and their weights (None: all 1)."""
+    keep = np.isfinite(values) if weights is None else np.isfinite(values) & (weights > 0)
+    return values[keep], None if weights is None else weights[keep]
+
+
+def quantile_edges(values: np.ndarray, bins: int = REFERENCE_BINS,
+                   weights: np.ndarray | None = None) -> np.ndarray:
+    """(<= bins - 1,) distinct interior edges: the 1/bins .. (bins-1)/bins (weighted)
+    quantiles of the finite ``values`` (n,) with row ``weights`` (n,) (None: all 1)."""
+    finite, weights = _finite(values, weights)
     if finite.size == 0:
         return np.zeros(0)
-    return np.unique(np.quantile(finite, np.arange(1, bins) / bins))
+    return np.unique(weighted_quantile(finite, np.arange(1, bins) / bins, weights))
 
 
-def bin_counts(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
-    """(len(edges) + 1,) counts of the finite ``values`` (n,) per bin of ``edges``."""
-    finite = values[np.isfinite(values)]
-    return np.bincount(np.searchsorted(edges, finite, side="right"),
-                       minlength=len(edges) + 1).astype(np.int64)
+def bin_counts(values: np.ndarray, edges: np.ndarray,
+               weights: np.ndarray | None = None) -> np.ndarray:
+    """(len(edges) + 1,) float64 counts (sums of row ``weights``, None: all 1) of the
+    finite ``values`` (n,) per bin of ``edges``."""
+    finite, weights = _finite(values, weights)
+    return np.bincount(np.searchsorted(edges, finite, side="right"), weights=weights,
+                       minlength=len(edges) + 1).astype(np.float64)
 
 
 def _shares(counts: np.ndarray) -> np.ndarray:
@@ -111,17 +124,21 @@ def reference_from_values(values: dict[str, np.ndarray], sample: dict[str, np.nd
 
 
 def assemble_reference(edges: dict[str, np.ndarray], counts: dict[str, np.ndarray],
-                       missing: dict[str, int], n_rows: int,
-                       sample: dict[str, np.ndarray]) -> DriftReference:
+                       missing: dict[str, float], n_rows: float,
+                       sample: dict[str, np.ndarray],
+                       sample_weights: np.ndarray | None = None) -> DriftReference:
     """A :class:`DriftReference` from per-column edges and counts and per-modality missing
-    counts over ``n_rows`` rows, quantiles from ``sample``."""
+    counts over ``n_rows`` rows (sums of weights when weighted), quantiles from ``sample``
+    ({column: (s,)}) with row ``sample_weights`` (s,) (None: all 1)."""
     columns = {}
     for name, e in edges.items():
-        finite = sample[name][np.isfinite(sample[name])]
-        q = np.quantile(finite, QUANTILES) if finite.size else np.full(len(QUANTILES), np.nan)
+        finite, weights = _finite(sample[name], sample_weights)
+        q = (weighted_quantile(finite, np.array(QUANTILES), weights) if finite.size
+             else np.full(len(QUANTILES), np.nan))
         columns[name] = ColumnReference(e, counts[name], dict(zip(QUANTILES, map(float, q),
                                                                    strict=True)))
-    return DriftReference(columns, {m: n / n_rows for m, n in missing.items()}, n_rows)
+    return DriftReference(columns, {m: n / n_rows for m, n in missing.items()},
+                          as_count(n_rows))
 
 
 # ------------------------------------------------------------------ a population's profile

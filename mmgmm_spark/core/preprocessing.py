@@ -45,26 +45,36 @@ VARIANCE_FLOOR = 1e-9
 class Moments:
     """Mergeable first and second moments of n rows of one modality.
 
+    With row weights every sum is weighted and n is the total weight (a row of integer
+    weight w counts as w copies of it).
+
     Attributes:
-        count: number of rows n.
-        total: (d,) sum of the rows.
-        scatter: (d, d) centred scatter sum_i (x_i - mean)(x_i - mean)^T.
+        count: number of rows n (the sum of their weights).
+        total: (d,) (weighted) sum of the rows.
+        scatter: (d, d) (weighted) centred scatter sum_i w_i (x_i - mean)(x_i - mean)^T.
     """
 
-    count: int
+    count: float
     total: np.ndarray
     scatter: np.ndarray
 
     @classmethod
-    def of(cls, x: np.ndarray) -> Moments:
-        """Moments of the rows of ``x`` (n, d) that are not entirely NaN (missing)."""
+    def of(cls, x: np.ndarray, weights: np.ndarray | None = None) -> Moments:
+        """Moments of the rows of ``x`` (n, d) that are not entirely NaN (missing), with
+        row ``weights`` (n,) (None: all 1)."""
         x = np.asarray(x, dtype=np.float64)
-        x = x[~np.isnan(x).all(axis=1)]
+        present = ~np.isnan(x).all(axis=1)
+        x = x[present]
         if np.isnan(x).any():
             raise ValueError("Rows must be entirely observed or entirely NaN (missing).")
-        mean = x.mean(axis=0) if len(x) else np.zeros(x.shape[1])
-        centred = x - mean
-        return cls(len(x), x.sum(axis=0), centred.T @ centred)
+        if weights is None:
+            mean = x.mean(axis=0) if len(x) else np.zeros(x.shape[1])
+            centred = x - mean
+            return cls(len(x), x.sum(axis=0), centred.T @ centred)
+        w = np.asarray(weights, dtype=np.float64)[present]
+        count, total = float(w.sum()), w @ x
+        centred = x - (total / count if count > 0 else 0.0)
+        return cls(count, total, (centred * w[:, None]).T @ centred)
 
     @property
     def mean(self) -> np.ndarray:
@@ -281,8 +291,10 @@ class ModalityPreprocessor:
 
 
 def batch_moments(batch: Batch) -> dict[str, Moments]:
-    """{modality: :class:`Moments` of the rows of ``batch`` that observe it}."""
-    return {name: Moments.of(block.values) for name, block in batch.blocks.items()}
+    """{modality: :class:`Moments` of the rows of ``batch`` that observe it (weighted by the
+    batch's row weights)}."""
+    return {name: Moments.of(block.values, batch.weights_where(block.observed))
+            for name, block in batch.blocks.items()}
 
 
 def merge_moments(a: Mapping[str, Moments], b: Mapping[str, Moments]) -> dict[str, Moments]:

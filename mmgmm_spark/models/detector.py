@@ -30,6 +30,7 @@ from mmgmm_spark.core.densities import (
     weighted_log_prob,
 )
 from mmgmm_spark.core.modality import Modality
+from mmgmm_spark.core.quantiles import weighted_quantile
 from mmgmm_spark.models.fusion import (
     JOINT,
     FusionModel,
@@ -109,14 +110,17 @@ class AnomalyDetector:
         """Names of the columns :meth:`score_batch` returns, in order."""
         return [c.name for c in self.output_schema()]
 
-    def set_threshold(self, training_scores: np.ndarray,
-                      patterns: np.ndarray | None = None) -> float:
-        """Threshold = (1 - contamination) quantile of the training anomaly scores (n,); with
-        the rows' patterns (n,) also the calibration table."""
-        self.threshold = float(np.quantile(training_scores, 1.0 - self.contamination))
+    def set_threshold(self, training_scores: np.ndarray, patterns: np.ndarray | None = None,
+                      weights: np.ndarray | None = None) -> float:
+        """Threshold = (1 - contamination) quantile of the training anomaly scores (n,) with
+        row ``weights`` (n,) (None: all 1; integer weights = rows repeated); with the rows'
+        patterns (n,) also the calibration table."""
+        self.threshold = float(weighted_quantile(training_scores, 1.0 - self.contamination,
+                                                 weights))
         if patterns is not None:
             self.calibration = fit_calibration(training_scores, patterns,
-                                               [m.name for m in self.modalities])
+                                               [m.name for m in self.modalities],
+                                               weights=weights)
         return self.threshold
 
     def score_batch(self, batch: Batch) -> dict[str, np.ndarray]:

@@ -16,6 +16,7 @@ from sklearn.base import BaseEstimator, DensityMixin, OutlierMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from mmgmm_spark.core.modality import Modality
+from mmgmm_spark.core.quantiles import weighted_quantile
 from mmgmm_spark.models.mixture import MultimodalGaussianMixture as Mixture
 
 DEFAULT_MODALITY = "x"
@@ -56,28 +57,6 @@ def column_groups(modalities: Sequence[ColumnGroup] | None, n_features: int,
             f"{np.flatnonzero(counts == 0).tolist()} are in no group, "
             f"{np.flatnonzero(counts > 1).tolist()} in several, {outside} out of range.")
     return groups
-
-
-def weighted_quantile(values: np.ndarray, q: float, weights: np.ndarray | None) -> float:
-    """``np.quantile(values, q)`` (linear), where a row of integer weight w counts w times.
-
-    Args:
-        values: (n,) numbers.
-        q: in [0, 1].
-        weights: (n,) non-negative weights, or None (every row once).
-    """
-    if weights is None:
-        return float(np.quantile(values, q))
-    order = np.argsort(values, kind="stable")
-    ranked, cumulative = values[order], np.cumsum(weights[order])
-    position = q * (cumulative[-1] - 1.0)          # in the sorted repeated rows
-    low = np.floor(position)
-
-    def at(index: float) -> float:
-        return float(ranked[min(np.searchsorted(cumulative, index, side="right"),
-                                len(ranked) - 1)])
-
-    return at(low) + (position - low) * (at(low + 1.0) - at(low))
 
 
 class MixtureEstimator:

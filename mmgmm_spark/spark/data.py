@@ -23,6 +23,7 @@ from pyspark.sql import types as T
 
 from mmgmm_spark.core.batch import Batch, DataValidationError, weight_error, weight_problems
 from mmgmm_spark.core.modality import Modality
+from mmgmm_spark.core.quantiles import as_count
 from mmgmm_spark.spark.arrow import (
     PAYLOAD_SCHEMA,
     WEIGHT_FIELD,
@@ -198,7 +199,9 @@ class CachedBlocks:
     """Validated numpy batches of a DataFrame, cached (MEMORY_AND_DISK) for repeated passes.
 
     With ``weight_column`` every batch carries its rows' weights (:attr:`Batch.weights`),
-    checked first over the whole DataFrame (:func:`check_weight_column`).
+    checked first over the whole DataFrame (:func:`check_weight_column`). ``n_rows`` counts
+    the cached rows, ``total_weight`` their weights (= ``n_rows`` unweighted): the row count
+    of statistics, thresholds and BIC.
     """
 
     def __init__(self, df: DataFrame, modalities: tuple[Modality, ...], source: str,
@@ -235,11 +238,19 @@ class CachedBlocks:
             raise
 
     def _count(self) -> int:
-        """Rows over all cached batches (the pass that fills the cache)."""
+        """Rows over all cached batches (the pass that fills the cache); also sets
+        :attr:`total_weight`."""
         with translated_errors():
-            if self.rdd is not None:
-                return int(self.rdd.map(lambda b: b.n_rows).sum())
-            return int(self.payload.agg(F.sum("n_rows")).first()[0] or 0)
+            if self.weight_column is None and self.rdd is None:
+                rows = weight = int(self.payload.agg(F.sum("n_rows")).first()[0] or 0)
+            else:
+                rows, weight = self.aggregate(
+                    lambda b: (b.n_rows, b.total_weight),
+                    lambda a, b: (a[0] + b[0], a[1] + b[1]), (0, 0.0),
+                    (lambda t: (np.array([t[0]]), np.array([t[1]])),
+                     lambda arrays: (int(arrays[0][0]), float(arrays[1][0]))))
+        self.total_weight = as_count(weight)
+        return int(rows)
 
     def map_batches(self, function: Callable[[int, Batch], Batch]) -> list[Batch]:
         """Apply ``function(block_index, batch)`` to every cached batch; collect the results.

@@ -42,27 +42,31 @@ def monitored_columns(detector: AnomalyDetector) -> dict[str, str | None]:
 def training_reference(detector: AnomalyDetector, data: CachedBlocks, sample: Batch,
                        tree_depth: int = 2) -> DriftReference:
     """The reference of all cached training rows, in one pass over them: bin edges and
-    quantiles from ``sample`` (rows of ``data``), counts of every row."""
+    quantiles from ``sample`` (rows of ``data``), counts of every row; with row weights every
+    count (and the edges and quantiles of the sample) is weighted, a row of integer weight w
+    counting as w rows."""
     columns = monitored_columns(detector)
     sampled = detector.score_batch(sample)
-    edges = {name: quantile_edges(sampled[name]) for name in columns}
+    edges = {name: quantile_edges(sampled[name], weights=sample.weights) for name in columns}
     names = list(columns)
 
     def function(batch: Batch) -> tuple[np.ndarray, ...]:
-        values = detector.score_batch(batch)
-        return (np.array([batch.n_rows]),
-                np.array([np.isnan(values[n]).sum() for n in names]),
-                *(bin_counts(values[n], edges[n]) for n in names))
+        values, weights = detector.score_batch(batch), batch.weights
+        missing = [np.isnan(values[n]) for n in names]
+        return (np.array([batch.total_weight]),
+                np.array([m.sum() if weights is None else weights[m].sum() for m in missing],
+                         dtype=np.float64),
+                *(bin_counts(values[n], edges[n], weights) for n in names))
 
     def merge(a: tuple[np.ndarray, ...], b: tuple[np.ndarray, ...]) -> tuple[np.ndarray, ...]:
         return tuple(x + y for x, y in zip(a, b, strict=True))
 
-    zero = (np.zeros(1, np.int64), np.zeros(len(names), np.int64),
-            *(np.zeros(len(edges[n]) + 1, np.int64) for n in names))
+    zero = (np.zeros(1), np.zeros(len(names)), *(np.zeros(len(edges[n]) + 1) for n in names))
     total = data.aggregate(function, merge, zero, (tuple, tuple), tree_depth)
-    missing = {m: int(total[1][i]) for i, m in enumerate(columns.values()) if m is not None}
+    missing = {m: float(total[1][i]) for i, m in enumerate(columns.values()) if m is not None}
     return assemble_reference(edges, dict(zip(names, total[2:], strict=True)), missing,
-                              int(total[0][0]), {n: sampled[n] for n in names})
+                              float(total[0][0]), {n: sampled[n] for n in names},
+                              sample.weights)
 
 
 def latest_scores(scores: DataFrame, id_column: str) -> DataFrame:

@@ -15,7 +15,8 @@ from mmgmm_spark.spark.data import CachedBlocks
 
 
 def modality_moments(data: CachedBlocks, tree_depth: int = 2) -> dict[str, Moments]:
-    """{modality: count, sum (d,) and centred scatter (d, d) of the rows observing it}."""
+    """{modality: count, sum (d,) and centred scatter (d, d) of the rows observing it},
+    weighted by the cached row weights (count = their sum)."""
     modalities = data.modalities
     zero = {m.name: Moments(0, np.zeros(m.dim), np.zeros((m.dim, m.dim))) for m in modalities}
 
@@ -24,7 +25,7 @@ def modality_moments(data: CachedBlocks, tree_depth: int = 2) -> dict[str, Momen
             np.array([moments[m.name].count]), moments[m.name].total, moments[m.name].scatter))
 
     def from_arrays(arrays: tuple[np.ndarray, ...]) -> dict[str, Moments]:
-        return {m.name: Moments(int(arrays[3 * i][0]), arrays[3 * i + 1], arrays[3 * i + 2])
+        return {m.name: Moments(float(arrays[3 * i][0]), arrays[3 * i + 1], arrays[3 * i + 2])
                 for i, m in enumerate(modalities)}
 
     return data.aggregate(batch_moments, merge_moments, zero, (to_arrays, from_arrays),

@@ -6,7 +6,10 @@
   that narrow the value range holding the wanted order statistic, until at most
   ``max_collect`` candidate values remain; only those reach the driver. One more pass adds
   the per-missingness-pattern histograms of the calibration table
-  (:mod:`mmgmm_spark.core.calibration`), merged like the other partial results.
+  (:mod:`mmgmm_spark.core.calibration`), merged like the other partial results. With row
+  weights every count is a sum of weights (a row of integer weight w counts as w rows, a
+  zero-weight row is absent), so the threshold, the calibration and the mean/std equal those
+  of the rows repeated.
 * :func:`score_dataframe`: :meth:`AnomalyDetector.score_batch` as ``mapInArrow`` tasks; the
   output columns and their Spark types are :mod:`mmgmm_spark.models.scores`'.
 * :func:`score_to_delta`: scores plus model name/version, scoring run id and time, written
@@ -36,6 +39,7 @@ from mmgmm_spark.core.calibration import (
     pattern_histograms,
 )
 from mmgmm_spark.core.densities import normalise_log_prob, weighted_log_prob
+from mmgmm_spark.core.quantiles import as_count, lerp, order_statistics
 from mmgmm_spark.models.detector import AnomalyDetector
 from mmgmm_spark.models.fusion import FusionModel
 from mmgmm_spark.models.mixture import MultimodalGaussianMixture
@@ -71,7 +75,7 @@ class TrainingScores:
     Attributes:
         threshold: (1 - contamination) quantile of the anomaly scores (equal to
             ``np.quantile(scores, 1 - contamination)``); None from :func:`training_summary`.
-        n_rows: n.
+        n_rows: n (with row weights: their sum, an int when it is one).
         mean_log_likelihood: mean log-likelihood of the rows under the fitted parameters
             (of a ``late`` model: the mean fused, unitless score).
         std_log_likelihood: their standard deviation (population, ``np.std``).
@@ -81,7 +85,7 @@ class TrainingScores:
     """
 
     threshold: float | None
-    n_rows: int
+    n_rows: int | float
     mean_log_likelihood: float
     std_log_likelihood: float
     passes: int
@@ -97,18 +101,25 @@ def anomaly_scores(model: MultimodalGaussianMixture | FusionModel, batch: Batch)
 
 
 def scores_and_patterns(model: MultimodalGaussianMixture | FusionModel, batch: Batch
-                        ) -> tuple[np.ndarray, np.ndarray]:
-    """(n,) anomaly scores and (n,) missingness patterns of the rows of ``batch``."""
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(m,) anomaly scores, (m,) missingness patterns and (m,) weights of the m rows of
+    ``batch`` with a weight > 0 (all rows, weight 1, when unweighted): a zero-weight row is
+    absent from the threshold, the calibration and the summary."""
     observed = [batch.blocks[m.name].observed for m in model.modalities]
-    return anomaly_scores(model, batch), pattern_codes(observed)
+    if batch.weights is None:
+        return anomaly_scores(model, batch), pattern_codes(observed), np.ones(batch.n_rows)
+    kept = batch.take(np.flatnonzero(batch.weights > 0))
+    observed = [kept.blocks[m.name].observed for m in model.modalities]
+    return anomaly_scores(model, kept), pattern_codes(observed), kept.weights
 
 
 class _ScoreReducer:
-    """Map a function over the anomaly scores of every cached block and merge the results;
-    ``with_patterns`` functions also get the rows' patterns.
+    """Map a function over the (anomaly scores, weights) of every cached block and merge the
+    results; ``with_patterns`` functions get (scores, patterns, weights).
 
-    RDD path: the (n_i,) score and pattern arrays are computed once and cached. DataFrame-only
-    path: each pass decodes the cached payloads and recomputes the scores (one E-step per pass).
+    RDD path: the (n_i,) score, pattern and weight arrays are computed once and cached.
+    DataFrame-only path: each pass decodes the cached payloads and recomputes the scores (one
+    E-step per pass).
     """
 
     def __init__(self, model: MultimodalGaussianMixture | FusionModel,
@@ -126,15 +137,17 @@ class _ScoreReducer:
                with_patterns: bool = False) -> Stats:
         self.passes += 1
 
-        def apply(pair: tuple[np.ndarray, np.ndarray]) -> Stats:
-            return function(*pair) if with_patterns else function(pair[0])
+        def apply(triple: tuple[np.ndarray, np.ndarray, np.ndarray]) -> Stats:
+            scores, codes, weights = triple
+            return function(scores, codes, weights) if with_patterns else function(scores,
+                                                                                   weights)
 
         with translated_errors():
             if self.scores is not None:
                 return self.scores.map(apply).treeReduce(merge)
             return self._dataframe_reduce(apply, merge)
 
-    def _dataframe_reduce(self, function: Callable[[tuple[np.ndarray, np.ndarray]], Stats],
+    def _dataframe_reduce(self, function: Callable[[tuple[np.ndarray, ...]], Stats],
                           merge: Callable[[Stats, Stats], Stats]) -> Stats:
         model, modalities = self.model, self.data.modalities
 
@@ -159,73 +172,77 @@ class _ScoreReducer:
             self.scores.unpersist()
 
 
-def _summary(scores: np.ndarray) -> Stats:
-    """(rows, non-finite rows), sum, min, max and centred sum of squares of the finite scores."""
-    finite = scores[np.isfinite(scores)]
-    squares = float(((finite - finite.mean()) ** 2).sum()) if finite.size else 0.0
-    return (np.array([scores.size, scores.size - finite.size]), np.array([finite.sum()]),
-            np.array([finite.min(initial=np.inf)]), np.array([finite.max(initial=-np.inf)]),
+def _summary(scores: np.ndarray, weights: np.ndarray) -> Stats:
+    """(rows, non-finite rows), (weight, weighted sum), min, max and weighted centred sum of
+    squares of the finite scores."""
+    finite = np.isfinite(scores)
+    values, w = scores[finite], weights[finite]
+    weight, total = float(w.sum()), float(w @ values)
+    squares = float((w * (values - total / weight) ** 2).sum()) if weight > 0 else 0.0
+    return (np.array([scores.size, scores.size - values.size]), np.array([weight, total]),
+            np.array([values.min(initial=np.inf)]), np.array([values.max(initial=-np.inf)]),
             np.array([squares]))
 
 
 def _merge_summary(a: Stats, b: Stats) -> Stats:
-    """Chan et al.'s pairwise merge of the centred sums of squares."""
-    n_a, n_b = a[0][0] - a[0][1], b[0][0] - b[0][1]
+    """Chan et al.'s pairwise merge of the (weighted) centred sums of squares."""
+    (w_a, s_a), (w_b, s_b) = a[1], b[1]
     squares = a[4] + b[4]
-    if n_a and n_b:
-        squares = squares + (a[1] / n_a - b[1] / n_b) ** 2 * (n_a / (n_a + n_b) * n_b)
+    if w_a > 0 and w_b > 0:
+        squares = squares + (s_a / w_a - s_b / w_b) ** 2 * (w_a / (w_a + w_b) * w_b)
     return a[0] + b[0], a[1] + b[1], np.minimum(a[2], b[2]), np.maximum(a[3], b[3]), squares
 
 
-def _histogram(lo: float, hi: float, bins: int) -> Callable[[np.ndarray], Stats]:
-    """Per bin of [lo, hi]: count, min and max of the scores in it (bin index is monotone)."""
+def _histogram(lo: float, hi: float, bins: int) -> Callable[[np.ndarray, np.ndarray], Stats]:
+    """Per bin of [lo, hi]: rows, weight, min and max of the scores in it (bin index is
+    monotone)."""
 
-    def histogram(scores: np.ndarray) -> Stats:
-        inside = scores[(scores >= lo) & (scores <= hi)]
-        index = np.minimum(((inside - lo) / (hi - lo) * bins).astype(np.int64), bins - 1)
+    def histogram(scores: np.ndarray, weights: np.ndarray) -> Stats:
+        inside = (scores >= lo) & (scores <= hi)
+        values = scores[inside]
+        index = np.minimum(((values - lo) / (hi - lo) * bins).astype(np.int64), bins - 1)
         mins = np.full(bins, np.inf)
         maxs = np.full(bins, -np.inf)
-        np.minimum.at(mins, index, inside)
-        np.maximum.at(maxs, index, inside)
-        return np.bincount(index, minlength=bins), mins, maxs
+        np.minimum.at(mins, index, values)
+        np.maximum.at(maxs, index, values)
+        return (np.bincount(index, minlength=bins),
+                np.bincount(index, weights=weights[inside], minlength=bins), mins, maxs)
 
     return histogram
 
 
 def _merge_histogram(a: Stats, b: Stats) -> Stats:
-    return a[0] + b[0], np.minimum(a[1], b[1]), np.maximum(a[2], b[2])
+    return a[0] + b[0], a[1] + b[1], np.minimum(a[2], b[2]), np.maximum(a[3], b[3])
 
 
-def _order_statistic(reducer: _ScoreReducer, rank: int, lo: float, hi: float, n: int,
+def _order_statistic(reducer: _ScoreReducer, rank: float, lo: float, hi: float, n: int,
                      bins: int, max_collect: int) -> float:
-    """The score of 0-based ``rank`` in ascending order, all scores lying in [lo, hi]."""
-    below, count = 0, n
+    """The score of 0-based ``rank`` in ascending order (ranks count weight: a row of
+    integer weight w holds w ranks), all n scores lying in [lo, hi]."""
+    below, count = 0.0, n
     while lo < hi and count > max_collect:
-        counts, mins, maxs = reducer.reduce(_histogram(lo, hi, bins), _merge_histogram)
-        ends = below + np.cumsum(counts)
-        b = int(np.searchsorted(ends, rank, side="right"))
-        below, count = int(ends[b] - counts[b]), int(counts[b])
+        rows, weights, mins, maxs = reducer.reduce(_histogram(lo, hi, bins), _merge_histogram)
+        ends = below + np.cumsum(weights)
+        b = min(int(np.searchsorted(ends, rank, side="right")), int(np.flatnonzero(rows)[-1]))
+        below, count = float(ends[b] - weights[b]), int(rows[b])
         lo, hi = float(mins[b]), float(maxs[b])
     if lo == hi:
         return lo
     low, high = lo, hi
-    (values,) = reducer.reduce(lambda s: (s[(s >= low) & (s <= high)],),
-                               lambda a, b: (np.concatenate([a[0], b[0]]),))
-    return float(np.sort(values)[rank - below])
-
-
-def _lerp(a: float, b: float, t: float) -> float:
-    """numpy's linear interpolation between neighbouring order statistics."""
-    if a == b:
-        return a
-    difference = b - a
-    return b - difference * (1 - t) if t >= 0.5 else a + difference * t
+    values, weights = reducer.reduce(
+        lambda s, w: (s[(s >= low) & (s <= high)], w[(s >= low) & (s <= high)]),
+        lambda a, b: (np.concatenate([a[0], b[0]]), np.concatenate([a[1], b[1]])))
+    order = np.argsort(values, kind="stable")
+    return float(order_statistics(values[order], below + np.cumsum(weights[order]),
+                                  np.array([rank]))[0])
 
 
 def training_threshold(model: MultimodalGaussianMixture | FusionModel, data: CachedBlocks,
                        contamination: float, *, bins: int = 1024,
                        max_collect: int = 100_000) -> TrainingScores:
-    """Exact (1 - contamination) quantile of the anomaly scores of all cached rows.
+    """Exact (1 - contamination) quantile of the anomaly scores of all cached rows, weighted
+    by their row weights (:func:`mmgmm_spark.core.quantiles.weighted_quantile`'s rule: a row
+    of integer weight w counts as w rows).
 
     Args:
         model: the fitted mixture, or a fitted :class:`FusionModel`.
@@ -238,47 +255,52 @@ def training_threshold(model: MultimodalGaussianMixture | FusionModel, data: Cac
         raise ValueError(f"contamination must be in (0, 0.5), got {contamination!r}.")
     reducer = _ScoreReducer(model, data)
     try:
-        n, total, lo, hi, squares = _summarise(reducer)
-        position = (n - 1) * (1.0 - contamination)
-        rank = int(np.floor(position))
+        n, weight, total, lo, hi, squares = _summarise(reducer)
+        last = max(weight - 1.0, 0.0)
+        position = last * (1.0 - contamination)
+        rank = float(np.floor(position))
         below = _order_statistic(reducer, rank, lo, hi, n, bins, max_collect)
-        above = below if rank + 1 >= n else _order_statistic(
+        above = below if rank + 1 > last else _order_statistic(
             reducer, rank + 1, lo, hi, n, bins, max_collect)
-        threshold = _lerp(below, above, position - rank)
+        threshold = lerp(below, above, position - rank)
         calibration = _calibration(reducer, lo, hi)
-        return TrainingScores(threshold, n, float(-total / n), float(np.sqrt(squares / n)),
-                              reducer.passes, calibration)
+        return TrainingScores(threshold, as_count(weight), float(-total / weight),
+                              float(np.sqrt(squares / weight)), reducer.passes, calibration)
     finally:
         reducer.close()
 
 
 def _calibration(reducer: _ScoreReducer, lo: float, hi: float) -> Calibration:
     """The calibration table of all scores, in [lo, hi], from one histogram pass."""
-    histograms = reducer.reduce(lambda scores, codes: pattern_histograms(scores, codes, lo, hi),
-                                merge_histograms, with_patterns=True)
+    histograms = reducer.reduce(
+        lambda scores, codes, weights: pattern_histograms(scores, codes, lo, hi,
+                                                          weights=weights),
+        merge_histograms, with_patterns=True)
     return calibration_from_histograms(histograms, lo, hi,
                                        [m.name for m in reducer.model.modalities])
 
 
 def training_summary(model: MultimodalGaussianMixture | FusionModel,
                      data: CachedBlocks) -> TrainingScores:
-    """Mean and standard deviation of the log-likelihood of all cached rows in one pass,
-    without the threshold (``threshold`` None): for fits whose detector is not used."""
+    """(Weighted) mean and standard deviation of the log-likelihood of all cached rows in one
+    pass, without the threshold (``threshold`` None): for fits whose detector is not used."""
     reducer = _ScoreReducer(model, data)
     try:
-        n, total, _, _, squares = _summarise(reducer)
-        return TrainingScores(None, n, float(-total / n), float(np.sqrt(squares / n)),
-                              reducer.passes)
+        _, weight, total, _, _, squares = _summarise(reducer)
+        return TrainingScores(None, as_count(weight), float(-total / weight),
+                              float(np.sqrt(squares / weight)), reducer.passes)
     finally:
         reducer.close()
 
 
-def _summarise(reducer: _ScoreReducer) -> tuple[int, float, float, float, float]:
-    """(rows, sum, min, max, centred sum of squares) of the scores; all must be finite."""
-    (n, bad), (total,), (lo,), (hi,), (squares,) = reducer.reduce(_summary, _merge_summary)
+def _summarise(reducer: _ScoreReducer) -> tuple[int, float, float, float, float, float]:
+    """(rows, weight, weighted sum, min, max, weighted centred sum of squares) of the scores
+    of the rows with a weight > 0; all must be finite."""
+    (n, bad), (weight, total), (lo,), (hi,), (squares,) = reducer.reduce(_summary,
+                                                                          _merge_summary)
     if bad:
         raise ValueError(f"{bad} training rows have a non-finite anomaly score.")
-    return int(n), float(total), float(lo), float(hi), float(squares)
+    return int(n), float(weight), float(total), float(lo), float(hi), float(squares)
 
 
 # ------------------------------------------------------------------------------- scoring

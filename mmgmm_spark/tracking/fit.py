@@ -166,7 +166,7 @@ class FitRun:
     Attributes:
         run_id: the MLflow run.
         detector: the fitted detector (threshold set).
-        n_rows: training rows.
+        n_rows: training rows (with row weights: the sum of the weights).
         metrics: the final metrics logged.
         model_uri: the logged model (``models:/m-...``) or None.
         model_version: registered version or None.
@@ -175,7 +175,7 @@ class FitRun:
 
     run_id: str
     detector: AnomalyDetector
-    n_rows: int
+    n_rows: int | float
     metrics: dict[str, float] = field(default_factory=dict)
     model_uri: str | None = None
     model_version: str | None = None
@@ -274,7 +274,8 @@ def _fit_on_spark(model: MultimodalGaussianMixture, data: DataFrame | CachedBloc
             if owned_transform:
                 transformed = transformed_rows(cached, preprocessing, model.modalities)
             model.fit(transformed or cached, **fit_options)
-            fitted = model if preprocessing is None else preprocessing.model(model, cached.n_rows)
+            fitted = (model if preprocessing is None
+                      else preprocessing.model(model, cached.total_weight))
             if with_threshold:
                 scores, detector, sample, reference = thresholded_on_spark(
                     fitted, cached, contamination)

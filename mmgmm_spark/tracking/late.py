@@ -75,12 +75,12 @@ def tracked_late_fit(models: Mapping[str, MultimodalGaussianMixture], data: Cach
         parts = {name: LatePart(fit.detector.model, fit.metrics["final_mean_log_likelihood"],
                                 fit.metrics["final_log_likelihood_std"])
                  for name, fit in fits.items()}
-        fused = late_model(preprocessing, parts, data.n_rows)
+        fused = late_model(preprocessing, parts, data.total_weight)
         scores, detector, sample, reference = thresholded_on_spark(fused, data, contamination)
-        metrics = _late_metrics(fits, data.n_rows, scores.threshold)
-        result = FitRun(run_id, detector, data.n_rows, metrics)
+        metrics = _late_metrics(fits, data.total_weight, scores.threshold)
+        result = FitRun(run_id, detector, data.total_weight, metrics)
         try:
-            call_with_retry(lambda: (mlflow.log_params({"n_rows": data.n_rows,
+            call_with_retry(lambda: (mlflow.log_params({"n_rows": data.total_weight,
                                                         "data_path": "spark"}),
                                      mlflow.log_metrics(metrics),
                                      log_figures(score_figures(detector, sample)),
@@ -123,10 +123,11 @@ def _fit_modality(name: str, model: MultimodalGaussianMixture, data: CachedBlock
         rows.unpersist()
 
 
-def _late_metrics(fits: Mapping[str, FitRun], n_rows: int, threshold: float
+def _late_metrics(fits: Mapping[str, FitRun], n_rows: float, threshold: float
                   ) -> dict[str, float]:
-    """Mean log-likelihood (sum of each modality's over the rows observing it, per row),
-    BIC/AIC with every mixture's parameters, and the fused score's threshold."""
+    """Mean log-likelihood (sum of each modality's over the rows observing it, per row; rows
+    counted by their weights), BIC/AIC with every mixture's parameters, and the fused
+    score's threshold."""
     total = sum(fit.n_rows * fit.metrics["final_mean_log_likelihood"] for fit in fits.values())
     n_parameters = int(sum(fit.metrics["n_parameters"] for fit in fits.values()))
     return {"final_mean_log_likelihood": total / n_rows,

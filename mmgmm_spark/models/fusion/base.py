@@ -181,7 +181,8 @@ def observed(x: np.ndarray) -> np.ndarray:
     return ~np.isnan(x).all(axis=1)
 
 
-def single_block(name: str, values: np.ndarray) -> Batch:
-    """A batch of one fully observed block ``name`` of (n, d) ``values``."""
+def single_block(name: str, values: np.ndarray, weights: np.ndarray | None = None) -> Batch:
+    """A batch of one fully observed block ``name`` of (n, d) ``values`` (row ``weights``
+    (n,) or None)."""
     n_rows = values.shape[0]
-    return Batch(n_rows, {name: Block(np.ones(n_rows, dtype=bool), values)})
+    return Batch(n_rows, {name: Block(np.ones(n_rows, dtype=bool), values)}, weights)

@@ -217,9 +217,11 @@ def _fitted_config(config: FusionConfig,
 
 
 def observing(name: str) -> Callable[[Batch], Batch]:
-    """A function keeping, of a batch, only block ``name`` and the rows observing it."""
+    """A function keeping, of a batch, only block ``name`` and the rows observing it (with
+    their weights)."""
 
     def restrict(batch: Batch) -> Batch:
-        return single_block(name, batch.blocks[name].values)
+        block = batch.blocks[name]
+        return single_block(name, block.values, batch.weights_where(block.observed))
 
     return restrict
