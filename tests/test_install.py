@@ -31,7 +31,10 @@ def installed(tmp_path_factory) -> Path:
 
 
 def _run(bin_dir: Path, cwd: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    # a user's shell: none of this process's Python settings (its Spark session sets
+    # PYSPARK_PYTHON to this interpreter, which is not the venv's)
+    env = {key: value for key, value in os.environ.items()
+           if key not in ("PYTHONPATH", "PYSPARK_PYTHON", "PYSPARK_DRIVER_PYTHON")}
     env |= {"SPARK_LOCAL_IP": "127.0.0.1", "PATH": f"{bin_dir}{os.pathsep}{env['PATH']}"}
     return subprocess.run([str(bin_dir / "mmgmm"), *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=900)
