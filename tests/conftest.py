@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -73,9 +74,38 @@ def delta_spark(request, tmp_path_factory):
     session.stop()
 
 
+@pytest.fixture(scope="session")
+def connect_url(tmp_path_factory):
+    """``sc://127.0.0.1:<free port>`` of one Spark Connect server for the whole run (local[2],
+    Delta Lake's jars, extension and catalog; its Python workers import this checkout).
+
+    Its tests run together, just before the Delta session's (``pytest_collection_modifyitems``).
+    """
+    from mmgmm_spark.spark.session import (
+        DELTA_CONF,
+        DELTA_LOCAL_DEFAULTS,
+        LOCAL_DEFAULTS,
+        delta_package,
+    )
+    from tests.spark_servers import start_connect_server
+
+    conf = {**LOCAL_DEFAULTS, **DELTA_LOCAL_DEFAULTS, **DELTA_CONF,
+            "spark.pyspark.python": sys.executable}
+    server, url = start_connect_server(tmp_path_factory.mktemp("connect"), conf, delta_package())
+    yield url
+    server.stop()
+
+
 def pytest_collection_modifyitems(items):
-    """Tests on the Delta session run after all others (it replaces the shared session)."""
-    items.sort(key=lambda item: "delta_spark" in getattr(item, "fixturenames", ()))
+    """Tests on the Delta session run after all others (it replaces the shared session), and
+    the Spark Connect server's tests run together just before them (the one on both first)."""
+
+    def order(item) -> int:
+        names = getattr(item, "fixturenames", ())
+        delta, connect = "delta_spark" in names, "connect_url" in names
+        return 2 * delta + (connect != delta)  # others, Connect, both, Delta session only
+
+    items.sort(key=order)
 
 
 def local_tracking(tmp_path_factory, name: str):
@@ -101,12 +131,3 @@ def copy_empty_mlflow_store(work_dir: Path, tmp_path_factory) -> None:
     work_dir.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(template, work_dir / "mlflow.db")
 
-
-LONG_TESTS = "MMGMM_LONG_TESTS"
-"""Set to 1 to also run the tests over ~3 minutes each (the standalone cluster and the
-delta-spark Connect end-to-end run), which keep ``make test`` within CI's 25 minutes."""
-
-long_test = pytest.mark.skipif(
-    os.environ.get(LONG_TESTS) != "1",
-    reason=f"over 3 minutes (CI budget); run with {LONG_TESTS}=1, e.g. "
-           f"`{LONG_TESTS}=1 python -m pytest tests/test_cluster.py tests/test_connect.py`")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import venv
 from pathlib import Path
 
@@ -57,14 +56,13 @@ def test_installed_package_is_the_venvs_own(installed: Path, tmp_path: Path) -> 
 def test_demo_runs_from_an_empty_directory(installed: Path, tmp_path: Path) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
-    result = _run(installed, empty, "demo", "--rows", "20000", "--work-dir", "out")
+    result = _run(installed, empty, "demo", "--rows", "5000", "--work-dir", "out")
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     assert "AUROC" in result.stdout
     tables = empty / "out" / "tables"
     assert sorted(p.name for p in tables.iterdir()) == ["image", "labels", "scores", "sensor",
                                                         "text"]
     scores = DeltaTable(str(tables / "scores")).to_pandas()
-    assert len(scores) == 20000 and scores["id"].is_unique
+    assert len(scores) == 5000 and scores["id"].is_unique
     assert (empty / "out" / "mlflow.db").exists()
     assert sorted(p.name for p in empty.iterdir()) == ["out"]
-    assert sys.executable  # the suite's own interpreter was not used for the demo

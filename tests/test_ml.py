@@ -8,11 +8,8 @@ import json
 import os
 import pickle
 import re
-import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import mlflow
@@ -265,49 +262,11 @@ def test_incomplete_saved_model_is_a_clear_error(fitted, tmp_path):
 
 
 # ------------------------------------------------------------------------- Spark Connect
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def connect_url(tmp_path_factory):
-    """A Spark Connect server (local[2], loopback, a free port) for this module's tests; its
-    Python workers import this checkout."""
-    import pyspark
-
-    port, log = _free_port(), tmp_path_factory.mktemp("connect") / "server.log"
-    env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1", "PYSPARK_PYTHON": sys.executable,
-           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    command = [str(Path(pyspark.__file__).parent / "bin" / "spark-submit"), "--master",
-               "local[2]", "--conf", f"spark.connect.grpc.binding.port={port}", "--conf",
-               "spark.connect.grpc.binding.address=127.0.0.1", "--class",
-               "org.apache.spark.sql.connect.service.SparkConnectServer", "spark-internal"]
-    with log.open("wb") as out:
-        server = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env,
-                                  start_new_session=True)
-    try:
-        deadline = time.monotonic() + 120
-        while not _listening(port):
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"Spark Connect server did not start:\n{log.read_text()}")
-            time.sleep(0.5)
-        yield f"sc://127.0.0.1:{port}"
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=60)
-
-
-def _listening(port: int) -> bool:
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) == 0
-
-
 @pytest.mark.slow
 def test_pipeline_under_spark_connect(connect_url, classic, arrays, tmp_path, spark):
-    """Under Connect the same Pipeline fits, transforms, saves and loads, with the classic
-    session's numbers; the classic session loads what Connect saved and scores the same."""
+    """Under Connect (the session's shared server, ``tests/conftest.py``) the same Pipeline
+    fits, transforms, saves and loads, with the classic session's numbers; the classic
+    session loads what Connect saved and scores the same."""
     np.savez(tmp_path / "data.npz", **arrays)
     subprocess.run([sys.executable, str(SCRIPT), "--remote", connect_url,
                     str(tmp_path / "data.npz"), str(tmp_path), str(tmp_path / "out.npz")],

@@ -195,7 +195,8 @@ def test_local_cluster_with_two_executor_jvms(tmp_path, data, start):
 
 
 @pytest.mark.slow
-def test_spark_connect_dataframe_only_fit(tmp_path, data, start):
-    """A local Spark Connect session (no RDD API) fits with the DataFrame-only reduction."""
-    fitted = _fit_in_fresh_process(tmp_path, data, start, ["--remote", "local[2]"])
+def test_spark_connect_dataframe_only_fit(tmp_path, data, start, connect_url):
+    """A Spark Connect session (no RDD API; the session's shared server) fits with the
+    DataFrame-only reduction."""
+    fitted = _fit_in_fresh_process(tmp_path, data, start, ["--remote", connect_url])
     assert_same_fit(*fitted, reference(data, start, max_iter=5))
