@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pyspark
 
+from mmgmm_spark.spark.session import LOCAL_DEFAULTS
+
 SPARK_HOME = Path(pyspark.__file__).parent
 ROOT = Path(__file__).resolve().parents[1]
 HOST = "127.0.0.1"
@@ -135,16 +137,23 @@ class Cluster:
             server.stop()
 
 
+JIT_OPTIONS = LOCAL_DEFAULTS["spark.driver.extraJavaOptions"]
+"""The local sessions' JVM options (C1 compiler only, a larger code cache), for the cluster's
+JVMs too: on 2 cores, C2's compilation in seven JVMs (master, 2 workers, driver, 2 executors)
+competes with the Python workers for minutes."""
+
+
 def start_cluster(work: Path, n_workers: int = 2, cores: int = 1, memory: str = "1g") -> Cluster:
     """A standalone master and ``n_workers`` workers (``cores`` and ``memory`` each) on loopback,
     started with pyspark's ``bin/spark-class``; returns once every worker is registered."""
     spark_class = str(SPARK_HOME / "bin" / "spark-class")
     port, web_port = free_port(), free_port()
+    daemon = {"SPARK_DAEMON_JAVA_OPTS": JIT_OPTIONS}
     master = Server.start([spark_class, "org.apache.spark.deploy.master.Master", "--host", HOST,
                            "--port", str(port), "--webui-port", str(web_port)],
                           work / "master.log", work, checkout=False,
                           # its REST submission server would take the fixed port 6066
-                          env={"SPARK_MASTER_OPTS": "-Dspark.master.rest.enabled=false"})
+                          env={**daemon, "SPARK_MASTER_OPTS": "-Dspark.master.rest.enabled=false"})
     cluster = Cluster(master, f"spark://{HOST}:{port}", web_port)
     master.wait_until(lambda: port_open(web_port), "Spark standalone master")
     for i in range(n_workers):
@@ -154,7 +163,7 @@ def start_cluster(work: Path, n_workers: int = 2, cores: int = 1, memory: str = 
             [spark_class, "org.apache.spark.deploy.worker.Worker", "--host", HOST,
              "--cores", str(cores), "--memory", memory, "--webui-port", str(free_port()),
              "--work-dir", str(worker_dir), cluster.url], work / f"worker-{i}.log", work,
-            checkout=False))
+            checkout=False, env=daemon))
     master.wait_until(lambda: cluster.alive_workers() == n_workers,
                       f"{n_workers} standalone workers")
     return cluster

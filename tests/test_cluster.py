@@ -27,6 +27,7 @@ from deltalake import DeltaTable
 from tests.conftest import copy_empty_mlflow_store
 from tests.spark_servers import (
     HOST,
+    JIT_OPTIONS,
     ROOT,
     free_port,
     registered_champion,
@@ -46,6 +47,7 @@ SMALL_CLUSTER_CONF = {
     # on two 1-core executors and tables of 3,000 rows those jobs took most of the run.
     "spark.databricks.delta.snapshotPartitions": "2",
     "spark.executorEnv.OMP_NUM_THREADS": "1",
+    "spark.executor.extraJavaOptions": JIT_OPTIONS,
 }
 """The test's settings for tiny tables on a 2-core machine (the jobs' numbers do not change)."""
 COPY_IGNORE = shutil.ignore_patterns(".git", "work", "dist", "build", "__pycache__", "*.egg-info",
@@ -139,7 +141,9 @@ def test_readme_spark_submit_on_a_standalone_cluster(spark, cluster, tmp_path, t
     watcher = threading.Thread(target=_kill_worker_when_scoring,
                                args=(cluster, ui_port, done, killed), daemon=True)
     watcher.start()
-    env = {**server_env(checkout=False), "SPARK_MASTER": cluster.url}
+    # the driver is spark-submit's JVM (client mode): its options come from the environment
+    env = {**server_env(checkout=False), "SPARK_MASTER": cluster.url,
+           "SPARK_SUBMIT_OPTS": JIT_OPTIONS}
     try:
         result = subprocess.run(["bash", "-euo", "pipefail", "-c", readme_cluster_block()],
                                 cwd=project, env=env, capture_output=True, text=True,
