@@ -125,12 +125,11 @@ def _timed(spark, function) -> Timed:
 
 
 def _print_stages(label: str, run: Timed, top: int = 8) -> None:
-    """The run's Spark stages grouped by call site (seconds outside stages: driver work)."""
+    """The run's Spark stages grouped by call site (stage seconds overlap: concurrent stages
+    each count their own wall time)."""
     rows = run.by_call_site()
-    in_stages = sum(r[2] for r in rows)
-    print(f"\n{label}: {len(run.stages)} stages, {in_stages:.1f} s in stages, "
-          f"{run.seconds - in_stages:.1f} s outside them (driver: MLflow, delta-rs log, "
-          "planning)")
+    print(f"\n{label}: {len(run.stages)} stages ({run.seconds:.1f} s wall), by call site "
+          "(stage wall seconds, which overlap; input rows):")
     for name, count, seconds, records in rows[:top]:
         print(f"  {seconds:7.1f} s {records:12,d} rows  {count:3d}x {name}")
 
