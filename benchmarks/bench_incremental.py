@@ -27,6 +27,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -74,19 +75,63 @@ def _change(path: str, start: int, count: int) -> None:
      .when_matched_update({"features": "s.features"}).execute())
 
 
-def input_records(spark) -> int:
-    """Rows read from storage so far: the input records of every completed stage."""
+def completed_stages(spark) -> dict[tuple[int, int], dict]:
+    """The completed stages so far, by (stage id, attempt), from the Spark UI's REST API."""
     url = (f"{spark.sparkContext.uiWebUrl}/api/v1/applications/"
            f"{spark.sparkContext.applicationId}/stages?status=complete")
     with urllib.request.urlopen(url) as response:
-        return sum(stage["inputRecords"] for stage in json.load(response))
+        return {(s["stageId"], s["attemptId"]): s for s in json.load(response)}
 
 
-def _timed(spark, function):
-    """(seconds, rows read from storage, result) of ``function()``."""
-    records, start = input_records(spark), time.perf_counter()
+def _stage_seconds(stage: dict) -> float:
+    """Wall seconds of one stage (UI timestamps such as ``2026-12-03T13:05:01.123GMT``)."""
+    def parse(stamp: str) -> float:
+        return time.mktime(time.strptime(stamp[:19], "%Y-%m-%dT%H:%M:%S")) + float(
+            "0" + stamp[19:23])
+    return parse(stage["completionTime"]) - parse(stage["submissionTime"])
+
+
+@dataclass(frozen=True)
+class Timed:
+    """One timed run: wall seconds, the Spark stages it ran and what it returned."""
+
+    seconds: float
+    stages: list[dict]
+    result: object
+
+    @property
+    def input_records(self) -> int:
+        """Rows read from storage: the input records of every stage the run ran."""
+        return sum(stage["inputRecords"] for stage in self.stages)
+
+    def by_call_site(self) -> list[tuple[str, int, float, int]]:
+        """(call site, stages, stage seconds, input rows) per call site, slowest first."""
+        sites: dict[str, list] = {}
+        for stage in self.stages:
+            site = sites.setdefault(stage["name"], [0, 0.0, 0])
+            site[0] += 1
+            site[1] += _stage_seconds(stage)
+            site[2] += stage["inputRecords"]
+        return sorted(((name, *v) for name, v in sites.items()), key=lambda r: -r[2])
+
+
+def _timed(spark, function) -> Timed:
+    """``function()`` timed, with the Spark stages it ran."""
+    before, start = completed_stages(spark), time.perf_counter()
     result = function()
-    return time.perf_counter() - start, input_records(spark) - records, result
+    seconds = time.perf_counter() - start
+    after = completed_stages(spark)
+    return Timed(seconds, [s for key, s in after.items() if key not in before], result)
+
+
+def _print_stages(label: str, run: Timed, top: int = 8) -> None:
+    """The run's Spark stages grouped by call site (stage seconds overlap: concurrent stages
+    each count their own wall time)."""
+    rows = run.by_call_site()
+    print(f"\n{label}: {len(run.stages)} stages ({run.seconds:.1f} s wall), by call site "
+          "(stage wall seconds, which overlap; input rows):")
+    for name, count, seconds, records in rows[:top]:
+        print(f"  {seconds:7.1f} s {records:12,d} rows  {count:3d}x {name}")
 
 
 def _prepare(spark, config: AppConfig, root: str, rows: int, files: int) -> None:
@@ -129,9 +174,11 @@ def main(argv: list[str]) -> int:
     changes = read_changes(spark, image, before, DeltaTable(image).version(),
                            engine="delta-rs")
     change_rows = changes.added.count() + changes.removed.count()
-    t_incremental, read_incremental, inc = _timed(spark, lambda: score_incremental(spark,
-                                                                                  config))
-    t_full, read_full, _ = _timed(spark, lambda: pipeline.score(spark, config))
+    incremental = _timed(spark, lambda: score_incremental(spark, config))
+    full = _timed(spark, lambda: pipeline.score(spark, config))
+    t_incremental, read_incremental, inc = (incremental.seconds, incremental.input_records,
+                                            incremental.result)
+    t_full, read_full = full.seconds, full.input_records
     print(f"\n{args.rows:,} entities, {n_changed:,} changed ({args.changed:.2%}) in "
           f"'image', {len(DIMS)} modalities ({'+'.join(map(str, DIMS.values()))} features), "
           f"{args.files} files per table, local[2]")
@@ -142,6 +189,8 @@ def main(argv: list[str]) -> int:
     print(f"{'rows read (change sets)':28s}{change_rows:14,d}{'':>16s}")
     print(f"{'rows scored and appended':28s}{inc.n_scored:14,d}{args.rows:16,d}"
           f"{args.rows / max(1, inc.n_scored):8.0f}x")
+    _print_stages("incremental", incremental)
+    _print_stages("full re-score", full)
     spark.stop()
     return 0
 

@@ -148,35 +148,46 @@ def score_incremental(spark: SparkSession, config: AppConfig,
     return IncrementalResult("incremental", base.run_id, *counts, methods, written)
 
 
-MAX_LISTED_IDS = 200_000
-"""Changed ids up to this many are brought to the driver and filter every table read as an
-``id IN (...)`` predicate, which Parquet (row-group statistics) and Delta (file statistics)
-use to skip the data that holds none of them; more are semi-joined (every file read)."""
+MAX_BROADCAST_IDS = 1_000_000
+"""Changed ids up to this many are broadcast to the tasks that filter every table read (a
+semi-join without a shuffle); more are semi-joined with a shuffle."""
 
 
 @dataclass(frozen=True)
 class ChangedIds:
-    """The changed ids: a cached one-column ``frame``, and ``listed`` (their values) when
-    there are at most :data:`MAX_LISTED_IDS` of them."""
+    """The changed ids: a cached one-column ``frame``, their ``count``, how many are null
+    (``n_null``) and their range (``low``, ``high``; None when there are none).
+
+    Every table read is filtered by the range first, a predicate Spark pushes down to the
+    Parquet reader (row-group statistics: data holding no id of the range is skipped, so a
+    table laid out by id reads only its files with changed ids), then semi-joined with the
+    ids. No id is brought to the driver: an ``IN`` list of the ids would cost one Py4J call
+    per id and Parquet turns one of more than 10 values into the same range anyway.
+    """
 
     frame: DataFrame
-    listed: list | None
+    count: int
+    n_null: int
+    low: object
+    high: object
     id_column: str
 
     @classmethod
     def of(cls, ids: DataFrame, id_column: str) -> ChangedIds:
         ids = ids.cache()
-        first = [row[0] for row in ids.limit(MAX_LISTED_IDS + 1).collect()]
-        return cls(ids, first if len(first) <= MAX_LISTED_IDS else None, id_column)
-
-    def count(self) -> int:
-        return len(self.listed) if self.listed is not None else self.frame.count()
+        column = F.col(id_column)
+        count, n_null, low, high = ids.agg(
+            F.count(F.lit(1)), F.count(F.when(column.isNull(), 1)), F.min(column),
+            F.max(column)).first()
+        return cls(ids, count, n_null, low, high, id_column)
 
     def restrict(self, df: DataFrame) -> DataFrame:
         """The rows of ``df`` whose id is one of these."""
-        if self.listed is not None:
-            return df.where(F.col(self.id_column).isin(self.listed))
-        return df.join(self.frame, self.id_column, "left_semi")
+        if self.low is None:
+            return df.where(F.lit(False))
+        ids = F.broadcast(self.frame) if self.count <= MAX_BROADCAST_IDS else self.frame
+        return (df.where(F.col(self.id_column).between(self.low, self.high))
+                .join(ids, self.id_column, "left_semi"))
 
 
 def _restricted_join(config: AppConfig, frames: dict[str, DataFrame],
@@ -195,8 +206,8 @@ def _changed_rows(config: AppConfig, reads: ModalityReads, changed: ChangedIds |
     id_column = config.data.id_column
     rows = _restricted_join(config, reads.frames, changed).cache()
     n_rows, n_distinct = rows.agg(F.count(F.lit(1)), F.count_distinct(id_column)).first()
-    n_changed = changed.count()
-    if n_rows != n_distinct or (changed.listed is not None and None in changed.listed):
+    n_changed = changed.count
+    if n_rows != n_distinct or changed.n_null:
         for m in config.data.modalities:  # names the table (a null or duplicated id)
             check_ids(reads.frames[m.name], m.table, id_column, m.features_column)
     return rows, (n_changed, n_distinct, n_changed - n_distinct)

@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
 
 CHANGE_DATA_FEED = "change data feed"
 ADDED_FILES = "added files"
@@ -55,11 +56,15 @@ def net_changes(changes: TableChanges, id_col: str, columns: list[str]) -> NetCh
     """The net effect of ``changes`` on the rows' ``id_col`` and ``columns`` (e.g. features).
 
     A row updated and later restored is not a change; an id removed and not re-added is
-    deleted.
+    deleted. One aggregation (what ``EXCEPT ALL`` does, done once for both directions): each
+    distinct row's count in ``added`` minus its count in ``removed``; an id with a row of
+    positive net count is changed, one with only negative ones deleted. Both results share
+    that aggregation's shuffle, so the change sets are read once per query.
     """
     keep = [id_col, *columns]
-    added = changes.added.select(*keep)
-    removed = changes.removed.select(*keep)
-    changed = added.exceptAll(removed).select(id_col).distinct()
-    left = removed.exceptAll(added).select(id_col).distinct()
-    return NetChanges(changed, left.join(changed, id_col, "left_anti"))
+    signed = changes.added.select(*keep, F.lit(1).alias("_n")).unionByName(
+        changes.removed.select(*keep, F.lit(-1).alias("_n")))
+    net = signed.groupBy(*keep).agg(F.sum("_n").alias("_n"))
+    per_id = net.groupBy(id_col).agg(F.max("_n").alias("_up"), F.min("_n").alias("_down"))
+    return NetChanges(per_id.where(F.col("_up") > 0).select(id_col),
+                      per_id.where((F.col("_up") <= 0) & (F.col("_down") < 0)).select(id_col))
