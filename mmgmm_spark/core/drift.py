@@ -157,12 +157,6 @@ def quantile_grid(edges: np.ndarray, bins: int = GRID_BINS) -> np.ndarray:
     return np.linspace(lo - span, hi + span, bins + 1)
 
 
-def grid_counts(values: np.ndarray, grid: np.ndarray) -> np.ndarray:
-    """(len(grid) + 1,) counts of the finite ``values`` (n,) per bin of ``grid``: bin 0 holds
-    the values below ``grid[0]``, the last those from ``grid[-1]`` on."""
-    return bin_counts(values, grid)
-
-
 def grid_quantiles(grid: np.ndarray, counts: np.ndarray,
                    quantiles: tuple[float, ...] = QUANTILES) -> dict[float, float]:
     """{q: value}: the q-quantiles of the population counted by ``counts`` (G + 2,) on
@@ -252,6 +246,7 @@ def profile_values(values: dict[str, np.ndarray], flagged: np.ndarray,
     counts, grid = {}, {}
     for name, column in reference.columns.items():
         v = np.asarray(values[name], np.float64)
-        counts[name] = np.append(bin_counts(v, column.edges), np.isnan(v).sum())
-        grid[name] = grid_counts(v, quantile_grid(column.edges))
+        counts[name] = np.append(bin_counts(v, column.edges).astype(np.int64),
+                                 np.isnan(v).sum())
+        grid[name] = bin_counts(v, quantile_grid(column.edges)).astype(np.int64)
     return Profile(len(flagged), int(np.count_nonzero(flagged)), counts, grid)

@@ -105,12 +105,10 @@ def scores_and_patterns(model: MultimodalGaussianMixture | FusionModel, batch: B
     """(m,) anomaly scores, (m,) missingness patterns and (m,) weights of the m rows of
     ``batch`` with a weight > 0 (all rows, weight 1, when unweighted): a zero-weight row is
     absent from the threshold, the calibration and the summary."""
-    observed = [batch.blocks[m.name].observed for m in model.modalities]
-    if batch.weights is None:
-        return anomaly_scores(model, batch), pattern_codes(observed), np.ones(batch.n_rows)
-    kept = batch.take(np.flatnonzero(batch.weights > 0))
+    kept = batch if batch.weights is None else batch.take(np.flatnonzero(batch.weights > 0))
     observed = [kept.blocks[m.name].observed for m in model.modalities]
-    return anomaly_scores(model, kept), pattern_codes(observed), kept.weights
+    weights = np.ones(kept.n_rows) if kept.weights is None else kept.weights
+    return anomaly_scores(model, kept), pattern_codes(observed), weights
 
 
 class _ScoreReducer:
