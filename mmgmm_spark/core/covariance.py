@@ -134,10 +134,15 @@ class CovarianceType:
         """Every component's covariances from one (d, d) covariance (initialisation)."""
         raise NotImplementedError
 
-    def mahalanobis(self, x: CentredRows, gaussians: Gaussians,
-                    means: np.ndarray) -> np.ndarray:
-        """(n, K) float64 squared Mahalanobis distances of centred rows to centred means (K, d),
-        multiplied in the rows' compute dtype."""
+    def mahalanobis_terms(self, gaussians: Gaussians, means: np.ndarray
+                          ) -> tuple[np.ndarray, ...]:
+        """The parameter-only arrays of :meth:`mahalanobis` for centred means (K, d), float64:
+        computed once per parameter set (``densities.DensityKernel``), not once per chunk."""
+        raise NotImplementedError
+
+    def mahalanobis(self, x: CentredRows, terms: tuple[np.ndarray, ...]) -> np.ndarray:
+        """(n, K) float64 squared Mahalanobis distances of centred rows from
+        :meth:`mahalanobis_terms` (already in the rows' compute dtype)."""
         raise NotImplementedError
 
     def statistics(self, resp: np.ndarray, x: CentredRows
@@ -254,16 +259,18 @@ class FullCovariance(_Matrices):
         dim = covariance.shape[0]
         return np.broadcast_to(covariance, (n_components, dim, dim)).copy()
 
-    def mahalanobis(self, x: CentredRows, gaussians: Gaussians,
-                    means: np.ndarray) -> np.ndarray:
+    def mahalanobis_terms(self, gaussians: Gaussians, means: np.ndarray
+                          ) -> tuple[np.ndarray, ...]:
         # (x - m)^T P (x - m) = sum_{i<=j} c_ij P_ij x_i x_j - 2 x^T P m + m^T P m, where c is
         # 1 on the diagonal and 2 off it; x is centred near the data, so the terms stay small.
         chol = gaussians.precisions_cholesky
         whitened_means = np.einsum("kji,kj->ki", chol, means)            # C^T m, (K, d)
         linear = np.einsum("kij,kj->ki", chol, whitened_means)           # P m, (K, d)
-        coefficients = np.hstack([gaussians.pair_precisions, -2.0 * linear,
-                                  (whitened_means ** 2).sum(axis=1)[:, None]])
-        (maha,) = as_float64(compute_cast(x, coefficients)[0] @ x.moment_rows)   # (K, n)
+        return (np.hstack([gaussians.pair_precisions, -2.0 * linear,
+                           (whitened_means ** 2).sum(axis=1)[:, None]]),)   # (K, moment rows)
+
+    def mahalanobis(self, x: CentredRows, terms: tuple[np.ndarray, ...]) -> np.ndarray:
+        (maha,) = as_float64(terms[0] @ x.moment_rows)                  # (K, n)
         return np.maximum(maha, 0.0, out=maha).T
 
     def statistics(self, resp: np.ndarray, x: CentredRows
@@ -302,13 +309,17 @@ class TiedCovariance(_Matrices):
     def pooled(self, covariance: np.ndarray, n_components: int) -> np.ndarray:
         return covariance
 
-    def mahalanobis(self, x: CentredRows, gaussians: Gaussians,
-                    means: np.ndarray) -> np.ndarray:
-        chol, means = compute_cast(x, gaussians.precisions_cholesky, means)
+    def mahalanobis_terms(self, gaussians: Gaussians, means: np.ndarray
+                          ) -> tuple[np.ndarray, ...]:
+        chol = gaussians.precisions_cholesky
+        whitened_means = means @ chol                                    # (K, d)
+        return chol, whitened_means.T, (whitened_means ** 2).sum(axis=1)
+
+    def mahalanobis(self, x: CentredRows, terms: tuple[np.ndarray, ...]) -> np.ndarray:
+        chol, whitened_means_t, squared_norms = terms
         y = x.values @ chol
-        b = means @ chol
-        return as_float64((y * y).sum(axis=1)[:, None] - 2.0 * (y @ b.T)
-                          + (b * b).sum(axis=1)[None])[0]
+        return as_float64((y * y).sum(axis=1)[:, None] - 2.0 * (y @ whitened_means_t)
+                          + squared_norms[None])[0]
 
     def statistics(self, resp: np.ndarray, x: CentredRows
                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -380,13 +391,16 @@ class DiagCovariance(_Diagonal):
         # d log N / d sigma_j = (y_j^2 - 1) / sigma_j, Fisher information 2 / sigma_j^2
         return (whitened * whitened - 1.0) / np.sqrt(2.0)
 
-    def mahalanobis(self, x: CentredRows, gaussians: Gaussians,
-                    means: np.ndarray) -> np.ndarray:
+    def mahalanobis_terms(self, gaussians: Gaussians, means: np.ndarray
+                          ) -> tuple[np.ndarray, ...]:
+        precision = gaussians.precisions_cholesky ** 2                   # (K, d)
+        return precision.T, (means * precision).T, (means * means * precision).sum(axis=1)
+
+    def mahalanobis(self, x: CentredRows, terms: tuple[np.ndarray, ...]) -> np.ndarray:
         values = x.values
-        chol, means = compute_cast(x, gaussians.precisions_cholesky, means)
-        precision = chol * chol
-        return as_float64((values * values) @ precision.T - 2.0 * (values @ (means * precision).T)
-                          + (means * means * precision).sum(axis=1)[None])[0]
+        precision_t, scaled_means_t, constants = terms
+        return as_float64((values * values) @ precision_t - 2.0 * (values @ scaled_means_t)
+                          + constants[None])[0]
 
 
 class SphericalCovariance(_Diagonal):
@@ -420,13 +434,15 @@ class SphericalCovariance(_Diagonal):
         dim = whitened.shape[2]
         return ((whitened * whitened).sum(axis=2, keepdims=True) - dim) / np.sqrt(2.0 * dim)
 
-    def mahalanobis(self, x: CentredRows, gaussians: Gaussians,
-                    means: np.ndarray) -> np.ndarray:
+    def mahalanobis_terms(self, gaussians: Gaussians, means: np.ndarray
+                          ) -> tuple[np.ndarray, ...]:
+        return means.T, (means * means).sum(axis=1), gaussians.precisions_cholesky ** 2
+
+    def mahalanobis(self, x: CentredRows, terms: tuple[np.ndarray, ...]) -> np.ndarray:
         values = x.values
-        chol, means = compute_cast(x, gaussians.precisions_cholesky, means)
-        precision = chol * chol
-        return as_float64(((values * values).sum(axis=1)[:, None] - 2.0 * (values @ means.T)
-                           + (means * means).sum(axis=1)[None]) * precision[None])[0]
+        means_t, squared_norms, precision = terms
+        return as_float64(((values * values).sum(axis=1)[:, None] - 2.0 * (values @ means_t)
+                           + squared_norms[None]) * precision[None])[0]
 
     def regularised(self, covariances: np.ndarray, reg_covar: float) -> np.ndarray:
         return (covariances + reg_covar).mean(axis=1)

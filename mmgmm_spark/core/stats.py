@@ -20,11 +20,15 @@ from threadpoolctl import ThreadpoolController
 from mmgmm_spark.core.batch import Batch
 from mmgmm_spark.core.covariance import covariance_type
 from mmgmm_spark.core.densities import (
+    MOMENT_BUFFERS,
     Centred,
+    DensityKernel,
     centred_blocks,
+    chunk_log_prob,
+    chunk_rows,
+    density_kernels,
     responsibilities,
     shift,
-    weighted_log_prob,
 )
 from mmgmm_spark.core.modality import Modality
 from mmgmm_spark.core.params import (
@@ -40,10 +44,6 @@ EPS10 = 10 * np.finfo(np.float64).eps
 
 EMPTY_MASS = 1e-10
 """A block with less responsibility mass than this (in rows) has no data: keeps its parameters."""
-
-CHUNK_ELEMENTS = 1 << 20
-"""Rows are processed in chunks whose widest intermediate has about this many cells."""
-
 
 @dataclass(frozen=True)
 class BlockStats:
@@ -198,28 +198,19 @@ def _warn_if_regularised(modality: Modality, variances: np.ndarray, empty: np.nd
     )
 
 
-def _chunk_rows(n_components: int, modalities: tuple[Modality, ...]) -> int:
-    """Rows per chunk, so that the widest per-row intermediate has about CHUNK_ELEMENTS cells.
-
-    Per row the kernels hold K log-probabilities, the sum of d_m features and each block's
-    own intermediates (:meth:`CovarianceType.row_cells`: d_m(d_m+1)/2 pair products if full).
-    """
-    width = max(n_components, sum(m.dim for m in modalities),
-                *(covariance_type(m.covariance_type).row_cells(m.dim) for m in modalities))
-    return max(16, CHUNK_ELEMENTS // width)
-
-
 def _block_stats(resp: np.ndarray, x: Centred, covariance: str) -> BlockStats:
     """Statistics of one modality from responsibilities (n, K) and its centred rows (n, d)."""
     return BlockStats(*covariance_type(covariance).statistics(resp, x))
 
 
 def _stats_of_chunk(batch: Batch, params: MixtureParams, modalities: tuple[Modality, ...],
-                    resp: np.ndarray | None, compute_dtype: str) -> SufficientStats:
-    centred = centred_blocks(batch, params, modalities, compute_dtype)
+                    resp: np.ndarray | None, kernels: dict[str, DensityKernel]
+                    ) -> SufficientStats:
+    centred = centred_blocks(batch, kernels, MOMENT_BUFFERS)
     log_likelihood = 0.0
     if resp is None:
-        log_norm, resp = responsibilities(weighted_log_prob(batch, params, modalities, centred))
+        log_norm, resp = responsibilities(
+            chunk_log_prob(batch, params, modalities, kernels, centred)[0])
         log_likelihood = float(log_norm.sum() if batch.weights is None
                                else log_norm @ batch.weights)
     if batch.weights is not None:      # a row of weight w counts as w copies of it
@@ -247,22 +238,31 @@ def accumulate_stats(batch: Batch, params: MixtureParams, modalities: tuple[Moda
         compute_dtype: the dtype the kernels multiply in (:data:`densities.COMPUTE_DTYPES`);
             each chunk's statistics are float64 and are summed in float64.
     """
-    chunks = list(batch.chunks(_chunk_rows(params.n_components, modalities)))
+    chunks = list(batch.chunks(chunk_rows(params.n_components, modalities)))
     starts = np.cumsum([0, *(chunk.n_rows for chunk in chunks)])
+    kernels = density_kernels(params, modalities, compute_dtype)
 
     def chunk_stats(i: int) -> SufficientStats:
         chunk_resp = None if resp is None else resp[starts[i]: starts[i + 1]]
-        return _stats_of_chunk(chunks[i], params, modalities, chunk_resp, compute_dtype)
+        return _stats_of_chunk(chunks[i], params, modalities, chunk_resp, kernels)
 
     zero = SufficientStats.zero(modalities, params.n_components)
+
+    def group_stats(group: np.ndarray) -> SufficientStats:
+        return reduce(SufficientStats.merge, map(chunk_stats, group), zero)
+
     threads = min(_blas_threads(), len(chunks))
     if threads <= 1:
-        return reduce(SufficientStats.merge, map(chunk_stats, range(len(chunks))), zero)
+        return group_stats(np.arange(len(chunks)))
     # The per-chunk GEMMs are too narrow for a threaded BLAS: run chunks in parallel threads
-    # (numpy releases the GIL) with one BLAS thread each. Merged in chunk order.
+    # (numpy releases the GIL) with one BLAS thread each. Each thread sums its own contiguous
+    # run of chunks (merging every chunk in the calling thread cost ~0.35 s per iteration at
+    # N=500,000, d=64, K=16), and the runs are merged in order: the sums are deterministic.
     with _blas().limit(limits=1, user_api="blas"):
         return reduce(SufficientStats.merge,
-                      _pool(threads).map(chunk_stats, range(len(chunks))), zero)
+                      _pool(threads).map(group_stats,
+                                         np.array_split(np.arange(len(chunks)), threads)),
+                      zero)
 
 
 @cache

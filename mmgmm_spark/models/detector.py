@@ -25,7 +25,7 @@ import numpy as np
 from mmgmm_spark.core.batch import Batch, batch_from_arrays
 from mmgmm_spark.core.calibration import Calibration, fit_calibration, pattern_codes
 from mmgmm_spark.core.densities import (
-    modality_log_likelihoods,
+    log_prob_terms,
     normalise_log_prob,
     weighted_log_prob,
 )
@@ -133,10 +133,9 @@ class AnomalyDetector:
             per_modality = {m.name: values[m.name] for m in self.modalities}
         else:
             params, modalities = self.model.params, self.modalities
-            log_likelihood, log_resp = normalise_log_prob(
-                weighted_log_prob(batch, params, modalities))
+            log_prob, per_modality = log_prob_terms(batch, params, modalities, per_modality=True)
+            log_likelihood, log_resp = normalise_log_prob(log_prob)
             cluster = log_resp.argmax(axis=1)
-            per_modality = modality_log_likelihoods(batch, params, modalities)
         calibrated = (None if self.calibration is None
                       else self.calibration.score(-log_likelihood, self.patterns(batch)))
         return score_columns(log_likelihood, cluster, per_modality, self.threshold, calibrated,
