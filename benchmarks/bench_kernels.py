@@ -4,7 +4,8 @@ Printed, in this order: numpy's dgemm rate on a 3000 x 3000 x 3000 product (the 
 ``--repeats`` runs), then for each model the in-memory EM iteration (min and median of
 ``--iters`` iterations at tol=0) at N=``--rows`` (default 500,000), K=16, its flop count per
 iteration, the rate that count implies and its fraction of the peak — per wall second and per
-CPU second of the process (the latter holds when other processes share the cores). Flop models (per
+CPU second of the process (the latter holds when other processes share the cores), and the
+wall seconds of ``score_samples`` over all N rows (best of two). Flop models (per
 iteration, E-step + statistics; what the kernels multiply, whatever formulation they use):
 
 =========== =====================  =============================================
@@ -34,6 +35,7 @@ import statistics
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -65,11 +67,13 @@ FLOPS_PER_ROW_COMPONENT = {
 @dataclass
 class Run:
     """One model fitted at one compute dtype: wall and CPU seconds per iteration (the CPU
-    seconds of all the process's threads, from the second iteration on) and lower bounds."""
+    seconds of all the process's threads, from the second iteration on), lower bounds, and
+    the wall seconds of ``score_samples`` on every row (best of two)."""
 
     seconds: list[float]
     cpu_seconds: list[float]
     lower_bounds: list[float]
+    score_seconds: float
 
 
 def iteration_flops(modalities: list[Modality], rows: int, components: int) -> float:
@@ -109,7 +113,15 @@ def fit_model(data: dict[str, np.ndarray], modalities: list[Modality], iters: in
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model.fit(data, on_iteration=record)
-    return Run(seconds, list(np.diff(cpu_marks)), [float(v) for v in model.lower_bounds_])
+    return Run(seconds, list(np.diff(cpu_marks)), [float(v) for v in model.lower_bounds_],
+               min(timed(lambda: model.score_samples(data)) for _ in range(2)))
+
+
+def timed(call: Callable[[], object]) -> float:
+    """Wall seconds of one call."""
+    started = time.perf_counter()
+    call()
+    return time.perf_counter() - started
 
 
 def model_data(name: str, rows: int) -> tuple[list[Modality], dict[str, np.ndarray]]:
@@ -130,7 +142,7 @@ def report(name: str, dtype: str, run: Run, flops: float, peak: tuple[float, flo
     cpu_rate = flops / min(run.cpu_seconds, default=np.nan) / 1e9
     print(f"{name:10s}{dtype:>8s}{flops:10.2e}{best:8.3f}{median:8.3f}{rate:7.1f}"
           f"{rate / peak[0]:7.1%}{cpu_rate:7.1f}{cpu_rate / peak[1]:7.1%}"
-          f"{run.lower_bounds[-1]:20.12f}", flush=True)
+          f"{run.lower_bounds[-1]:20.12f}{run.score_seconds:8.3f}", flush=True)
 
 
 def compare_histories(runs: dict[str, Run], path: str) -> None:
@@ -164,7 +176,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dgemm peak (numpy 3000^3, best of {args.repeats}): {peak[0]:.1f} GFLOP/s, "
               f"{peak[1]:.1f} GFLOP per CPU-second")
         print(f"{'model':10s}{'dtype':>8s}{'flops/it':>10s}{'min s':>8s}{'med s':>8s}"
-              f"{'GF/s':>7s}{'peak':>7s}{'GF/cpu':>7s}{'peak':>7s}{'final mean log-lik':>20s}")
+              f"{'GF/s':>7s}{'peak':>7s}{'GF/cpu':>7s}{'peak':>7s}{'final mean log-lik':>20s}"
+              f"{'score s':>8s}")
         for name in args.models.split(","):
             modalities, data = model_data(name, args.rows)
             flops = iteration_flops(modalities, args.rows, COMPONENTS)

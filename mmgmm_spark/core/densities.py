@@ -23,6 +23,7 @@ from mmgmm_spark.core.batch import Batch
 from mmgmm_spark.core.covariance import CovarianceType, covariance_type
 from mmgmm_spark.core.modality import Modality
 from mmgmm_spark.core.params import GaussianBlock, MixtureParams
+from mmgmm_spark.core.threads import map_runs
 
 LOG_2PI = np.log(2.0 * np.pi)
 
@@ -232,9 +233,14 @@ def log_prob_terms(batch: Batch, params: MixtureParams, modalities: tuple[Modali
     A modality missing from a row is marginalised out: it simply adds nothing.
     """
     kernels = density_kernels(params, modalities)
-    chunks = [chunk_log_prob(chunk, params, modalities, kernels,
-                             centred_blocks(chunk, kernels, MOMENT_BUFFERS), per_modality)
-              for chunk in batch.chunks(chunk_rows(params.n_components, modalities))]
+    batches = list(batch.chunks(chunk_rows(params.n_components, modalities)))
+
+    def run_log_prob(run: np.ndarray) -> list[tuple[np.ndarray, dict[str, np.ndarray]]]:
+        return [chunk_log_prob(batches[i], params, modalities, kernels,
+                               centred_blocks(batches[i], kernels, MOMENT_BUFFERS), per_modality)
+                for i in run]
+
+    chunks = [chunk for run in map_runs(run_log_prob, len(batches)) for chunk in run]
     if len(chunks) == 1:
         return chunks[0]
     return (np.asfortranarray(np.concatenate([c[0] for c in chunks])),
