@@ -220,3 +220,31 @@ def test_ensemble_round_trips_and_refuses_late(tmp_path) -> None:
     np.testing.assert_allclose(loaded.score_samples({"x": x}), model.score_samples({"x": x}))
     with pytest.raises(ValueError, match="ensemble"):
         FusionConfig(strategy="late", ensemble=True)
+
+
+def test_flat_form_round_trips_an_ensemble_and_names_what_is_wrong() -> None:
+    """The detector's flat form (one document + named arrays, what the Spark ML stage writes)
+    keeps every member and scores as the directory form; a missing, unknown or altered array
+    is a ModelFormatError naming the part."""
+    from mmgmm_spark import ModelFormatError
+
+    rng = np.random.RandomState(6)
+    x = np.vstack([rng.randn(150, 2), rng.randn(150, 2) + 6])
+    detector = AnomalyDetector.fit(
+        FusionModel([Modality("x", 2)], FusionConfig(ensemble=True)), {"x": x}, 0.05)
+    document, arrays = detector.to_parts()
+    assert document["format"] == "mmgmm-spark-fusion/1"
+    assert sorted(document["mixture_files"]) == ["member_joint_0", "member_joint_1",
+                                                 "member_joint_2", "mixture_0"]
+    back = AnomalyDetector.from_parts(document, arrays, "stage")
+    for name, values in detector.score({"x": x}).items():
+        np.testing.assert_array_equal(back.score({"x": x})[name], values, err_msg=name)
+    assert back.threshold == detector.threshold
+    missing = {k: v for k, v in arrays.items() if k != "member_joint_1/weights"}
+    with pytest.raises(ModelFormatError, match=r"stage \(member_joint_1\).*weights"):
+        AnomalyDetector.from_parts(document, missing, "stage")
+    with pytest.raises(ModelFormatError, match=r"unknown parts \['extra'\]"):
+        AnomalyDetector.from_parts(document, {**arrays, "extra/a": np.ones(1)}, "stage")
+    bad = {**arrays, "preprocessing/p0_scale": -arrays["preprocessing/p0_scale"]}
+    with pytest.raises(ModelFormatError, match="stage is not a valid fusion model.*scale"):
+        AnomalyDetector.from_parts(document, bad, "stage")

@@ -3,6 +3,7 @@ reference, Pipeline save/load without pickle, Spark Connect, MLflow conversion, 
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -24,7 +25,11 @@ from scipy.stats import multivariate_normal
 from mmgmm_spark import DataValidationError, Modality
 from mmgmm_spark import MultimodalGaussianMixture as Mixture
 from mmgmm_spark.ml import MultimodalGaussianMixture, from_mlflow, to_mlflow
+from mmgmm_spark.models.detector import AnomalyDetector
+from mmgmm_spark.models.fusion import FusionConfig, FusionModel
 from mmgmm_spark.spark.arrow import arrow_table
+from mmgmm_spark.tracking.pyfunc import input_example, load_detector, log_detector
+from tests.conftest import copy_empty_mlflow_store
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "tests" / "scripts" / "ml_pipeline.py"
@@ -129,6 +134,19 @@ def test_saved_pipeline_is_json_and_parquet_never_pickle(classic, tmp_path_facto
     """Every file of the saved directory is Spark's JSON text, Parquet or a checksum/marker;
     none unpickles; the arrays read with pyarrow alone are the model's."""
     saved = next(Path(tmp_path_factory.getbasetemp()).glob("classic*/pipeline"))
+    assert_json_and_parquet_only(saved)
+    stage = next(saved.glob("stages/2_*"))
+    metadata = json.loads(next((stage / "metadata").glob("part-*")).read_text())
+    assert metadata["mmgmmFormat"] == "mmgmm-spark-ml/1"
+    document = json.loads(next((stage / "model").glob("part-*")).read_text())
+    assert document["format"] == "mmgmm-spark/1"
+    rows = {r["name"]: r for r in pq.read_table(stage / "arrays").to_pylist()}
+    np.testing.assert_array_equal(np.reshape(rows["m0_means"]["values"],
+                                             rows["m0_means"]["shape"]), classic["means_image"])
+
+
+def assert_json_and_parquet_only(saved: Path) -> None:
+    """Every file under ``saved`` is JSON, Parquet or a marker, and none unpickles."""
     kinds = set()
     for path in (p for p in saved.rglob("*") if p.is_file()):
         content = path.read_bytes()
@@ -142,14 +160,6 @@ def test_saved_pipeline_is_json_and_parquet_never_pickle(classic, tmp_path_facto
             json.loads(content)
             kinds.add("json")
     assert kinds == {"marker", "parquet", "json"}
-    stage = next(saved.glob("stages/2_*"))
-    metadata = json.loads(next((stage / "metadata").glob("part-*")).read_text())
-    assert metadata["mmgmmFormat"] == "mmgmm-spark-ml/1"
-    document = json.loads(next((stage / "model").glob("part-*")).read_text())
-    assert document["format"] == "mmgmm-spark/1"
-    rows = {r["name"]: r for r in pq.read_table(stage / "arrays").to_pylist()}
-    np.testing.assert_array_equal(np.reshape(rows["m0_means"]["values"],
-                                             rows["m0_means"]["shape"]), classic["means_image"])
 
 
 @pytest.fixture(scope="module")
@@ -286,12 +296,19 @@ def test_pipeline_under_spark_connect(connect_url, classic, arrays, tmp_path, sp
 def test_spark_model_and_registered_mlflow_model_convert(fitted, tmp_path):
     """to_mlflow registers the stage's detector; from_mlflow of the registered version
     transforms identically, and the pyfunc model predicts the same log-likelihoods."""
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with mlflow_store(f"sqlite:///{tmp_path / 'mlflow.db'}"):
+        _convert_both_ways(fitted, tmp_path)
+
+
+@contextlib.contextmanager
+def mlflow_store(uri: str):
+    """Tracking and registry URIs set to ``uri`` for the block, then both unset (later tests
+    set only the tracking URI: leave no registry URI behind)."""
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     try:
-        _convert_both_ways(fitted, tmp_path)
-    finally:  # later tests set only the tracking URI: leave no registry URI behind
+        yield
+    finally:
         mlflow.set_registry_uri("")
         os.environ.pop("MLFLOW_REGISTRY_URI", None)  # set_registry_uri exports it
         mlflow.set_tracking_uri(None)
@@ -311,6 +328,157 @@ def _convert_both_ways(fitted, tmp_path):
     predicted = mlflow.pyfunc.load_model("models:/mmgmm-ml-test/1").predict(frame[["image",
                                                                                  "text"]])
     np.testing.assert_allclose(predicted["log_likelihood"], first["logLikelihood"], rtol=1e-12)
+
+
+# ------------------------------------------------------------- registered fusion models
+FUSION_CONFIGS = {
+    "early": FusionConfig("early", n_components=(3,), projection=2, standardise=True),
+    "late": FusionConfig("late", n_components=(2, 3), projection=None, standardise=False),
+}
+"""``early`` with preprocessing (standardised, image projected by PCA to 2), and ``late``
+without (so each modality's mixture sees the raw rows and scipy can score them)."""
+ML_NAMES = {"logLikelihood": "log_likelihood", "anomalyScore": "anomaly_score",
+            "calibratedScore": "calibrated_score", "isAnomaly": "is_anomaly",
+            "prediction": "cluster", "imageLogLikelihood": "image_log_likelihood",
+            "textLogLikelihood": "text_log_likelihood"}
+"""The stage's output column -> the detector's score column."""
+
+
+@pytest.fixture(scope="module")
+def fusion_registry(arrays, tmp_path_factory):
+    """(store URI, {strategy: in-memory detector}): each fitted on ``arrays`` and logged and
+    registered as ``fusion-<strategy>`` version 1, as the jobs do (``log_detector``)."""
+    work = tmp_path_factory.mktemp("fusion-mlflow")
+    copy_empty_mlflow_store(work, tmp_path_factory)
+    uri = f"sqlite:///{work / 'mlflow.db'}"
+    modalities = [Modality("image", 3), Modality("text", 2)]
+    detectors = {}
+    with mlflow_store(uri):
+        experiment = mlflow.create_experiment("fusion",
+                                              artifact_location=str(work / "artifacts"))
+        with mlflow.start_run(experiment_id=experiment):
+            for strategy, config in FUSION_CONFIGS.items():
+                detector = AnomalyDetector.fit(FusionModel(modalities, config), arrays, 0.05)
+                (work / strategy).mkdir()
+                log_detector(detector, input_example(arrays), name=strategy,
+                             registered_model_name=f"fusion-{strategy}",
+                             staging_dir=str(work / strategy))
+                detectors[strategy] = detector
+    return uri, detectors
+
+
+def late_reference(detector, arrays):
+    """``late`` in scipy: each modality's mixture log-density of its raw rows (no
+    preprocessing), standardised by the stored training statistics, averaged over the
+    observed modalities; the prediction is the first observed modality's top component."""
+    model = detector.model
+    columns, standardised, posteriors = {}, [], {}
+    for name, rows in arrays.items():
+        mixture, seen = model.mixtures_[name], ~np.isnan(rows).all(axis=1)
+        joint = np.stack([np.log(w) + multivariate_normal(mu, cov).logpdf(rows[seen])
+                          for w, mu, cov in zip(mixture.weights_, mixture.means_[name],
+                                                mixture.covariances_[name], strict=True)], 1)
+        columns[f"{name}LogLikelihood"] = np.full(len(rows), np.nan)
+        columns[f"{name}LogLikelihood"][seen] = logsumexp(joint, axis=1)
+        posteriors[name] = np.full(len(rows), -1)
+        posteriors[name][seen] = joint.argmax(axis=1)
+        mean, std = model.late_stats_[name]
+        standardised.append((columns[f"{name}LogLikelihood"] - mean) / std)
+    columns["logLikelihood"] = np.nanmean(np.stack(standardised, axis=1), axis=1)
+    columns["prediction"] = np.where(posteriors["image"] >= 0, posteriors["image"],
+                                     posteriors["text"])
+    return columns
+
+
+def fusion_scores(df, probability: bool) -> dict[str, np.ndarray]:
+    """The fusion stage's output columns ordered by id (probability as (n, K))."""
+    from pyspark.ml.functions import vector_to_array
+
+    extra = [vector_to_array(F.col("probability")).alias("p")] if probability else []
+    rows = df.select("id", *ML_NAMES, *extra).orderBy("id").toPandas()
+    out = {name: rows[name].to_numpy().astype(float) for name in ML_NAMES}
+    if probability:
+        out["probability"] = np.stack(rows["p"].to_numpy())
+    return out
+
+
+@pytest.mark.parametrize("strategy", ["early", "late"])
+def test_registered_fusion_model_is_a_pipeline_stage(fusion_registry, spark, arrays, strategy,
+                                                     tmp_path):
+    """from_mlflow of a registered fusion model -> a Pipeline stage (after SQLTransformer +
+    VectorAssembler) scoring as the in-memory detector (and, for late, scipy); saved and
+    loaded as JSON + Parquet only, it scores the same; to_mlflow of the loaded stage logs a
+    detector that scores the same."""
+    from pyspark.ml import PipelineModel
+
+    uri, detectors = fusion_registry
+    detector = detectors[strategy]
+    with mlflow_store(uri):
+        stage = from_mlflow(f"models:/fusion-{strategy}/1")
+    has_probability = strategy == "early"
+    assert stage.getProbabilityCol() == ("probability" if has_probability else "")
+    prep = ml_pipeline.pipeline().getStages()[:2]
+    pipeline = PipelineModel(stages=[*prep, stage])
+    df = ml_pipeline.frame(spark, arrays)
+    scored = fusion_scores(pipeline.transform(df), has_probability)
+    columns = detector.score(arrays)
+    expected = {ml_name: columns[name] for ml_name, name in ML_NAMES.items()}
+    if has_probability:
+        expected["probability"] = detector.responsibilities(
+            detector.model.to_batch(arrays))
+        assert scored["probability"].shape == (len(arrays["text"]), stage.getK())
+    else:
+        expected_late = late_reference(detector, arrays)
+        for name, values in expected_late.items():
+            np.testing.assert_allclose(scored[name], values, rtol=1e-9, atol=1e-12,
+                                       err_msg=name)
+    for name, values in expected.items():
+        np.testing.assert_allclose(scored[name], values.astype(float), rtol=1e-9, atol=1e-12,
+                                   err_msg=name)
+    np.testing.assert_allclose(scored["logLikelihood"], detector.model.score_samples(arrays),
+                               rtol=1e-9)
+
+    pipeline.write().overwrite().save(str(tmp_path / "pipeline"))
+    loaded = PipelineModel.load(str(tmp_path / "pipeline"))
+    again = fusion_scores(loaded.transform(df), has_probability)
+    for name, values in scored.items():
+        np.testing.assert_array_equal(again[name], values, err_msg=name)
+    assert_json_and_parquet_only(tmp_path / "pipeline")
+    document = json.loads(next((tmp_path / "pipeline").glob("stages/2_*/model/part-*"))
+                          .read_text())
+    assert document["format"] == "mmgmm-spark-fusion/1"
+    assert document["config"]["strategy"] == strategy
+
+    with mlflow_store(uri):
+        experiment = mlflow.create_experiment(f"back-{strategy}",
+                                              artifact_location=str(tmp_path / "artifacts"))
+        with mlflow.start_run(experiment_id=experiment):
+            info = to_mlflow(loaded.stages[-1])
+        logged = load_detector(info.model_uri)
+    for name, values in detector.score(arrays).items():
+        np.testing.assert_array_equal(logged.score(arrays)[name], values, err_msg=name)
+
+
+def test_fusion_stage_k_probability_and_parameters(fusion_registry, spark, arrays):
+    """early: k is its mixture's K; late: k, a probability column and the one-mixture
+    properties are clear errors naming what to use; mixtures gives per-mixture access."""
+    _, detectors = fusion_registry
+    from mmgmm_spark.ml import MultimodalGaussianMixtureModel
+
+    early = MultimodalGaussianMixtureModel(detectors["early"])
+    assert early.getK() == detectors["early"].model.mixtures_["early"].n_components == 3
+    late = MultimodalGaussianMixtureModel(detectors["late"])
+    assert sorted(late.mixtures) == ["image", "text"]
+    assert late.mixtures["text"].weights_.sum() == pytest.approx(1.0)
+    with pytest.raises(ValueError, match=r"Param k is undefined .*'late'.*model.mixtures"):
+        late.getK()
+    for model in (early, late):
+        with pytest.raises(TypeError, match=r"fusion model.*model.mixtures\[key\]"):
+            model.weights  # noqa: B018 - the property raises
+    df = ml_pipeline.frame(spark, arrays).withColumn("text", F.array("t0", "t1"))
+    late.setProbabilityCol("probability")
+    with pytest.raises(ValueError, match=r"Param probabilityCol .*setProbabilityCol\(''\)"):
+        late.transform(df)
 
 
 # ------------------------------------------------------------------------------ README

@@ -122,6 +122,13 @@ def model_from_document(document: dict[str, Any], where: str
         raise ModelFormatError(f"{where} is malformed: {e}") from None
 
 
+def model_file_from(document: Any, arrays: dict[str, np.ndarray], where: str) -> ModelFile:
+    """Inverse of :func:`model_document` + :func:`model_arrays`, read from ``where`` (the
+    JSON and every array validated; a :class:`ModelFormatError` naming ``where``)."""
+    spec, fit, extra = model_from_document(document, where)
+    return ModelFile(spec, checked_params(arrays, spec, where), fit, extra)
+
+
 def read_model_file(path: str) -> ModelFile:
     """Read and validate a model directory written by :func:`write_model_file`."""
     spec, fit, extra = model_from_document(_read_json(path), f"{path}/{MODEL_JSON}")

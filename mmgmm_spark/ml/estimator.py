@@ -27,6 +27,7 @@ from mmgmm_spark.ml.params import MixtureParams, check_features_cols
 from mmgmm_spark.ml.persistence import ModelReader, ModelWriter
 from mmgmm_spark.ml.transform import check_input_schema, ml_names, score_frame, transformed_schema
 from mmgmm_spark.models.detector import AnomalyDetector
+from mmgmm_spark.models.fusion import JOINT, FusionModel
 from mmgmm_spark.models.mixture import MultimodalGaussianMixture as Mixture
 from mmgmm_spark.models.scores import ANOMALY_SCORE, CLUSTER, IS_ANOMALY, LOG_LIKELIHOOD
 from mmgmm_spark.spark.data import cached_blocks, features_column
@@ -205,10 +206,24 @@ class MultimodalGaussianMixture(Estimator, MixtureParams, DefaultParamsReadable,
 
 
 class MultimodalGaussianMixtureModel(Model, MixtureParams, MLReadable, MLWritable):
-    """A fitted :class:`MultimodalGaussianMixture`: scores rows, saves as arrays + JSON.
+    """A fitted :class:`MultimodalGaussianMixture`, or any logged or registered detector
+    (:func:`~mmgmm_spark.ml.from_mlflow`): scores rows, saves as arrays + JSON.
+
+    The detector's model is a plain mixture (what this estimator fits) or a
+    :class:`~mmgmm_spark.models.fusion.FusionModel` (preprocessing, ``early`` or ``late``
+    fusion, as the jobs register with ``model.fusion`` / ``preprocessing.*``). ``transform``,
+    ``transformSchema``, saving and loading are the same for both; for a fusion model:
+
+    * ``k`` is the number of components of its one mixture (``joint`` / ``early``: the length
+      of the probability vector). ``late`` fits one mixture per modality: ``getK`` is an error
+      naming :attr:`mixtures`, and ``probabilityCol`` is "" (a name is an error at transform).
+    * :attr:`weights`, :attr:`means` and :attr:`covariances` (one mixture over the input
+      columns) are errors: its mixtures live in preprocessed coordinates. Per-mixture access
+      is :attr:`mixtures` (``weights_``, ``means_``, ``covariances_`` of each) and the
+      preprocessing is :attr:`fusionModel`'s ``preprocessors_``.
 
     Args:
-        detector: the fitted mixture with its threshold (None only while loading).
+        detector: the fitted detector with its threshold (None only while loading).
     """
 
     def __init__(self, detector: AnomalyDetector | None = None) -> None:
@@ -217,12 +232,46 @@ class MultimodalGaussianMixtureModel(Model, MixtureParams, MLReadable, MLWritabl
         self.training_summary: MultimodalGaussianMixtureSummary | None = None
         if detector is not None:
             self._set(featuresCols=[m.name for m in detector.modalities],
-                      k=self.mixture.n_components, contamination=detector.contamination)
+                      contamination=detector.contamination)
+            if not detector.fusion.per_modality:
+                self._set(k=next(iter(self.mixtures.values())).n_components)
+            if not detector.fusion.responsibilities:
+                self._set(probabilityCol="")
+
+    @property
+    def fusionModel(self) -> FusionModel | None:
+        """The detector's fusion model (preprocessing + strategy), None for a plain mixture."""
+        model = self.detector.model
+        return model if isinstance(model, FusionModel) else None
+
+    @property
+    def mixtures(self) -> dict[str, Mixture]:
+        """{key: fitted mixture}: ``{"joint": mixture}`` for a plain mixture; a fusion model's
+        ``mixtures_`` (``joint`` or ``early``, or one per modality for ``late``), over its
+        preprocessed coordinates."""
+        fusion = self.fusionModel
+        return {JOINT: self.detector.model} if fusion is None else dict(fusion.mixtures_)
 
     @property
     def mixture(self) -> Mixture:
-        """The fitted in-memory mixture."""
+        """The fitted in-memory mixture (a plain mixture only, see the class docstring)."""
+        fusion = self.fusionModel
+        if fusion is not None:
+            raise TypeError(
+                f"This model is a '{fusion.strategy}' fusion model (preprocessing and "
+                f"mixture(s) {sorted(fusion.mixtures_)} in preprocessed coordinates), not one "
+                "mixture over the input columns: use model.mixtures[key] for each mixture's "
+                "weights_, means_ and covariances_, and model.fusionModel.preprocessors_.")
         return self.detector.model
+
+    def getK(self) -> int:
+        """Components of the model's one mixture (a ``late`` fusion model has none)."""
+        if self.detector is not None and self.detector.fusion.per_modality:
+            sizes = {key: m.n_components for key, m in self.mixtures.items()}
+            raise ValueError(f"Param k is undefined for a '{self.detector.fusion.name}' fusion "
+                             f"model: it has one mixture per modality, with K {sizes}; see "
+                             "model.mixtures.")
+        return super().getK()
 
     @property
     def weights(self) -> list[float]:

@@ -4,13 +4,19 @@ A saved model directory (written by Spark, so any Hadoop file system and Spark C
 
 * ``metadata/`` — Spark's DefaultParams JSON (class, uid, Spark version, params) with
   ``mmgmmFormat`` (:data:`ML_FORMAT`), as ``PipelineModel.load`` expects of a Python stage;
-* ``model/`` — one JSON text line: :func:`mmgmm_spark.io.model_files.model_document` (the
-  model file format, modalities, hyperparameters, fit history, contamination and threshold);
-* ``arrays/`` — Parquet rows ``(name, shape, values)``: the parameters in the codec of
-  :mod:`mmgmm_spark.io.arrays`, float64 values in C order.
+* ``model/`` — one JSON text line: the detector's document
+  (:meth:`~mmgmm_spark.models.detector.AnomalyDetector.to_parts`): for a plain mixture
+  :func:`mmgmm_spark.io.model_files.model_document` (format ``mmgmm-spark/1``, modalities,
+  hyperparameters, fit history, contamination, threshold and calibration); for a fusion model
+  (preprocessing, ``early`` or ``late``) :func:`mmgmm_spark.models.fusion.fusion_document`
+  (format ``mmgmm-spark-fusion/1``: ``fusion.json`` with each mixture's model document);
+* ``arrays/`` — Parquet rows ``(name, shape, values)``: the detector's arrays (a fusion
+  model's named ``<part>/<name>``), float64 values in C order.
 
+The layout is the same for both kinds (the document names its own format), so
+:data:`ML_FORMAT` is unchanged and models saved before fusion stages existed load as before.
 Loading checks the format, then validates the JSON and every array as model files do
-(:func:`~mmgmm_spark.io.model_files.checked_params`).
+(:meth:`~mmgmm_spark.models.detector.AnomalyDetector.from_parts`).
 """
 
 from __future__ import annotations
@@ -27,16 +33,8 @@ from pyspark.errors import AnalysisException
 from pyspark.ml.util import DefaultParamsReader, DefaultParamsWriter, MLReader, MLWriter
 from pyspark.sql import SparkSession
 
-from mmgmm_spark.io.model_files import (
-    ModelFile,
-    ModelFormatError,
-    checked_params,
-    model_arrays,
-    model_document,
-    model_from_document,
-)
+from mmgmm_spark.io.model_files import ModelFormatError
 from mmgmm_spark.models.detector import AnomalyDetector
-from mmgmm_spark.models.mixture import model_file, model_from_file
 from mmgmm_spark.spark.session import has_rdd_api
 
 ML_FORMAT = "mmgmm-spark-ml/1"
@@ -77,10 +75,10 @@ class ModelWriter(MLWriter):
         DefaultParamsWriter.saveMetadata(self.instance, path, spark,
                                          extraMetadata={FORMAT_KEY: ML_FORMAT},
                                          paramMap=json_params(self.instance))
-        content = model_file(self.instance.detector.model, self.instance.detector.extra())
-        spark.createDataFrame([(json.dumps(model_document(content)),)], "value string") \
+        document, arrays = self.instance.detector.to_parts()
+        spark.createDataFrame([(json.dumps(document),)], "value string") \
             .coalesce(1).write.text(os.path.join(path, "model"))
-        spark.createDataFrame(arrays_table(model_arrays(content))).coalesce(1).write.parquet(
+        spark.createDataFrame(arrays_table(arrays)).coalesce(1).write.parquet(
             os.path.join(path, "arrays"))
 
 
@@ -134,12 +132,10 @@ def read_detector(spark: SparkSession, path: str) -> AnomalyDetector:
         document = json.loads(line[0])
     except (TypeError, json.JSONDecodeError) as e:
         raise ModelFormatError(f"{where} is not one line of model JSON: {e}") from None
-    spec, fit, extra = model_from_document(document, where)
-    where = os.path.join(path, "arrays")
-    with missing_part(where):
-        table = spark.read.parquet(where).toArrow()
-    params = checked_params(table_arrays(table, where), spec, where)
-    return AnomalyDetector.of_loaded(model_from_file(ModelFile(spec, params, fit, extra)))
+    arrays_dir = os.path.join(path, "arrays")
+    with missing_part(arrays_dir):
+        table = spark.read.parquet(arrays_dir).toArrow()
+    return AnomalyDetector.from_parts(document, table_arrays(table, arrays_dir), path)
 
 
 @contextlib.contextmanager

@@ -5,7 +5,8 @@ Spark ML's camelCase: ``log_likelihood`` -> ``logLikelihood``, ``cluster`` -> th
 ``predictionCol``, ``<modality>_log_likelihood`` -> ``<modality>LogLikelihood``), computed by
 :meth:`~mmgmm_spark.models.detector.AnomalyDetector.score_batch` in ``mapInArrow`` tasks; the
 probability vector is the detector's responsibilities. Every input column passes through
-unchanged (vectors included); nothing is collected.
+unchanged (vectors included); nothing is collected. A fusion model whose strategy has no
+responsibilities (``late``) has no probability vector: ``probabilityCol`` must be "".
 """
 
 from __future__ import annotations
@@ -83,6 +84,11 @@ def _field(column: ScoreColumn, name: str) -> T.StructField:
 def transformed_schema(schema: T.StructType, detector: AnomalyDetector,
                        names: Mapping[str, str], probability_col: str) -> T.StructType:
     """``schema`` plus the output columns (the probability vector last, if named)."""
+    if probability_col and not detector.fusion.responsibilities:
+        raise ValueError(
+            f"Param probabilityCol is '{probability_col}' but a '{detector.fusion.name}' "
+            "fusion model has no component probabilities (one mixture per modality): "
+            "setProbabilityCol('').")
     check_input_schema(schema, [m.name for m in detector.modalities],
                        [*names.values(), *([probability_col] if probability_col else [])])
     fields = [*schema.fields, *output_fields(detector, names)]

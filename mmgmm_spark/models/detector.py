@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -31,14 +32,25 @@ from mmgmm_spark.core.densities import (
 )
 from mmgmm_spark.core.modality import Modality
 from mmgmm_spark.core.quantiles import weighted_quantile
+from mmgmm_spark.io.model_files import model_arrays, model_document, model_file_from
 from mmgmm_spark.models.fusion import (
     JOINT,
     FusionModel,
     FusionStrategy,
+    fusion_arrays,
+    fusion_document,
+    fusion_file_from,
     get_strategy,
     is_fusion_artefact,
+    is_fusion_document,
 )
-from mmgmm_spark.models.mixture import MultimodalGaussianMixture, load_model, save_model
+from mmgmm_spark.models.mixture import (
+    MultimodalGaussianMixture,
+    load_model,
+    model_file,
+    model_from_file,
+    save_model,
+)
 from mmgmm_spark.models.scores import (
     ANOMALY_SCORE,
     CALIBRATED_SCORE,
@@ -184,6 +196,27 @@ class AnomalyDetector:
         (a warning says so)."""
         return cls.of_loaded(FusionModel.load(path) if is_fusion_artefact(path)
                              else load_model(path), path)
+
+    def to_parts(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """The saved detector in flat form: one JSON document and named float64 arrays (the
+        codec of :meth:`save`; the Spark ML stage writes these through Spark). A plain
+        mixture's are :mod:`mmgmm_spark.io.model_files`', a fusion model's
+        :mod:`mmgmm_spark.models.fusion.files`'."""
+        if isinstance(self.model, FusionModel):
+            content = self.model.to_file(self.extra())
+            return fusion_document(content), fusion_arrays(content)
+        plain = model_file(self.model, self.extra())
+        return model_document(plain), model_arrays(plain)
+
+    @classmethod
+    def from_parts(cls, document: Any, arrays: dict[str, np.ndarray],
+                   where: str) -> AnomalyDetector:
+        """Inverse of :meth:`to_parts`, validated as :meth:`load` validates (a
+        ``ModelFormatError`` naming ``where``)."""
+        if is_fusion_document(document):
+            content = fusion_file_from(document, arrays, where)
+            return cls.of_loaded(FusionModel.from_file(content, where), where)
+        return cls.of_loaded(model_from_file(model_file_from(document, arrays, where)), where)
 
     @classmethod
     def of_loaded(cls, model: MultimodalGaussianMixture | FusionModel,

@@ -54,7 +54,15 @@ from mmgmm_spark.models.fusion.config import (
     preprocessing_params,
 )
 from mmgmm_spark.models.fusion.early import concatenated, early_covariance_type
-from mmgmm_spark.models.fusion.model import FusionModel, is_fusion_artefact
+from mmgmm_spark.models.fusion.files import (
+    FusionFile,
+    fusion_arrays,
+    fusion_document,
+    fusion_file_from,
+    is_fusion_artefact,
+    is_fusion_document,
+)
+from mmgmm_spark.models.fusion.model import FusionModel
 from mmgmm_spark.models.fusion.preprocessing import (
     LatePart,
     Preprocessing,
@@ -72,6 +80,7 @@ __all__ = [
     "STRATEGIES",
     "FusionCandidate",
     "FusionConfig",
+    "FusionFile",
     "FusionModel",
     "FusionStrategy",
     "LatePart",
@@ -79,8 +88,12 @@ __all__ = [
     "concatenated",
     "early_covariance_type",
     "either",
+    "fusion_arrays",
+    "fusion_document",
+    "fusion_file_from",
     "get_strategy",
     "is_fusion_artefact",
+    "is_fusion_document",
     "late_model",
     "names_with",
     "observing",

@@ -5,8 +5,6 @@ See :mod:`mmgmm_spark.models.fusion` for the strategies and the meaning of the c
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -20,17 +18,20 @@ from mmgmm_spark.io.model_files import ModelFormatError
 from mmgmm_spark.models.fusion.base import LOG_LIKELIHOOD, FusionStrategy, Stats, dense
 from mmgmm_spark.models.fusion.config import FusionConfig
 from mmgmm_spark.models.fusion.ensemble import Member, ensemble_log_likelihood, fit_member
+from mmgmm_spark.models.fusion.files import (
+    FORMAT,
+    FusionFile,
+    check_fusion_format,
+    read_fusion_file,
+    write_fusion_file,
+)
 from mmgmm_spark.models.fusion.selection import Grid, select
 from mmgmm_spark.models.mixture import (
     MultimodalGaussianMixture,
     NotFittedError,
-    load_model,
-    save_model,
+    model_file,
+    model_from_file,
 )
-
-FORMAT = "mmgmm-spark-fusion/1"
-FUSION_JSON = "fusion.json"
-PREPROCESSING = "preprocessing.npz"
 
 ArrayData = Mapping[str, np.ndarray]
 
@@ -153,62 +154,65 @@ class FusionModel:
     # ------------------------------------------------------------------------ persistence
     def save(self, path: str, extra: dict[str, Any] | None = None) -> None:
         """Write to directory ``path``: fusion.json, preprocessing.npz and one model directory
-        per mixture (:mod:`mmgmm_spark.io.model_files`). No pickle anywhere."""
+        per mixture (:mod:`.files`). No pickle anywhere."""
+        write_fusion_file(path, self.to_file(extra))
+
+    @classmethod
+    def load(cls, path: str) -> FusionModel:
+        """Read a directory written by :meth:`save`, validating arrays and metadata."""
+        return cls.from_file(read_fusion_file(path), path)
+
+    def to_file(self, extra: dict[str, Any] | None = None) -> FusionFile:
+        """What a saved model holds (:class:`FusionFile`); ``extra`` is JSON kept with it."""
         self._check_fitted()
-        os.makedirs(path, exist_ok=True)
         arrays, meta = {}, {}
         for index, m in enumerate(self.modalities):
             a, meta[m.name] = self.preprocessors_[m.name].to_arrays(f"p{index}_")
             arrays.update(a)
-        np.savez(os.path.join(path, PREPROCESSING), **arrays)
-        mixtures, members = {}, {}
+        files, mixtures, members = {}, {}, {}
         for index, (key, mixture) in enumerate(self.mixtures_.items()):
             mixtures[key] = f"mixture_{index}"
-            save_model(mixture, os.path.join(path, mixtures[key]))
+            files[mixtures[key]] = model_file(mixture)
         for key, listed in self.members_.items():
             members[key] = []
             for index, member in enumerate(listed):
                 members[key].append({"mixture": f"member_{key}_{index}",
                                      "quantiles": member.ranks.quantiles[:, 0].tolist(),
                                      "std": float(member.ranks.std[0])})
-                save_model(member.mixture, os.path.join(path, members[key][-1]["mixture"]))
+                files[members[key][-1]["mixture"]] = model_file(member.mixture)
         document = {"format": FORMAT, "modalities": [m.to_dict() for m in self.modalities],
                     "config": self.config.to_dict(), "preprocessing": meta,
                     "mixtures": mixtures, "members": members,
                     "late_stats": {k: list(v) for k, v in self.late_stats_.items()},
                     "selection": self.selection_, "n_train_rows": int(self.n_train_rows_),
                     "extra": {**self.extra_, **(extra or {})}}
-        with open(os.path.join(path, FUSION_JSON), "w") as f:
-            json.dump(document, f, indent=2)
+        return FusionFile(document, arrays, files)
 
     @classmethod
-    def load(cls, path: str) -> FusionModel:
-        """Read a directory written by :meth:`save`, validating arrays and metadata."""
+    def from_file(cls, content: FusionFile, where: str) -> FusionModel:
+        """The model ``content`` (read from ``where``) holds, validating arrays and metadata."""
+        document, arrays = content.document, content.preprocessing
         try:
-            with open(os.path.join(path, FUSION_JSON)) as f:
-                document = json.load(f)
-            if document.get("format") != FORMAT:
-                raise ValueError(f"not an {FORMAT} artefact")
+            check_fusion_format(document, where)
             model = cls([Modality.from_dict(d) for d in document["modalities"]],
                         FusionConfig.from_dict(document["config"]))
-            arrays = dict(np.load(os.path.join(path, PREPROCESSING), allow_pickle=False))
             for index, m in enumerate(model.modalities):
                 p = ModalityPreprocessor.from_arrays(arrays, document["preprocessing"][m.name],
                                                      f"p{index}_")
                 if p.input_dim != m.dim:
                     raise ValueError(f"preprocessing of '{m.name}' has width {p.input_dim}")
                 model.preprocessors_[m.name] = p
-            model.mixtures_ = {key: load_model(os.path.join(path, sub))
+            model.mixtures_ = {key: model_from_file(content.mixtures[sub])
                                for key, sub in document["mixtures"].items()}
             model.late_stats_ = {k: (float(v[0]), float(v[1]))
                                  for k, v in document.get("late_stats", {}).items()}
-            model.members_ = {key: [_load_member(path, d) for d in listed]
+            model.members_ = {key: [_member(content, d) for d in listed]
                               for key, listed in document.get("members", {}).items()}
             model.selection_ = dict(document.get("selection", {}))
             model.n_train_rows_ = int(document.get("n_train_rows", 0))
             model.extra_ = dict(document.get("extra", {}))
-        except (OSError, KeyError, TypeError, ValueError) as e:
-            raise ModelFormatError(f"{path} is not a valid fusion model: {e}") from None
+        except (KeyError, TypeError, AttributeError, ValueError) as e:
+            raise ModelFormatError(f"{where} is not a valid fusion model: {e}") from None
         model._check_consistency()
         return model
 
@@ -218,13 +222,8 @@ class FusionModel:
             raise ModelFormatError(error)
 
 
-def _load_member(path: str, document: dict[str, Any]) -> Member:
-    """One ensemble :class:`Member` saved by :meth:`FusionModel.save` (quantiles checked)."""
+def _member(content: FusionFile, document: dict[str, Any]) -> Member:
+    """One ensemble :class:`Member` of a :class:`FusionFile` (quantiles checked)."""
     ranks = NormalScores.from_quantiles(np.asarray(document["quantiles"], dtype=float)[:, None],
                                         np.array([float(document["std"])]))
-    return Member(load_model(os.path.join(path, document["mixture"])), ranks)
-
-
-def is_fusion_artefact(path: str) -> bool:
-    """True when directory ``path`` holds a :class:`FusionModel` (not a plain mixture)."""
-    return os.path.isfile(os.path.join(path, FUSION_JSON))
+    return Member(model_from_file(content.mixtures[document["mixture"]]), ranks)
