@@ -125,3 +125,50 @@ def test_relative_reg_covar_follows_the_scale_of_each_modality():
     absolute, absolute_scaled = fit(data, "absolute"), fit(scaled, "absolute")
     gap = absolute_scaled.score_samples(scaled) - (absolute.score_samples(data) - 4 * np.log(1e3))
     assert np.abs(gap).max() > 1e-3
+
+
+def test_dequantise_floor_is_the_uniform_noise_variance_of_each_step():
+    """``reg_covar_mode='dequantise'``: a lattice feature of step s gets reg_covar + s^2/12
+    (closed form), a constant feature reg_covar alone; with K=1 the covariance is the sample
+    covariance plus that diagonal (numpy reference)."""
+    rng = np.random.RandomState(0)
+    x = np.column_stack([0.5 * rng.randint(0, 9, 400), 2.0 * rng.randint(-3, 4, 400),
+                         np.full(400, 7.0)])
+    modalities = [Modality("x", 3, "full")]
+    model = MultimodalGaussianMixture(modalities, 1, reg_covar_mode="dequantise",
+                                      allow_small_data=True)
+    floor = model.spec().block_reg_covar(batch_from_arrays({"x": x}, tuple(modalities)))["x"]
+    expected = DEFAULT_REG_COVAR + np.array([0.5 ** 2 / 12, 2.0 ** 2 / 12, 0.0])
+    np.testing.assert_allclose(floor, expected, rtol=1e-12)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DegenerateComponentWarning)   # the constant feature
+        model.fit({"x": x}, on_iteration=None)
+    np.testing.assert_allclose(model.covariances_["x"][0],
+                               np.cov(x, rowvar=False, bias=True) + np.diag(expected),
+                               rtol=1e-10, atol=1e-12)
+
+
+def test_dequantised_fit_on_lattice_data_does_not_collapse_like_fitting_noisy_data():
+    """Three groups, each at one value of an integer feature: the absolute-mode fit collapses
+    every component onto its value (variance reg_covar); the dequantised fit keeps 1/12 + reg,
+    as scikit-learn fitted on the data plus explicit U(-1/2, 1/2) noise does."""
+    rng = np.random.RandomState(1)
+    groups = np.repeat(np.arange(3), 300)
+    x = np.column_stack([groups.astype(float), rng.normal(6.0 * groups, 1.0)])
+    modalities = [Modality("x", 2, "full")]
+
+    def variances(mode):
+        model = MultimodalGaussianMixture(modalities, 3, reg_covar_mode=mode, random_state=0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DegenerateComponentWarning)
+            model.fit({"x": x}, on_iteration=None)
+        return np.sort(model.covariances_["x"][:, 0, 0])
+
+    noisy = np.repeat(x, 20, axis=0) + np.column_stack(
+        [rng.uniform(-0.5, 0.5, 20 * len(x)), np.zeros(20 * len(x))])
+    reference = GaussianMixture(3, reg_covar=DEFAULT_REG_COVAR, random_state=0,
+                                means_init=[[g, 6.0 * g] for g in range(3)]).fit(noisy)
+    np.testing.assert_allclose(variances("absolute"), DEFAULT_REG_COVAR, rtol=1e-6)
+    dequantised = variances("dequantise")
+    np.testing.assert_allclose(dequantised, 1 / 12 + DEFAULT_REG_COVAR, rtol=0.02)
+    np.testing.assert_allclose(np.sort(reference.covariances_[:, 0, 0]), dequantised, rtol=0.03)

@@ -66,6 +66,24 @@ def test_spark_fit_equals_in_memory_fit(spark, data, start, partitions, use_rdd)
                     reference(data, start))
 
 
+def test_spark_dequantised_fit_equals_in_memory_fit(spark, data, start):
+    """``reg_covar_mode='dequantise'`` on features rounded to a 0.5 lattice: the Spark fit
+    computes the same per-feature floors (from its initialisation sample: every row here) and
+    reproduces the in-memory fit."""
+    rounded = {name: np.round(x * 2.0) / 2.0 for name, x in data.features.items()}
+    options = {"tol": 0, "max_iter": 4, "reg_covar_mode": "dequantise", **start}
+    df = spark.createDataFrame(arrow_table(rounded)).repartition(2)
+    with pytest.warns(UserWarning):
+        model = MultimodalGaussianMixture(MODALITIES, K, **options).fit(
+            df, on_iteration=None, use_rdd=False, rows_per_block=700)
+        ref = MultimodalGaussianMixture(MODALITIES, K, **options).fit(rounded, on_iteration=None)
+        absolute = MultimodalGaussianMixture(MODALITIES, K, **options | {
+            "reg_covar_mode": "absolute"}).fit(rounded, on_iteration=None)
+    assert_same_fit(model.weights_, model.means_, model.covariances_, model.lower_bounds_, ref)
+    gap = ref.covariances_["sensor"] - absolute.covariances_["sensor"]   # the floors, 0.5^2/12
+    np.testing.assert_allclose(gap, 0.25 / 12, rtol=0.2)
+
+
 @pytest.mark.parametrize("use_rdd", [True, False], ids=["rdd", "dataframe-only"])
 def test_spark_float32_compute_is_within_1e6_of_the_float64_fit(spark, data, start, use_rdd):
     """compute_dtype reaches the Spark tasks: the float32 fit stays within 1e-6 of float64."""

@@ -153,7 +153,7 @@ class ModelConfig(Section):
     max_iter: int = Field(100, ge=1)
     tol: float = Field(1e-3, ge=0)
     reg_covar: float = Field(DEFAULT_REG_COVAR, ge=0)
-    reg_covar_mode: Literal["absolute", "relative"] = "absolute"
+    reg_covar_mode: Literal["absolute", "relative", "dequantise"] = "absolute"
     allow_small_data: bool = False
     init_params: str = "kmeans"
     n_init: int = Field(1, ge=1)

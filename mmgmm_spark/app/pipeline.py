@@ -175,8 +175,8 @@ def fusion_config(config: AppConfig) -> FusionConfig:
         covariance_types=tuple(sorted({x.covariance_type for x in config.data.modalities})),
         projection=p.projection, standardise=p.standardise, whiten=p.whiten,
         variance=p.variance, rows_per_dim=p.rows_per_dim, min_weight=0.0,
-        reg_covar=m.reg_covar, max_iter=m.max_iter, tol=m.tol, n_init=m.n_init,
-        init_params=m.init_params, random_state=m.seed)
+        reg_covar=m.reg_covar, reg_covar_mode=m.reg_covar_mode, max_iter=m.max_iter, tol=m.tol,
+        n_init=m.n_init, init_params=m.init_params, random_state=m.seed)
 
 
 def preprocessing_grid(config: AppConfig) -> list[tuple[bool, int | str | None]]:

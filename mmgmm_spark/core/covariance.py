@@ -49,9 +49,11 @@ class Gaussians(Protocol):
 
 
 def singular(modality: str, component: int | str,
-             reg_covar: float | None) -> DegenerateComponentError:
-    """The error for a covariance that is not positive definite, with what to do."""
-    hint = f"increase reg_covar (now {reg_covar:g}), " if reg_covar is not None else ""
+             reg_covar: float | np.ndarray | None) -> DegenerateComponentError:
+    """The error for a covariance that is not positive definite, with what to do
+    (``reg_covar``: a number or (d,) per feature, shown as its largest value)."""
+    hint = (f"increase reg_covar (now {np.max(reg_covar):g}), " if reg_covar is not None
+            else "")
     return DegenerateComponentError(
         f"Component {component} of modality '{modality}' has a covariance that is not positive "
         f"definite (collapsed onto too few or identical rows). Try to {hint}reduce n_components, "

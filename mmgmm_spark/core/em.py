@@ -55,7 +55,7 @@ class EMResult:
     params: MixtureParams
     lower_bounds: list[float] = field(default_factory=list)
     converged: bool = False
-    reg_covar: dict[str, float] | None = None
+    reg_covar: dict[str, float | np.ndarray] | None = None
 
     @property
     def n_iter(self) -> int:
@@ -234,9 +234,11 @@ def _few_rows_needed(modality: Modality) -> int:
 
 
 def _degenerate_blocks(params: MixtureParams, modality: Modality, rows: np.ndarray,
-                       reg_covar: float) -> list[str]:
+                       reg_covar: float | np.ndarray) -> list[str]:
     """Descriptions of the components of ``modality``'s block that sit on too few rows or
-    have a near-singular covariance."""
+    have a near-singular covariance (``reg_covar``: a number or (d,) per feature, whose
+    smallest value bounds the smallest eigenvalue)."""
+    reg_covar = float(np.min(reg_covar))
     problems = []
     few = np.flatnonzero((rows >= 1.0) & (rows < _few_rows_needed(modality)))
     if few.size:

@@ -37,13 +37,26 @@ def stored_array(arrays: Mapping[str, np.ndarray], key: str, shape: tuple[int, .
     return value
 
 
-RegCovar = float | Mapping[str, float]
-"""``reg_covar``: one value for every modality, or {modality: value} (relative mode)."""
+RegCovar = float | Mapping[str, float | np.ndarray]
+"""``reg_covar``: one value for every modality, or {modality: value} (relative mode), or
+{modality: (d,) one value per feature} (dequantise mode)."""
 
 
-def block_reg_covar(reg_covar: RegCovar, modality: str) -> float:
-    """The value of ``reg_covar`` for ``modality``."""
+def block_reg_covar(reg_covar: RegCovar, modality: str) -> float | np.ndarray:
+    """The value of ``reg_covar`` for ``modality``: a number, or (d,) per feature."""
     return float(reg_covar) if isinstance(reg_covar, int | float) else reg_covar[modality]
+
+
+def quantisation_variances(values: np.ndarray) -> np.ndarray:
+    """(d,) step_j^2 / 12 per feature of ``values`` (n, d): the variance of uniform noise over
+    feature j's quantisation step (the smallest gap between its distinct values; 0 when it has
+    fewer than two), which fitting on x + U(-step/2, step/2) would add in expectation."""
+    out = np.zeros(values.shape[1])
+    for j in range(values.shape[1]):
+        distinct = np.unique(values[:, j])
+        if len(distinct) > 1:
+            out[j] = float(np.diff(distinct).min()) ** 2 / 12.0
+    return out
 
 
 class DegenerateComponentWarning(UserWarning):

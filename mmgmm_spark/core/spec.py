@@ -17,14 +17,17 @@ from mmgmm_spark.core.covariance import covariance_type
 from mmgmm_spark.core.densities import COMPUTE_DTYPES
 from mmgmm_spark.core.init import INIT_METHODS, initial_params
 from mmgmm_spark.core.modality import Modality, check_modalities
-from mmgmm_spark.core.params import MixtureParams, check_param_shapes
+from mmgmm_spark.core.params import MixtureParams, check_param_shapes, quantisation_variances
 
 HYPERPARAMETERS = ("n_components", "tol", "reg_covar", "max_iter", "n_init", "init_params")
 """The hyperparameters stored (with the integer seed) in model files and checkpoints."""
 
-REG_COVAR_MODES = ("absolute", "relative")
+REG_COVAR_MODES = ("absolute", "relative", "dequantise")
 """``absolute``: ``reg_covar`` is added to every covariance's diagonal as is; ``relative``: it
-is multiplied by each modality's mean feature variance (of the initialisation sample)."""
+is multiplied by each modality's mean feature variance (of the initialisation sample);
+``dequantise``: each feature also gets step^2 / 12, its quantisation step's uniform-noise
+variance (:func:`mmgmm_spark.core.params.quantisation_variances` of the initialisation
+sample), so a component cannot collapse onto a lattice of discrete values."""
 
 DEFAULT_REG_COVAR = 1e-3
 """The one default of ``reg_covar``: the estimator, :class:`FusionConfig` and the jobs' config
@@ -97,10 +100,15 @@ class MixtureSpec:
                            self.means_init, self.precisions_init)
         return self
 
-    def block_reg_covar(self, sample: Batch) -> dict[str, float]:
+    def block_reg_covar(self, sample: Batch) -> dict[str, float | np.ndarray]:
         """{modality: the value added to its covariances' diagonal}: ``reg_covar``, times
         (``relative``) the mean variance of the modality's features over the observed rows of
-        ``sample`` (1 when they have none)."""
+        ``sample`` (1 when they have none), or plus (``dequantise``) the (d,) quantisation
+        variances of those rows."""
+        if self.reg_covar_mode == "dequantise":
+            return {m.name: self.reg_covar + quantisation_variances(sample.blocks[m.name].values)
+                    for m in self.modalities}
+
         def scale(name: str) -> float:
             values = sample.blocks[name].values
             variance = float(values.var(axis=0).mean()) if values.shape[0] > 1 else 0.0

@@ -152,7 +152,7 @@ class SufficientStats:
 
 
 def _block_params(modality: Modality, stats: BlockStats, previous: GaussianBlock,
-                  previous_weights: np.ndarray, reg_covar: float) -> GaussianBlock:
+                  previous_weights: np.ndarray, reg_covar: float | np.ndarray) -> GaussianBlock:
     kind = covariance_type(modality.covariance_type)
     mass = stats.mass + EPS10
     offset = stats.first / mass[:, None]                     # new mean - centre, (K, d)
@@ -174,8 +174,9 @@ def _block_params(modality: Modality, stats: BlockStats, previous: GaussianBlock
 
 
 def _warn_if_regularised(modality: Modality, variances: np.ndarray, empty: np.ndarray,
-                         reg_covar: float) -> None:
-    """Warn when features have no variance (beyond ``reg_covar``) within some components.
+                         reg_covar: float | np.ndarray) -> None:
+    """Warn when features have no variance (beyond ``reg_covar``, a number or (d,) per
+    feature) within some components.
 
     ``variances``: (K, d) per-component feature variances before regularisation, or (d,) for
     ``tied``; ``empty``: (K,) components without rows, which are reported separately.
@@ -191,8 +192,9 @@ def _warn_if_regularised(modality: Modality, variances: np.ndarray, empty: np.nd
     warnings.warn(
         f"Modality '{modality.name}': feature(s) {features[:10]}"
         f"{' ...' if len(features) > 10 else ''} have no variance {where} (a constant feature "
-        f"or duplicated rows); their covariance is held up by reg_covar={reg_covar:g}. Drop "
-        "constant features or duplicated rows, or raise reg_covar if the scores look extreme.",
+        f"or duplicated rows); their covariance is held up by reg_covar (up to "
+        f"{np.max(reg_covar):g}). Drop constant features or duplicated rows, or raise "
+        "reg_covar if the scores look extreme.",
         DegenerateComponentWarning, stacklevel=4,
     )
 

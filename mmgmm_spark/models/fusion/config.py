@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from mmgmm_spark.core.modality import COVARIANCE_TYPES
-from mmgmm_spark.core.spec import DEFAULT_REG_COVAR
+from mmgmm_spark.core.spec import DEFAULT_REG_COVAR, REG_COVAR_MODES
 from mmgmm_spark.models.fusion.base import FusionStrategy
 from mmgmm_spark.models.fusion.registry import get_strategy
 
@@ -52,6 +52,8 @@ class FusionConfig:
             features (discrete values, duplicates) and buys likelihood there without
             describing the normal rows.
         reg_covar, max_iter, tol, n_init, init_params, random_state: EM settings.
+        reg_covar_mode: "absolute", "relative" or "dequantise" (see
+            :data:`mmgmm_spark.core.spec.REG_COVAR_MODES`), on the features the mixture fits.
     """
 
     strategy: str = "joint"
@@ -70,6 +72,7 @@ class FusionConfig:
     min_weight: float = 0.1
     min_variance: float = 0.0
     reg_covar: float = DEFAULT_REG_COVAR
+    reg_covar_mode: str = "absolute"
     max_iter: int = 200
     tol: float = 1e-3
     n_init: int = 1
@@ -95,6 +98,9 @@ class FusionConfig:
         if self.ensemble and self.fusion.per_modality:
             raise ValueError(f"ensemble needs one mixture per model; strategy "
                              f"'{self.strategy}' fits one per modality: set ensemble false.")
+        if self.reg_covar_mode not in REG_COVAR_MODES:
+            raise ValueError(f"reg_covar_mode must be one of {REG_COVAR_MODES}, "
+                             f"got {self.reg_covar_mode!r}.")
         if int(self.n_quantiles) < 2:
             raise ValueError(f"n_quantiles must be >= 2, got {self.n_quantiles!r}.")
 

@@ -120,7 +120,8 @@ def _fit_point(grid: Grid, modalities: list[Modality], data: Arrays,
     mixture = MultimodalGaussianMixture(
         modalities, k, tol=c.tol, reg_covar=c.reg_covar, max_iter=c.max_iter,
         n_init=c.n_init, init_params=c.init_params, random_state=c.random_state,
-        **{"allow_small_data": True, **grid.mixture_options})
+        **{"allow_small_data": True, "reg_covar_mode": c.reg_covar_mode,
+           **grid.mixture_options})
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
