@@ -14,7 +14,9 @@ diag        8 N K d                two (n, d) x (d, K) GEMMs each step
 spherical   6 N K d                one GEMM (E-step) plus two (statistics)
 =========== =====================  =============================================
 
-Mixed models (``mixed``: 32 full + 16 diag + 8 spherical) add their modalities' counts.
+Mixed models (``mixed``: 32 full + 16 diag + 8 spherical; ``wide``: README's 1B-entity
+projection, 512 + 384 + 16 full, run it with ``--components 32`` and a few thousand rows) add
+their modalities' counts.
 With ``--dtypes float64,float32`` every model also runs with ``compute_dtype="float32"`` and
 the ratio of the iterations and the relative gap of the final mean log-likelihoods are printed.
 ``--history-out FILE`` writes each run's lower-bound history (JSON), ``--compare FILE``
@@ -24,6 +26,7 @@ Usage::
 
     python benchmarks/bench_kernels.py [--rows 500000] [--iters 5] [--models full,diag,...]
                                        [--dtypes float64,float32] [--threads N]
+                                       [--components 16]
 """
 
 from __future__ import annotations
@@ -46,12 +49,14 @@ from mmgmm_spark import Modality, MultimodalGaussianMixture
 from mmgmm_spark.core.em import IterationReport
 
 COMPONENTS = 16
+"""K of every benchmarked model (``--components``)."""
 
 MODELS: dict[str, list[tuple[str, int, str]]] = {
     "full": [("x", 64, "full")],
     "diag": [("x", 64, "diag")],
     "spherical": [("x", 64, "spherical")],
     "mixed": [("a", 32, "full"), ("b", 16, "diag"), ("c", 8, "spherical")],
+    "wide": [("image", 512, "full"), ("text", 384, "full"), ("sensor", 16, "full")],
 }
 """Benchmarked models: (name, width, covariance type) per modality."""
 
@@ -97,7 +102,7 @@ def dgemm_peak(repeats: int, size: int = 3000) -> tuple[float, float]:
 
 
 def fit_model(data: dict[str, np.ndarray], modalities: list[Modality], iters: int,
-              dtype: str) -> Run:
+              dtype: str, k: int = COMPONENTS) -> Run:
     """``iters`` EM iterations from the same random-from-data start (seed 0)."""
     seconds: list[float] = []
     cpu_marks: list[float] = []
@@ -107,7 +112,7 @@ def fit_model(data: dict[str, np.ndarray], modalities: list[Modality], iters: in
         cpu_marks.append(time.process_time())
 
     options = {} if dtype == "float64" else {"compute_dtype": dtype}
-    model = MultimodalGaussianMixture(modalities, COMPONENTS, tol=0.0, max_iter=iters,
+    model = MultimodalGaussianMixture(modalities, k, tol=0.0, max_iter=iters,
                                       init_params="random_from_data", random_state=0,
                                       **options)
     with warnings.catch_warnings():
@@ -124,10 +129,12 @@ def timed(call: Callable[[], object]) -> float:
     return time.perf_counter() - started
 
 
-def model_data(name: str, rows: int) -> tuple[list[Modality], dict[str, np.ndarray]]:
-    """A model's modalities and rows drawn from a random mixture over all their features."""
+def model_data(name: str, rows: int,
+               k: int = COMPONENTS) -> tuple[list[Modality], dict[str, np.ndarray]]:
+    """A model's modalities and rows drawn from a random K-component mixture over all their
+    features."""
     modalities = [Modality(n, d, kind) for n, d, kind in MODELS[name]]
-    x = make_data(rows, sum(m.dim for m in modalities), COMPONENTS, seed=0)
+    x = make_data(rows, sum(m.dim for m in modalities), k, seed=0)
     x = (x - x.mean(axis=0)) / x.std(axis=0)
     edges = np.cumsum([0, *(m.dim for m in modalities)])
     return modalities, {m.name: np.ascontiguousarray(x[:, edges[i]: edges[i + 1]])
@@ -164,12 +171,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--dtypes", default="float64", help="comma-separated compute dtypes")
     parser.add_argument("--threads", type=int, default=None, help="limit BLAS threads")
+    parser.add_argument("--components", type=int, default=COMPONENTS, help="K")
     parser.add_argument("--history-out", default=None)
     parser.add_argument("--compare", default=None)
     args = parser.parse_args(argv)
 
     print(f"load average {os.getloadavg()} on {os.cpu_count()} CPUs; N={args.rows}, "
-          f"K={COMPONENTS}, {args.iters} iterations, threads={args.threads or 'default'}")
+          f"K={args.components}, {args.iters} iterations, threads={args.threads or 'default'}")
     runs: dict[str, Run] = {}
     with threadpool_limits(args.threads):
         peak = dgemm_peak(args.repeats)
@@ -179,10 +187,11 @@ def main(argv: list[str] | None = None) -> int:
               f"{'GF/s':>7s}{'peak':>7s}{'GF/cpu':>7s}{'peak':>7s}{'final mean log-lik':>20s}"
               f"{'score s':>8s}")
         for name in args.models.split(","):
-            modalities, data = model_data(name, args.rows)
-            flops = iteration_flops(modalities, args.rows, COMPONENTS)
+            modalities, data = model_data(name, args.rows, args.components)
+            flops = iteration_flops(modalities, args.rows, args.components)
             for dtype in args.dtypes.split(","):
-                runs[f"{name}/{dtype}"] = run = fit_model(data, modalities, args.iters, dtype)
+                runs[f"{name}/{dtype}"] = run = fit_model(data, modalities, args.iters, dtype,
+                                                          args.components)
                 report(name, dtype, run, flops, peak)
             summarise_dtypes(name, runs)
     if args.compare:

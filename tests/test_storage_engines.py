@@ -350,3 +350,28 @@ def test_jar_version_falls_back_to_a_published_patch_of_the_same_minor(monkeypat
     assert session.delta_jar_version(["4.3.1", "4.4.0", "4.5.0"]) == "4.4.0"
     assert session.delta_jar_version(["4.3.1", "4.4.2"]) == "4.4.1"  # none older, same minor
     assert session.delta_jar_version([]) == "4.4.1"
+
+
+def test_prefetch_fetches_with_maven_the_jars_spark_resolver_finds_missing(monkeypatch):
+    """Ivy trusts a POM-only entry of ~/.m2 (Maven mediated another version) and fails on its
+    jar: the prefetch fetches exactly those jars, without their dependencies, and asks again."""
+    from mmgmm_spark.spark import session
+
+    ivy_failure = ("[download failed: org.slf4j#slf4j-api;2.0.13!slf4j-api.jar, download "
+                   "failed: org.apache.parquet#parquet-hadoop;1.16.0!parquet-hadoop.jar]")
+    calls, resolver_runs = [], iter([(False, ivy_failure), (True, "")])
+
+    def run(command):
+        calls.append(command)
+        return next(resolver_runs) if command[0] == session.sys.executable else (True, "")
+
+    monkeypatch.setattr(session, "_run", run)
+    monkeypatch.setattr(session.shutil, "which", lambda name: "/usr/bin/mvn")
+    assert session._fetch("io.delta:delta-spark_4.2_2.13:4.4.0")
+    maven = [c for c in calls if c[0] == "mvn"]
+    assert [c[-1] for c in maven] == ["-Dartifact=org.apache.parquet:parquet-hadoop:1.16.0",
+                                      "-Dartifact=org.slf4j:slf4j-api:2.0.13"]
+    assert all("-Dtransitive=false" in c for c in maven) and len(calls) == 4
+    monkeypatch.setattr(session.shutil, "which", lambda name: None)
+    resolver_runs = iter([(False, ivy_failure)])
+    assert not session._fetch("io.delta:delta-spark_4.2_2.13:4.4.0")   # no Maven: no repair

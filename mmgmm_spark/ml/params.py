@@ -51,8 +51,8 @@ class MixtureParams(HasPredictionCol, HasProbabilityCol, HasMaxIter, HasTol, Has
     initMode = _param("initMode", f"initialisation, one of {INIT_METHODS}",
                       TypeConverters.toString)
     initialModel = _param(
-        "initialModel", "a fitted MultimodalGaussianMixtureModel whose parameters EM starts "
-        "from (not wired yet)")
+        "initialModel", "a fitted MultimodalGaussianMixtureModel of the same columns, widths, "
+        "covariance types and k whose parameters EM starts from (no initialisation)")
     contamination = _param(
         "contamination", "expected fraction of anomalies in the training rows, in (0, 0.5): "
         "the model flags rows whose anomaly score exceeds that quantile of the training "

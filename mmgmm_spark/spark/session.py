@@ -10,8 +10,9 @@ delta-spark 4.4.1: ``io.delta:delta-spark_4.2_2.13:4.4.1``); :func:`delta_packag
 (``python -c "from mmgmm_spark.spark.session import delta_package; print(delta_package())"``
 prints it for ``spark-submit --packages``). Spark's own resolver (Ivy) downloads it from Maven
 Central at the first start, reading the local Maven repository (``~/.m2``) first;
-:func:`prefetch_delta_jars` (``make install``) fills that repository with Maven when ``mvn`` is
-installed, else through Spark's resolver. When Maven Central has not (yet) published the jar of
+:func:`prefetch_delta_jars` (``make install``) runs that resolver once, so later starts are
+offline, and repairs with Maven (when ``mvn`` is installed) the jars it finds missing in
+``~/.m2``. When Maven Central has not (yet) published the jar of
 the installed Python release, the newest published patch release of the same major.minor is
 used instead (the Python package is a thin py4j wrapper over the jar's API).
 """
@@ -212,14 +213,13 @@ def prefetch_delta_jars() -> str:
     """Put Delta's Spark connector (and its dependencies) where Spark's resolver finds them
     offline; return a one-line report. Best effort: never raises (``make install`` step).
 
-    With ``mvn`` on PATH: ``mvn dependency:get`` into ``~/.m2``; without it, Spark's own
-    resolver downloads into its Ivy cache (so a user with internet does not need Maven).
+    Spark's own resolver downloads into its Ivy cache (so a user with internet does not need
+    Maven); see :func:`_fetch`.
     """
     try:
-        installed = importlib.metadata.version("delta_spark")
-        if installed in local_delta_versions():
-            return f"Delta jars present: {delta_package()}"
-        for version in _versions_to_try(installed):
+        installed, local = importlib.metadata.version("delta_spark"), delta_jar_version()
+        versions = [local] if local in local_delta_versions() else _versions_to_try(installed)
+        for version in versions:
             coordinate = f"{DELTA_GROUP}:{delta_artifact()}:{version}"
             if _fetch(coordinate):
                 return f"Delta jars fetched: {coordinate}"
@@ -242,14 +242,42 @@ def _versions_to_try(installed: str) -> list[str]:
 
 
 def _fetch(coordinate: str) -> bool:
-    if shutil.which("mvn"):
-        command = ["mvn", "-q", "-B", "dependency:get", f"-Dartifact={coordinate}"]
-    else:  # Spark's resolver: start (and stop) a JVM with the package
-        script = ("from pyspark.sql import SparkSession as S; "
-                  f"S.builder.master('local[1]').config('spark.jars.packages', '{coordinate}')"
-                  ".getOrCreate().stop()")
-        command = [sys.executable, "-c", script]
+    """Fetch ``coordinate`` and its dependencies; True once Spark's own resolver (Ivy) resolves
+    it (it downloads what ``~/.m2`` and its cache lack from Maven Central).
+
+    Maven and Ivy mediate version conflicts differently (Maven: nearest; Ivy: latest), so a
+    version Ivy picks may have only its POM in ``~/.m2`` (left by an earlier ``mvn`` run for
+    mediation); Ivy then trusts that repository and fails on the missing jar ("download failed:
+    g#a;v!a.jar"). With ``mvn`` on PATH each such jar is fetched, without its dependencies,
+    and Ivy is asked again.
+    """
+    output = ""
+    for _ in range(MAX_RESOLVE_ROUNDS):
+        ok, output = _run(_spark_resolver_command(coordinate))
+        if ok:
+            return True
+        missing = re.findall(r"download failed: ([^#\s]+)#([^;\s]+);([^!\s]+)!", output)
+        if not (shutil.which("mvn") and missing):
+            break
+        for group, artifact, version in sorted(set(missing)):
+            _run(["mvn", "-q", "-B", "dependency:get", "-Dtransitive=false",
+                  f"-Dartifact={group}:{artifact}:{version}"])
+    log.warning("Spark's resolver could not resolve %s: %s", coordinate, output[-2000:])
+    return False
+
+
+MAX_RESOLVE_ROUNDS = 3
+
+
+def _spark_resolver_command(coordinate: str) -> list[str]:
+    """A Python command that starts (and stops) a local JVM with ``coordinate`` as a package."""
+    script = ("from pyspark.sql import SparkSession as S; "
+              f"S.builder.master('local[1]').config('spark.jars.packages', '{coordinate}')"
+              ".getOrCreate().stop()")
+    return [sys.executable, "-c", script]
+
+
+def _run(command: list[str]) -> tuple[bool, str]:
+    """(exit status 0, stdout + stderr) of ``command``."""
     result = subprocess.run(command, capture_output=True, text=True, timeout=900, check=False)
-    if result.returncode != 0:
-        log.warning("fetching %s failed: %s", coordinate, result.stdout[-2000:] + result.stderr)
-    return result.returncode == 0
+    return result.returncode == 0, result.stdout + result.stderr
