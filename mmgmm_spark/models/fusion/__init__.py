@@ -30,7 +30,10 @@ isotropic noise and the Jacobians are included, so ``log_likelihood`` of ``joint
 ``early`` is a log-density of the input rows. The number of components K, the covariance
 type, whether to standardise and (optionally) the projection size q are chosen by BIC over a
 small grid (:mod:`.selection`): labels are never used. On Spark the preprocessing is fitted
-from moments and the model assembled by :mod:`.preprocessing`.
+from moments and the model assembled by :mod:`.preprocessing`. Two in-memory options score by
+a rank average of several mixtures instead of one (``joint`` and ``early``): every admissible
+K x covariance type of the grid (``ensemble``, :mod:`.ensemble`), or mixtures selected on
+random subspaces of the features (``subspaces``, :mod:`.subspaces`).
 
 Output columns of :meth:`FusionModel.columns` per strategy:
 

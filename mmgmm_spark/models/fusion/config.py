@@ -44,6 +44,12 @@ class FusionConfig:
         ensemble: score by the rank average (mean normal score) of every admissible
             candidate sharing the chosen preprocessing instead of the lowest-BIC one alone
             (see :mod:`mmgmm_spark.models.fusion.ensemble`; not for ``late``).
+        subspaces: score by the rank average (mean normal score, as ``ensemble``) of this
+            many mixtures, each selected by BIC on its own random subspace of every modality's
+            features (0: off; see :mod:`mmgmm_spark.models.fusion.subspaces`; not for
+            ``late``, nor with ``ensemble``).
+        subspace_fraction: a subspace keeps ceil(fraction x d) of a modality's d features,
+            at most d - 1 (all of them when d <= 2).
         min_weight: candidates with a component weight below this are not admissible
             (K = 1 always is): a tiny component tends to model a cluster of anomalies.
         min_variance: candidates with a component whose smallest variance relative to the
@@ -69,6 +75,8 @@ class FusionConfig:
     normal_scores: bool = False
     n_quantiles: int = 1000
     ensemble: bool = False
+    subspaces: int = 0
+    subspace_fraction: float = 0.75
     min_weight: float = 0.1
     min_variance: float = 0.0
     reg_covar: float = DEFAULT_REG_COVAR
@@ -98,11 +106,22 @@ class FusionConfig:
         if self.ensemble and self.fusion.per_modality:
             raise ValueError(f"ensemble needs one mixture per model; strategy "
                              f"'{self.strategy}' fits one per modality: set ensemble false.")
+        self._check_subspaces()
         if self.reg_covar_mode not in REG_COVAR_MODES:
             raise ValueError(f"reg_covar_mode must be one of {REG_COVAR_MODES}, "
                              f"got {self.reg_covar_mode!r}.")
         if int(self.n_quantiles) < 2:
             raise ValueError(f"n_quantiles must be >= 2, got {self.n_quantiles!r}.")
+
+    def _check_subspaces(self) -> None:
+        if not (isinstance(self.subspaces, int) and self.subspaces >= 0):
+            raise ValueError(f"subspaces must be an int >= 0 (0: off), got {self.subspaces!r}.")
+        if not 0.0 < float(self.subspace_fraction) <= 1.0:
+            raise ValueError(f"subspace_fraction must be in (0, 1], "
+                             f"got {self.subspace_fraction!r}.")
+        if self.subspaces and (self.ensemble or self.fusion.per_modality):
+            raise ValueError(f"subspaces averages mixtures of one model: set subspaces 0 with "
+                             f"ensemble true or strategy '{self.strategy}'.")
 
     @property
     def fusion(self) -> FusionStrategy:

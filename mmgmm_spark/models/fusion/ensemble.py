@@ -26,16 +26,43 @@ from mmgmm_spark.models.mixture import MultimodalGaussianMixture
 
 
 @dataclass(frozen=True)
+class Subspace:
+    """The features one member sees and its own preprocessing of them.
+
+    Attributes:
+        features: {modality: (d_sub,) sorted column indices into the modality's features}.
+        modalities: the input modalities restricted to ``features`` (widths d_sub).
+        preprocessors: the member's preprocessing of each restricted modality.
+    """
+
+    features: dict[str, np.ndarray]
+    modalities: list[Modality]
+    preprocessors: dict[str, ModalityPreprocessor]
+
+    def rows(self, dense: Arrays) -> Arrays:
+        """{modality: (n, d_sub)} the member's columns of input rows ``dense``."""
+        return restricted(dense, self.features)
+
+
+def restricted(dense: Arrays, features: dict[str, np.ndarray]) -> Arrays:
+    """{modality: (n, len(features[modality]))} the ``features`` columns of ``dense``."""
+    return {name: dense[name][:, columns] for name, columns in features.items()}
+
+
+@dataclass(frozen=True)
 class Member:
     """One mixture of the ensemble and the distribution of its training log-densities.
 
     Attributes:
-        mixture: the fitted mixture (the ensemble's preprocessing feeds it).
+        mixture: the fitted mixture.
         ranks: :class:`NormalScores` of its (n_train, 1) training log-densities.
+        subspace: the member's features and preprocessing (``FusionConfig.subspaces``), or
+            None: every feature, through the model's preprocessing (``ensemble``).
     """
 
     mixture: MultimodalGaussianMixture
     ranks: NormalScores
+    subspace: Subspace | None = None
 
 
 @dataclass
@@ -50,21 +77,29 @@ class _MemberView:
 
 def member_log_density(fusion: FusionStrategy, modalities: list[Modality],
                        preprocessors: dict[str, ModalityPreprocessor], key: str,
-                       mixture: MultimodalGaussianMixture, dense: Arrays) -> np.ndarray:
+                       mixture: MultimodalGaussianMixture, dense: Arrays,
+                       subspace: Subspace | None = None) -> np.ndarray:
     """(n,) ``log_likelihood`` of input rows ``dense`` ({modality: (n, d_m)}) under
-    ``mixture`` as the strategy's mixture ``key``."""
+    ``mixture`` as the strategy's mixture ``key``; with a ``subspace``, of the rows' subspace
+    columns, through its modalities and preprocessing instead of ``modalities`` and
+    ``preprocessors``."""
+    if subspace is not None:
+        modalities, preprocessors = subspace.modalities, subspace.preprocessors
+        dense = subspace.rows(dense)
     view = _MemberView(list(modalities), preprocessors, {key: mixture}, {})
     return fusion.columns(view, dense)[LOG_LIKELIHOOD]
 
 
 def fit_member(fusion: FusionStrategy, modalities: list[Modality],
                preprocessors: dict[str, ModalityPreprocessor], key: str,
-               mixture: MultimodalGaussianMixture, training: Arrays,
-               n_quantiles: int) -> Member:
+               mixture: MultimodalGaussianMixture, training: Arrays, n_quantiles: int,
+               subspace: Subspace | None = None) -> Member:
     """A :class:`Member`: ``mixture`` with the quantiles of its log-densities of the
-    training rows ``training`` ({modality: (n, d_m)})."""
-    log_density = member_log_density(fusion, modalities, preprocessors, key, mixture, training)
-    return Member(mixture, NormalScores.fit(log_density[:, None], n_quantiles))
+    training rows ``training`` ({modality: (n, d_m)}; see :func:`member_log_density` for
+    ``subspace``)."""
+    log_density = member_log_density(fusion, modalities, preprocessors, key, mixture, training,
+                                     subspace)
+    return Member(mixture, NormalScores.fit(log_density[:, None], n_quantiles), subspace)
 
 
 def ensemble_log_likelihood(fusion: FusionStrategy, modalities: list[Modality],
@@ -72,6 +107,6 @@ def ensemble_log_likelihood(fusion: FusionStrategy, modalities: list[Modality],
                             members: list[Member], dense: Arrays) -> np.ndarray:
     """(n,) the mean over ``members`` of the normal score of each row's log-density."""
     scores = [m.ranks.transform(member_log_density(fusion, modalities, preprocessors, key,
-                                                   m.mixture, dense)[:, None])[:, 0]
+                                                   m.mixture, dense, m.subspace)[:, None])[:, 0]
               for m in members]
     return np.mean(scores, axis=0)

@@ -6,6 +6,7 @@ See :mod:`mmgmm_spark.models.fusion` for the strategies and the meaning of the c
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -17,7 +18,12 @@ from mmgmm_spark.core.preprocessing import ModalityPreprocessor
 from mmgmm_spark.io.model_files import ModelFormatError
 from mmgmm_spark.models.fusion.base import LOG_LIKELIHOOD, FusionStrategy, Stats, dense
 from mmgmm_spark.models.fusion.config import FusionConfig
-from mmgmm_spark.models.fusion.ensemble import Member, ensemble_log_likelihood, fit_member
+from mmgmm_spark.models.fusion.ensemble import (
+    Member,
+    Subspace,
+    ensemble_log_likelihood,
+    fit_member,
+)
 from mmgmm_spark.models.fusion.files import (
     FORMAT,
     FusionFile,
@@ -26,6 +32,7 @@ from mmgmm_spark.models.fusion.files import (
     write_fusion_file,
 )
 from mmgmm_spark.models.fusion.selection import Grid, select
+from mmgmm_spark.models.fusion.subspaces import fit_subspace_members
 from mmgmm_spark.models.mixture import (
     MultimodalGaussianMixture,
     NotFittedError,
@@ -82,7 +89,9 @@ class FusionModel:
             self.selection_[training.key] = [c.summary() for c in candidates]
             self.preprocessors_.update(best.preprocessors)
             self.mixtures_[training.key] = best.mixture
-            if self.config.ensemble:
+            if self.config.subspaces:
+                self.members_[training.key] = fit_subspace_members(grid, training)
+            elif self.config.ensemble:
                 self.members_[training.key] = [
                     fit_member(self.fusion, self.modalities, best.preprocessors, training.key,
                                c.mixture, training.data, self.config.n_quantiles)
@@ -176,10 +185,12 @@ class FusionModel:
         for key, listed in self.members_.items():
             members[key] = []
             for index, member in enumerate(listed):
-                members[key].append({"mixture": f"member_{key}_{index}",
+                sub = f"member_{key}_{index}"
+                members[key].append({"mixture": sub,
                                      "quantiles": member.ranks.quantiles[:, 0].tolist(),
-                                     "std": float(member.ranks.std[0])})
-                files[members[key][-1]["mixture"]] = model_file(member.mixture)
+                                     "std": float(member.ranks.std[0]),
+                                     **_subspace_document(member.subspace, sub, arrays)})
+                files[sub] = model_file(member.mixture)
         document = {"format": FORMAT, "modalities": [m.to_dict() for m in self.modalities],
                     "config": self.config.to_dict(), "preprocessing": meta,
                     "mixtures": mixtures, "members": members,
@@ -206,7 +217,7 @@ class FusionModel:
                                for key, sub in document["mixtures"].items()}
             model.late_stats_ = {k: (float(v[0]), float(v[1]))
                                  for k, v in document.get("late_stats", {}).items()}
-            model.members_ = {key: [_member(content, d) for d in listed]
+            model.members_ = {key: [_member(content, d, model.modalities) for d in listed]
                               for key, listed in document.get("members", {}).items()}
             model.selection_ = dict(document.get("selection", {}))
             model.n_train_rows_ = int(document.get("n_train_rows", 0))
@@ -222,8 +233,45 @@ class FusionModel:
             raise ModelFormatError(error)
 
 
-def _member(content: FusionFile, document: dict[str, Any]) -> Member:
+def _member(content: FusionFile, document: dict[str, Any],
+            modalities: list[Modality]) -> Member:
     """One ensemble :class:`Member` of a :class:`FusionFile` (quantiles checked)."""
     ranks = NormalScores.from_quantiles(np.asarray(document["quantiles"], dtype=float)[:, None],
                                         np.array([float(document["std"])]))
-    return Member(model_from_file(content.mixtures[document["mixture"]]), ranks)
+    return Member(model_from_file(content.mixtures[document["mixture"]]), ranks,
+                  _subspace(content, document, modalities))
+
+
+def _subspace_document(subspace: Subspace | None, sub: str,
+                       arrays: dict[str, np.ndarray]) -> dict[str, Any]:
+    """A member's subspace as JSON ({} without one); its preprocessing arrays are added to
+    ``arrays`` as ``<sub>_p<i>_<field>``."""
+    if subspace is None:
+        return {}
+    preprocessing = {}
+    for index, m in enumerate(subspace.modalities):
+        values, preprocessing[m.name] = subspace.preprocessors[m.name].to_arrays(
+            f"{sub}_p{index}_")
+        arrays.update(values)
+    return {"features": {name: columns.tolist() for name, columns in subspace.features.items()},
+            "preprocessing": preprocessing}
+
+
+def _subspace(content: FusionFile, document: dict[str, Any],
+              modalities: list[Modality]) -> Subspace | None:
+    """The :class:`Subspace` of a member's document (None without one), its columns checked
+    against the model's ``modalities``."""
+    if "features" not in document:
+        return None
+    features, widths = {}, {m.name: m.dim for m in modalities}
+    for name, columns in document["features"].items():
+        features[name] = np.asarray(columns, dtype=np.int64)
+        if (name not in widths or features[name].size == 0
+                or features[name].min() < 0 or features[name].max() >= widths[name]):
+            raise ValueError(f"member {document['mixture']}: features of '{name}' are not "
+                             f"columns of the model's modalities")
+    subspace_modalities = [replace(m, dim=len(features[m.name])) for m in modalities]
+    preprocessors = {m.name: ModalityPreprocessor.from_arrays(
+        content.preprocessing, document["preprocessing"][m.name],
+        f"{document['mixture']}_p{index}_") for index, m in enumerate(subspace_modalities)}
+    return Subspace(features, subspace_modalities, preprocessors)
