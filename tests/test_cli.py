@@ -438,11 +438,38 @@ def test_demo_report_joint_model_sees_cross_modal(spark, ws: Workspace, capsys) 
                  "--set", "model.max_iter=60")
     assert result.code == 0, result.err
     assert re.search(r"^AUROC \d\.\d{4}", result.out, re.MULTILINE)
-    joint, per_modality = map(float, re.search(
-        r"^\s+cross_modal\s+([\d.]+)\s+([\d.]+)$", result.out, re.MULTILINE).groups())
+    rows = {kind: tuple(map(float, values)) for kind, *values in re.findall(
+        r"^\s+(\w+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)$", result.out, re.MULTILINE)}
+    joint, per_modality, forest = rows["cross_modal"]
     assert joint >= 0.9
     assert per_modality <= joint - 0.25
+    assert forest <= joint - 0.05          # the concatenated features hide cross-modal rows
+    reference = _demo_forest_aurocs()
+    overall = float(re.search(r"^IsolationForest on the concatenated features: AUROC ([\d.]+)$",
+                              result.out, re.MULTILINE).group(1))
+    assert abs(overall - reference.pop("all")) < 5e-5
+    assert rows.keys() == reference.keys() and all(
+        abs(rows[kind][2] - value) < 5e-5 for kind, value in reference.items())
     assert len(read_delta(demo / "scores")) == 6000
+
+
+def _demo_forest_aurocs(n_rows: int = 6000) -> dict[str, float]:
+    """Per kind, the AUROC (vs normal rows) of scikit-learn's IsolationForest on the demo's
+    generated rows (seed 0), missing modalities mean-imputed: the reference the demo prints."""
+    from sklearn.ensemble import IsolationForest
+    from sklearn.metrics import roc_auc_score
+
+    from mmgmm_spark.app.synthetic import generate
+
+    data = generate(n_rows, seed=0)
+    x = np.hstack(list(data.features.values()))
+    x = np.where(np.isnan(x), np.nanmean(x, axis=0), x)
+    score = -IsolationForest(random_state=0).fit(x).score_samples(x)
+    normal = data.kind == "normal"
+    return {"all": roc_auc_score(~normal, score),
+            **{kind: roc_auc_score(data.kind[normal | (data.kind == kind)] == kind,
+                                   score[normal | (data.kind == kind)])
+               for kind in sorted(set(data.kind) - {"normal"})}}
 
 
 def test_benchmark_adbench_tiny(tmp_path: Path, capsys) -> None:

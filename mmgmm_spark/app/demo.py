@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 from pyspark.sql import SparkSession
+from sklearn.ensemble import IsolationForest
 from sklearn.metrics import roc_auc_score
 
 from mmgmm_spark.app.config import AppConfig
@@ -72,6 +73,18 @@ class DemoReport:
     top_anomalies: pd.DataFrame
     by_pattern: dict[str, dict[str, float]]
     """{"anomaly_score" / "calibrated_score": :func:`evaluate_by_pattern` of that score}."""
+    isolation_forest_auroc_by_kind: dict[str, float]
+    """The reference's AUROC per kind and over every anomaly ("all"); {} without one."""
+
+
+def isolation_forest_scores(features: dict[str, np.ndarray], seed: int = 0) -> np.ndarray:
+    """(n,) anomaly scores of scikit-learn's ``IsolationForest`` (default settings,
+    ``random_state=seed``) on the concatenated (n, sum d_m) ``features``, what a user would run
+    on the joined table: a missing modality's features (NaN rows) are imputed with their
+    column means, since the forest takes no NaN."""
+    x = np.hstack(list(features.values()))
+    x = np.where(np.isnan(x), np.nanmean(x, axis=0), x)
+    return -IsolationForest(random_state=seed).fit(x).score_samples(x)
 
 
 def modality_surprise(frame: pd.DataFrame, names: list[str]) -> pd.DataFrame:
@@ -112,11 +125,13 @@ def _by_pattern(frame: pd.DataFrame, names: list[str], ids: pd.Series,
 
 def demo_report(spark: SparkSession, config: AppConfig, labels_table: str,
                 metrics: dict[str, float], top: int = 8,
-                altered: pd.Series | None = None) -> DemoReport:
-    """Per-kind AUROC of the joint model and of a per-modality detector, the top rows, and
-    the raw and calibrated scores compared across missingness patterns (``altered``: the
-    generated :attr:`SyntheticData.altered` by id, to separate the incomplete anomalies whose
-    altered modality is missing)."""
+                altered: pd.Series | None = None,
+                reference: pd.Series | None = None) -> DemoReport:
+    """Per-kind AUROC of the joint model, of a per-modality detector and of ``reference``
+    (anomaly scores by id, e.g. :func:`isolation_forest_scores`), the top rows, and the raw
+    and calibrated scores compared across missingness patterns (``altered``: the generated
+    :attr:`SyntheticData.altered` by id, to separate the incomplete anomalies whose altered
+    modality is missing)."""
     names = [m.name for m in config.data.modalities]
     columns = [ANOMALY_SCORE.name, CALIBRATED_SCORE.name, "kind",
                *[modality_column(n) for n in names], config.data.id_column]
@@ -131,6 +146,18 @@ def demo_report(spark: SparkSession, config: AppConfig, labels_table: str,
     table = pd.concat([ranked[[config.data.id_column, "kind", ANOMALY_SCORE.name, score]],
                        surprise.loc[ranked.index].round(1)], axis=1)
     table["most_unusual"] = surprise.loc[ranked.index].idxmax(axis=1)
+    ids = frame[config.data.id_column]
     return DemoReport(metrics, _auroc_by_kind(frame, frame[score]),
                       _auroc_by_kind(frame, per_modality), table,
-                      _by_pattern(frame, names, frame[config.data.id_column], altered))
+                      _by_pattern(frame, names, ids, altered),
+                      _reference_aurocs(frame, ids, reference))
+
+
+def _reference_aurocs(frame: pd.DataFrame, ids: pd.Series,
+                      reference: pd.Series | None) -> dict[str, float]:
+    """{"all": AUROC of every anomaly, kind: AUROC of that kind} of ``reference`` by id."""
+    if reference is None:
+        return {}
+    score = ids.map(reference)
+    return {"all": float(roc_auc_score(frame["kind"] != "normal", score)),
+            **_auroc_by_kind(frame, score)}
