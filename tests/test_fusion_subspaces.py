@@ -1,5 +1,6 @@
 """Random-subspace ensembles (``FusionConfig.subspaces``) against scipy references."""
 
+import json
 import math
 
 import numpy as np
@@ -78,10 +79,17 @@ def test_saved_and_flat_forms_give_the_same_scores(tmp_path):
 
 @pytest.mark.parametrize("options, named", [
     ({"subspaces": -1}, "subspaces"), ({"subspaces": 2.5}, "subspaces"),
+    ({"subspaces": True}, "subspaces"),
     ({"subspaces": 2, "subspace_fraction": 0.0}, "subspace_fraction"),
+    ({"subspaces": 2, "subspace_fraction": "0.5"}, "subspace_fraction"),
     ({"subspaces": 2, "subspace_fraction": 1.5}, "subspace_fraction"),
     ({"subspaces": 2, "ensemble": True}, "ensemble"),
     ({"subspaces": 2, "strategy": "late"}, "late")])
 def test_bad_subspace_settings_are_refused_by_name(options, named):
     with pytest.raises(ValueError, match=named):
         FusionConfig(**options)
+
+
+def test_numpy_numbers_are_accepted_and_saved_as_json_numbers():
+    config = FusionConfig(subspaces=np.int64(3), subspace_fraction=np.float32(0.5))
+    assert json.loads(json.dumps(config.to_dict()))["subspaces"] == 3

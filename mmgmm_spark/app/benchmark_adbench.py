@@ -181,6 +181,12 @@ def run_adbench(data_dir: str | Path, strategies: tuple[str, ...] = tuple(STRATE
     if bad:
         raise ValueError(f"Unknown strategies {bad}; choose from {tuple(STRATEGIES)}.")
     config = replace(config or FusionConfig(), random_state=seed)
+    for strategy in strategies:         # refuse what a strategy cannot take before any fit
+        try:
+            replace(config, strategy=strategy)
+        except ValueError as error:
+            raise ValueError(f"strategy '{strategy}' (drop it from --strategies): "
+                             f"{error}") from None
     selected = {name: views for name, views in discover(data_dir).items()
                 if not only or any(o in name for o in only)}
     if not selected:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
+from numbers import Integral, Real
 from typing import Any
 
 from mmgmm_spark.core.modality import COVARIANCE_TYPES
@@ -114,14 +115,20 @@ class FusionConfig:
             raise ValueError(f"n_quantiles must be >= 2, got {self.n_quantiles!r}.")
 
     def _check_subspaces(self) -> None:
-        if not (isinstance(self.subspaces, int) and self.subspaces >= 0):
+        if isinstance(self.subspaces, bool) or not isinstance(self.subspaces, Integral) \
+                or self.subspaces < 0:
             raise ValueError(f"subspaces must be an int >= 0 (0: off), got {self.subspaces!r}.")
-        if not 0.0 < float(self.subspace_fraction) <= 1.0:
-            raise ValueError(f"subspace_fraction must be in (0, 1], "
-                             f"got {self.subspace_fraction!r}.")
-        if self.subspaces and (self.ensemble or self.fusion.per_modality):
-            raise ValueError(f"subspaces averages mixtures of one model: set subspaces 0 with "
-                             f"ensemble true or strategy '{self.strategy}'.")
+        fraction = self.subspace_fraction
+        if isinstance(fraction, bool) or not isinstance(fraction, Real) or not 0 < fraction <= 1:
+            raise ValueError(f"subspace_fraction must be a number in (0, 1], got {fraction!r}.")
+        object.__setattr__(self, "subspaces", int(self.subspaces))     # numpy ints: JSON
+        object.__setattr__(self, "subspace_fraction", float(fraction))
+        if self.subspaces and self.ensemble:
+            raise ValueError("subspaces and ensemble are two ways to average mixtures: set one "
+                             "of them (subspaces 0 or ensemble false).")
+        if self.subspaces and self.fusion.per_modality:
+            raise ValueError(f"subspaces needs one mixture per model; strategy "
+                             f"'{self.strategy}' fits one per modality: set subspaces 0.")
 
     @property
     def fusion(self) -> FusionStrategy:

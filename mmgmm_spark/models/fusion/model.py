@@ -133,7 +133,9 @@ class FusionModel:
 
     def score_samples(self, data: ArrayData) -> np.ndarray:
         """(n,) the fused log-likelihood (the negative is the anomaly score); with
-        ``config.ensemble`` the members' mean normal score (unitless)."""
+        ``config.ensemble`` or ``config.subspaces`` the members' mean normal score (unitless;
+        :meth:`log_density`, ``cluster``, the per-modality columns and :attr:`chosen` still
+        describe the lowest-BIC mixture on every feature)."""
         return self.columns(data)[LOG_LIKELIHOOD]
 
     def log_density(self, data: ArrayData) -> np.ndarray:
