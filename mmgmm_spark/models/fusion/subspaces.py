@@ -15,6 +15,7 @@ The draws follow ``FusionConfig.random_state``.
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 import numpy as np
@@ -26,11 +27,9 @@ from mmgmm_spark.models.fusion.selection import Grid, select
 
 
 def subspace_width(d: int, fraction: float) -> int:
-    """Features a member keeps of a modality's ``d``: ceil(fraction x d), in [1, d - 1] when
-    d > 2, else d."""
-    if d <= 2:
-        return d
-    return int(min(d - 1, max(1, np.ceil(fraction * d))))
+    """Features a member keeps of a modality's ``d``: ceil(fraction x d) (fraction in (0, 1]),
+    at most d - 1 when d > 2, else d."""
+    return d if d <= 2 else min(d - 1, math.ceil(fraction * d))
 
 
 def draw_features(modalities: list[Modality], fraction: float,
