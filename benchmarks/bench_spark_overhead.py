@@ -7,9 +7,12 @@ Python process, the driver JVM, the Python daemon and its workers; robust to oth
 sharing the cores, unlike wall time):
 
 - ``in-memory``: the statistics pass of the in-memory fit (one process, Python threads);
-- ``spark``: the Spark statistics pass (broadcast, map tasks, ``treeAggregate``);
-- ``drain``: a job reading every cached block into the Python workers and only counting rows
-  (the JVM -> Python transfer and unpickling of the cached blocks, plus scheduling);
+- ``spark``: the Spark statistics pass (broadcast, map tasks, ``treeAggregate``), over blocks
+  streamed from the JVM each pass (``resident=False``) and over blocks resident on the
+  executors (the default, :mod:`mmgmm_spark.spark.resident`), side by side;
+- ``drain`` (streamed blocks): a job reading every cached block into the Python workers and
+  only counting rows (the JVM -> Python transfer and unpickling of the cached blocks, plus
+  scheduling);
 - ``empty``: a job of as many one-integer tasks (scheduling and task launch only).
 
 ``spark - drain`` approximates the kernel work in the tasks; ``drain - empty`` the transfer.
@@ -90,17 +93,17 @@ def row(name: str, walls: list[float], cpus: list[float]) -> tuple[float, float]
 
 def spark_rows(blocks: CachedBlocks, params, modalities, components: int, repeats: int,
                ) -> dict[str, tuple[float, float]]:
-    """The spark, drain and empty passes over one cache."""
+    """The spark pass over one cache; for streamed blocks also the drain and empty passes."""
     partitions = blocks.rdd.getNumPartitions()
     stats_pass = SparkStatsPass(blocks, modalities, components)
     stats_pass(params)                                   # warm-up: workers started, imports
     empty = blocks.rdd.context.parallelize(range(partitions), partitions)
-    passes = {
-        "spark": lambda: stats_pass(params),
-        "drain": lambda: blocks.rdd.map(lambda b: b.n_rows).sum(),
-        "empty": lambda: empty.treeAggregate(0, int.__add__, int.__add__, depth=2),
-    }
-    return {name: row(f"P={partitions} {name}", *timed(f, repeats))
+    passes = {"spark": lambda: stats_pass(params)}
+    if not blocks.resident:
+        passes["drain"] = lambda: blocks.rdd.map(lambda b: b.n_rows).sum()
+        passes["empty"] = lambda: empty.treeAggregate(0, int.__add__, int.__add__, depth=2)
+    kind = "resident" if blocks.resident else "streamed"
+    return {name: row(f"P={partitions} {kind} {name}", *timed(f, repeats))
             for name, f in passes.items()}
 
 
@@ -125,15 +128,19 @@ def measure(master: str, args: argparse.Namespace) -> dict[int, tuple[float, flo
     memory = row("in-memory", *timed(lambda: in_memory(model.params_), args.repeats))
     results = {}
     for partitions in (int(p) for p in args.partitions.split(",")):
-        blocks = CachedBlocks(df.repartition(partitions), modalities, "bench")
-        try:
-            results[partitions] = spark_pass = spark_rows(
-                blocks, model.params_, modalities, args.components, args.repeats)["spark"]
-        finally:
-            blocks.unpersist()
-        print(f"P={partitions}: Spark / in-memory {spark_pass[0] / memory[0]:.2f}x wall "
-              f"(+{spark_pass[0] - memory[0]:.3f} s), {spark_pass[1] / memory[1]:.2f}x CPU "
-              f"(+{spark_pass[1] - memory[1]:.3f} s)")
+        for resident in (False, True):
+            blocks = CachedBlocks(df.repartition(partitions), modalities, "bench",
+                                  resident=resident)
+            try:
+                spark_pass = spark_rows(
+                    blocks, model.params_, modalities, args.components, args.repeats)["spark"]
+            finally:
+                blocks.unpersist()
+            print(f"P={partitions} {'resident' if resident else 'streamed'}: Spark / "
+                  f"in-memory {spark_pass[0] / memory[0]:.2f}x wall "
+                  f"(+{spark_pass[0] - memory[0]:.3f} s), {spark_pass[1] / memory[1]:.2f}x CPU "
+                  f"(+{spark_pass[1] - memory[1]:.3f} s)")
+        results[partitions] = spark_pass
     print(f"load average at the end {os.getloadavg()}", flush=True)
     spark.stop()
     return results

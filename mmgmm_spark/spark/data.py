@@ -2,14 +2,18 @@
 
 :class:`CachedBlocks` converts and validates the rows once (Arrow -> numpy blocks, packed as
 binary payloads) and keeps them cached for every EM pass. With the RDD API the payloads are
-decoded once into an RDD of numpy batches (fastest); under Spark Connect, where there is no
-RDD API, the payload DataFrame itself is cached and each pass decodes it in ``mapInArrow``.
+decoded once into an RDD of numpy batches, and the passes that aggregate (EM) read them from
+files resident on the executors (:mod:`mmgmm_spark.spark.resident`); under Spark Connect,
+where there is no RDD API, the payload DataFrame itself is cached and each pass decodes it in
+``mapInArrow``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
+import uuid
 from collections.abc import Callable, Iterator, Mapping
 from functools import reduce
 from typing import TypeVar
@@ -33,9 +37,12 @@ from mmgmm_spark.spark.arrow import (
     encode_batch,
     payload_mapper,
 )
+from mmgmm_spark.spark.resident import Handle, read_partition, remove_partitions, write_partition
 from mmgmm_spark.spark.session import has_rdd_api
 from mmgmm_spark.spark.tasks import spark_task
 from mmgmm_spark.storage import FEATURE_TYPES_HINT, double_array_or_none
+
+log = logging.getLogger(__name__)
 
 T_ = TypeVar("T_")
 Codec = tuple[Callable[[T_], tuple[np.ndarray, ...]], Callable[[tuple[np.ndarray, ...]], T_]]
@@ -202,15 +209,21 @@ class CachedBlocks:
     checked first over the whole DataFrame (:func:`check_weight_column`). ``n_rows`` counts
     the cached rows, ``total_weight`` their weights (= ``n_rows`` unweighted): the row count
     of statistics, thresholds and BIC.
+
+    ``resident`` (RDD path only): :meth:`aggregate` reads the batches from files on the
+    executors (:mod:`~mmgmm_spark.spark.resident`) instead of streaming them from the JVM
+    every pass; the batches are then cached on disk only (DISK_ONLY), so the decoded rows
+    are held once, in the page cache.
     """
 
     def __init__(self, df: DataFrame, modalities: tuple[Modality, ...], source: str,
                  rows_per_block: int = 65_536, use_rdd: bool | None = None,
-                 weight_column: str | None = None) -> None:
+                 weight_column: str | None = None, resident: bool = True) -> None:
         self.modalities = modalities
         self.source = source
         self.weight_column = weight_column
         self.use_rdd = has_rdd_api(df.sparkSession) if use_rdd is None else use_rdd
+        self._init_resident(resident)
         if weight_column is not None:
             check_weight_column(df, weight_column, source)
         payload = modality_frame(df, modalities, source, weight_column).mapInArrow(
@@ -218,7 +231,7 @@ class CachedBlocks:
         self.rdd = self.payload = None
         if self.use_rdd:
             self.rdd = payload.rdd.map(lambda row: decode_batch(row.payload, modalities))
-            self.rdd.persist(StorageLevel.MEMORY_AND_DISK)
+            self.rdd.persist(self._storage_level())
         else:
             self.payload = payload.persist(StorageLevel.MEMORY_AND_DISK)
         try:
@@ -236,6 +249,14 @@ class CachedBlocks:
         except Exception:
             self.unpersist()
             raise
+
+    def _init_resident(self, resident: bool) -> None:
+        self.resident = resident and self.use_rdd
+        self.token = uuid.uuid4().hex
+        self.handles = None
+
+    def _storage_level(self) -> StorageLevel:
+        return StorageLevel.DISK_ONLY if self.resident else StorageLevel.MEMORY_AND_DISK
 
     def _count(self) -> int:
         """Rows over all cached batches (the pass that fills the cache); also sets
@@ -289,6 +310,8 @@ class CachedBlocks:
         RDD path: ``treeAggregate``. DataFrame-only path: one merged result per partition,
         sent as arrays through ``codec`` (to arrays, from arrays), merged on the driver.
         """
+        if self.resident:
+            return self._resident_aggregate(function, merge, zero, tree_depth)
         if self.rdd is not None:
             partial = spark_task(lambda batches: (function(batch) for batch in batches))
             with translated_errors():
@@ -308,6 +331,64 @@ class CachedBlocks:
             rows = self.payload.mapInArrow(partition, "result binary").collect()
         return reduce(merge, (from_arrays(decode_arrays(row.result)) for row in rows), zero)
 
+    def _resident_handles(self):
+        """The cached RDD of one :class:`~mmgmm_spark.spark.resident.Handle` per partition
+        (computed, and the files written, by the first pass that needs it)."""
+        if self.handles is None:
+            token, modalities = self.token, self.modalities
+
+            @spark_task
+            def write(partition: int, batches: Iterator[Batch]) -> Iterator[Handle]:
+                yield write_partition(token, partition, batches, modalities)
+
+            self.handles = self.rdd.mapPartitionsWithIndex(write).persist(
+                StorageLevel.MEMORY_ONLY)
+        return self.handles
+
+    def _resident_aggregate(self, function: Callable[[Batch], T_],
+                            merge: Callable[[T_, T_], T_], zero: T_, tree_depth: int) -> T_:
+        """:meth:`aggregate` over the resident files; a partition whose task found none is
+        computed from the cached batches, and the files are written anew next pass."""
+        modalities = self.modalities
+
+        def merge_pairs(a: tuple[T_, tuple[int, ...]],
+                        b: tuple[T_, tuple[int, ...]]) -> tuple[T_, tuple[int, ...]]:
+            return merge(a[0], b[0]), a[1] + b[1]
+
+        @spark_task
+        def partial(handles: Iterator[Handle]) -> Iterator[tuple[T_, tuple[int, ...]]]:
+            for handle in handles:
+                batches = read_partition(handle, modalities)
+                if batches is None:
+                    yield zero, (handle.partition,)
+                else:
+                    yield reduce(merge, map(function, batches), zero), ()
+
+        with translated_errors():
+            total, missing = self._resident_handles().mapPartitions(partial).treeAggregate(
+                (zero, ()), merge_pairs, merge_pairs, depth=tree_depth)
+            if not missing:
+                return total
+            log.warning("%s: %d partition(s) ran where their resident blocks are not; "
+                        "computed from the cached blocks, files rewritten next pass.",
+                        self.source, len(missing))
+            whole = spark_task(lambda batches: [reduce(merge, map(function, batches), zero)])
+            rest = self.rdd.context.runJob(self.rdd, whole, partitions=list(missing))
+        self._drop_handles()
+        return reduce(merge, rest, total)
+
+    def _drop_handles(self) -> None:
+        """Delete the resident files (a job over the handles' executors) and their cache."""
+        if self.handles is None:
+            return
+        try:
+            self.handles.mapPartitions(remove_partitions).sum()
+        except Exception as error:   # a lost executor's files go when Spark deletes its dirs
+            log.warning("%s: could not delete every resident block file: %s", self.source,
+                        error)
+        self.handles.unpersist()
+        self.handles = None
+
     def mapped(self, function: Callable[[Batch], Batch], modalities: tuple[Modality, ...],
                source: str | None = None) -> CachedBlocks:
         """A cache of ``function(batch)`` for every batch (blocks of ``modalities``; the
@@ -318,9 +399,10 @@ class CachedBlocks:
         derived.modalities, derived.use_rdd = modalities, self.use_rdd
         derived.source = source or self.source
         derived.weight_column = self.weight_column
+        derived._init_resident(self.resident)
         derived.rdd = derived.payload = None
         if self.rdd is not None:
-            derived.rdd = self.rdd.map(spark_task(function)).persist(StorageLevel.MEMORY_AND_DISK)
+            derived.rdd = self.rdd.map(spark_task(function)).persist(derived._storage_level())
         else:
             derived.payload = self._mapped_payload(function, modalities)
         try:
@@ -351,6 +433,7 @@ class CachedBlocks:
         return Batch.concat(parts)
 
     def unpersist(self) -> None:
+        self._drop_handles()
         if self.rdd is not None:
             self.rdd.unpersist()
         if self.payload is not None:
@@ -360,14 +443,14 @@ class CachedBlocks:
 @contextlib.contextmanager
 def cached_blocks(data: DataFrame | CachedBlocks, modalities: tuple[Modality, ...],
                   source: str = "DataFrame", rows_per_block: int = 65_536,
-                  use_rdd: bool | None = None,
-                  weight_column: str | None = None) -> Iterator[CachedBlocks]:
+                  use_rdd: bool | None = None, weight_column: str | None = None,
+                  resident: bool = True) -> Iterator[CachedBlocks]:
     """``data`` as cached blocks while the context lasts.
 
     A DataFrame is converted, validated and cached here and unpersisted on exit; cached blocks
     are yielded as they are (their owner unpersists them; ``weight_column`` must then be the
-    one they were cached with). ``rows_per_block``, ``use_rdd`` and ``weight_column`` are
-    :class:`CachedBlocks`'s.
+    one they were cached with). ``rows_per_block``, ``use_rdd``, ``weight_column`` and
+    ``resident`` are :class:`CachedBlocks`'s.
     """
     if isinstance(data, CachedBlocks):
         if weight_column not in (None, data.weight_column):
@@ -378,7 +461,7 @@ def cached_blocks(data: DataFrame | CachedBlocks, modalities: tuple[Modality, ..
         yield data
         return
     blocks = CachedBlocks(data, tuple(modalities), source, rows_per_block, use_rdd,
-                          weight_column)
+                          weight_column, resident)
     try:
         yield blocks
     finally:
