@@ -17,7 +17,8 @@ sharing the cores, unlike wall time):
 
 ``spark - drain`` approximates the kernel work in the tasks; ``drain - empty`` the transfer.
 ``--partitions`` takes a comma-separated list (each a separate cache of the same rows);
-``--masters`` takes a semicolon-separated list (one session after the other here): with
+``--dataframe-only`` caches the blocks without the RDD API (Spark Connect's path, in a classic
+session). ``--masters`` takes a semicolon-separated list (one session after the other here): with
 ``--masters "local-cluster[1,1,2048];local-cluster[2,1,2048]"`` it prints the strong-scaling
 speed-up of the Spark pass from 1 to 2 one-core executors.
 
@@ -92,17 +93,17 @@ def row(name: str, walls: list[float], cpus: list[float]) -> tuple[float, float]
 
 
 def spark_rows(blocks: CachedBlocks, params, modalities, components: int, repeats: int,
-               ) -> dict[str, tuple[float, float]]:
-    """The spark pass over one cache; for streamed blocks also the drain and empty passes."""
-    partitions = blocks.rdd.getNumPartitions()
+               partitions: int) -> dict[str, tuple[float, float]]:
+    """The spark pass over one cache; for streamed RDD blocks also the drain and empty
+    passes."""
     stats_pass = SparkStatsPass(blocks, modalities, components)
     stats_pass(params)                                   # warm-up: workers started, imports
-    empty = blocks.rdd.context.parallelize(range(partitions), partitions)
     passes = {"spark": lambda: stats_pass(params)}
-    if not blocks.resident:
+    if blocks.resident is None and blocks.rdd is not None:
+        empty = blocks.rdd.context.parallelize(range(partitions), partitions)
         passes["drain"] = lambda: blocks.rdd.map(lambda b: b.n_rows).sum()
         passes["empty"] = lambda: empty.treeAggregate(0, int.__add__, int.__add__, depth=2)
-    kind = "resident" if blocks.resident else "streamed"
+    kind = "streamed" if blocks.resident is None else "resident"
     return {name: row(f"P={partitions} {kind} {name}", *timed(f, repeats))
             for name, f in passes.items()}
 
@@ -130,10 +131,10 @@ def measure(master: str, args: argparse.Namespace) -> dict[int, tuple[float, flo
     for partitions in (int(p) for p in args.partitions.split(",")):
         for resident in (False, True):
             blocks = CachedBlocks(df.repartition(partitions), modalities, "bench",
-                                  resident=resident)
+                                  resident=resident, use_rdd=not args.dataframe_only)
             try:
-                spark_pass = spark_rows(
-                    blocks, model.params_, modalities, args.components, args.repeats)["spark"]
+                spark_pass = spark_rows(blocks, model.params_, modalities, args.components,
+                                        args.repeats, partitions)["spark"]
             finally:
                 blocks.unpersist()
             print(f"P={partitions} {'resident' if resident else 'streamed'}: Spark / "
@@ -153,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--components", type=int, default=8)
     parser.add_argument("--partitions", default="4,2")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--dataframe-only", action="store_true",
+                        help="cache without the RDD API, as under Spark Connect")
     parser.add_argument("--masters", default="local[2]",
                         help="semicolon-separated; with several, the Spark pass's speed-up over "
                              "the first master is printed (strong scaling)")

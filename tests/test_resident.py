@@ -72,18 +72,22 @@ def assert_matches(stats, reference):
 
 
 def directories(blocks):
-    return sorted(h.directory for h in blocks.handles.collect())
+    return sorted(handle.directory for handle in blocks.resident.handles.collect())
 
 
-def test_resident_passes_equal_scipy_and_delete_their_files(spark, data):
+PATHS = pytest.mark.parametrize("use_rdd", [True, False], ids=["rdd", "dataframe-only"])
+
+
+@PATHS
+def test_resident_passes_equal_scipy_and_delete_their_files(spark, data, use_rdd):
     """Weighted rows, 3 partitions: every pass equals a scipy reference; one directory per
     partition exists while cached and none after ``unpersist``."""
     sample, model = data
     weights = np.random.default_rng(0).integers(0, 4, len(sample.is_anomaly)).astype(float)
     blocks = CachedBlocks(frame(spark, sample.features, 3, weights), MODALITIES, "rows",
-                          weight_column="w")
+                          weight_column="w", use_rdd=use_rdd)
     try:
-        assert blocks.resident
+        assert blocks.resident is not None
         for _ in range(2):
             assert_matches(statistics(blocks, model),
                            numpy_reference(sample.features, model, weights))
@@ -96,11 +100,12 @@ def test_resident_passes_equal_scipy_and_delete_their_files(spark, data):
     assert not os.path.exists(os.path.dirname(paths[0]))
 
 
-def test_a_partition_without_its_files_is_computed_from_the_cache(spark, data, caplog):
+@PATHS
+def test_a_partition_without_its_files_is_computed_from_the_cache(spark, data, caplog, use_rdd):
     """Files deleted behind the cache's back (a task on another node): the pass still equals
     the reference, says so, and the next pass writes the files again."""
     sample, model = data
-    blocks = CachedBlocks(frame(spark, sample.features, 3), MODALITIES, "rows")
+    blocks = CachedBlocks(frame(spark, sample.features, 3), MODALITIES, "rows", use_rdd=use_rdd)
     try:
         statistics(blocks, model)
         paths = directories(blocks)
@@ -108,7 +113,7 @@ def test_a_partition_without_its_files_is_computed_from_the_cache(spark, data, c
         with caplog.at_level(logging.WARNING, logger="mmgmm_spark.spark.data"):
             assert_matches(statistics(blocks, model), numpy_reference(sample.features, model))
         assert "1 partition(s) ran where their resident blocks are not" in caplog.text
-        assert blocks.handles is None and not os.path.exists(paths[0])
+        assert blocks.resident.handles is None and not os.path.exists(paths[0])
         assert_matches(statistics(blocks, model), numpy_reference(sample.features, model))
         assert all(os.path.isdir(p) for p in directories(blocks))
     finally:
@@ -120,7 +125,7 @@ def test_streamed_blocks_write_no_files(spark, data):
     blocks = CachedBlocks(frame(spark, sample.features, 2), MODALITIES, "rows", resident=False)
     try:
         assert_matches(statistics(blocks, model), numpy_reference(sample.features, model))
-        assert blocks.handles is None
+        assert blocks.resident is None
     finally:
         blocks.unpersist()
 

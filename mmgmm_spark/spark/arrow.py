@@ -88,6 +88,14 @@ def decode_batch(payload: bytes, modalities: tuple[Modality, ...]) -> Batch:
     return Batch(n_rows, blocks, weights)
 
 
+def payload_batches(record_batches: Iterator[pa.RecordBatch],
+                    modalities: tuple[Modality, ...]) -> Iterator[Batch]:
+    """The decoded batches of one partition of a cached payload DataFrame (DataFrame-only)."""
+    for record_batch in record_batches:
+        for payload in record_batch.column("payload").to_pylist():
+            yield decode_batch(payload, modalities)
+
+
 def encode_arrays(arrays: tuple[np.ndarray, ...]) -> bytes:
     """Bytes of a tuple of arrays (numpy ``.npz``, no pickled objects)."""
     buffer = io.BytesIO()

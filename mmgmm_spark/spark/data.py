@@ -2,18 +2,17 @@
 
 :class:`CachedBlocks` converts and validates the rows once (Arrow -> numpy blocks, packed as
 binary payloads) and keeps them cached for every EM pass. With the RDD API the payloads are
-decoded once into an RDD of numpy batches, and the passes that aggregate (EM) read them from
-files resident on the executors (:mod:`mmgmm_spark.spark.resident`); under Spark Connect,
-where there is no RDD API, the payload DataFrame itself is cached and each pass decodes it in
-``mapInArrow``.
+decoded once into an RDD of numpy batches; under Spark Connect, where there is no RDD API,
+the payload DataFrame itself is cached. On both paths the passes that aggregate (EM) read the
+decoded batches from files resident on the executors (:mod:`mmgmm_spark.spark.resident`).
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import re
-import uuid
 from collections.abc import Callable, Iterator, Mapping
 from functools import reduce
 from typing import TypeVar
@@ -35,9 +34,10 @@ from mmgmm_spark.spark.arrow import (
     decode_batch,
     encode_arrays,
     encode_batch,
+    payload_batches,
     payload_mapper,
 )
-from mmgmm_spark.spark.resident import Handle, read_partition, remove_partitions, write_partition
+from mmgmm_spark.spark.resident import ResidentBlocks
 from mmgmm_spark.spark.session import has_rdd_api
 from mmgmm_spark.spark.tasks import spark_task
 from mmgmm_spark.storage import FEATURE_TYPES_HINT, double_array_or_none
@@ -184,14 +184,6 @@ def invalid_row_counts(frame: DataFrame, modalities: tuple[Modality, ...]) -> di
     return {name: int(row[i]) for i, name in enumerate(checks) if row[i]}
 
 
-def payload_batches(record_batches: Iterator[pa.RecordBatch],
-                    modalities: tuple[Modality, ...]) -> Iterator[Batch]:
-    """The decoded batches of one partition of a cached payload DataFrame (DataFrame-only)."""
-    for record_batch in record_batches:
-        for payload in record_batch.column("payload").to_pylist():
-            yield decode_batch(payload, modalities)
-
-
 def _sampler(fraction: float, seed: int) -> Callable[[int, Batch], Batch]:
     def sample(index: int, batch: Batch) -> Batch:
         if fraction >= 1.0:
@@ -210,10 +202,10 @@ class CachedBlocks:
     the cached rows, ``total_weight`` their weights (= ``n_rows`` unweighted): the row count
     of statistics, thresholds and BIC.
 
-    ``resident`` (RDD path only): :meth:`aggregate` reads the batches from files on the
-    executors (:mod:`~mmgmm_spark.spark.resident`) instead of streaming them from the JVM
-    every pass; the batches are then cached on disk only (DISK_ONLY), so the decoded rows
-    are held once, in the page cache.
+    ``resident``: :meth:`aggregate` reads the batches from files on the executors
+    (:mod:`~mmgmm_spark.spark.resident`) instead of streaming them from the JVM every pass
+    (and, without the RDD API, decoding them); the cache itself is then kept on disk only
+    (DISK_ONLY), so the decoded rows are held in memory once, by the page cache.
     """
 
     def __init__(self, df: DataFrame, modalities: tuple[Modality, ...], source: str,
@@ -223,7 +215,6 @@ class CachedBlocks:
         self.source = source
         self.weight_column = weight_column
         self.use_rdd = has_rdd_api(df.sparkSession) if use_rdd is None else use_rdd
-        self._init_resident(resident)
         if weight_column is not None:
             check_weight_column(df, weight_column, source)
         payload = modality_frame(df, modalities, source, weight_column).mapInArrow(
@@ -231,9 +222,10 @@ class CachedBlocks:
         self.rdd = self.payload = None
         if self.use_rdd:
             self.rdd = payload.rdd.map(lambda row: decode_batch(row.payload, modalities))
-            self.rdd.persist(self._storage_level())
+            self.rdd.persist(self._storage_level(resident))
         else:
-            self.payload = payload.persist(StorageLevel.MEMORY_AND_DISK)
+            self.payload = payload.persist(self._storage_level(resident))
+        self.resident = ResidentBlocks(modalities, self.rdd, self.payload) if resident else None
         try:
             self.n_rows = self._count()      # validates every row and fills the cache
             if self.n_rows == 0:
@@ -250,13 +242,8 @@ class CachedBlocks:
             self.unpersist()
             raise
 
-    def _init_resident(self, resident: bool) -> None:
-        self.resident = resident and self.use_rdd
-        self.token = uuid.uuid4().hex
-        self.handles = None
-
-    def _storage_level(self) -> StorageLevel:
-        return StorageLevel.DISK_ONLY if self.resident else StorageLevel.MEMORY_AND_DISK
+    def _storage_level(self, resident: bool) -> StorageLevel:
+        return StorageLevel.DISK_ONLY if resident else StorageLevel.MEMORY_AND_DISK
 
     def _count(self) -> int:
         """Rows over all cached batches (the pass that fills the cache); also sets
@@ -265,7 +252,7 @@ class CachedBlocks:
             if self.weight_column is None and self.rdd is None:
                 rows = weight = int(self.payload.agg(F.sum("n_rows")).first()[0] or 0)
             else:
-                rows, weight = self.aggregate(
+                rows, weight = self._streamed_aggregate(
                     lambda b: (b.n_rows, b.total_weight),
                     lambda a, b: (a[0] + b[0], a[1] + b[1]), (0, 0.0),
                     (lambda t: (np.array([t[0]]), np.array([t[1]])),
@@ -310,84 +297,71 @@ class CachedBlocks:
         RDD path: ``treeAggregate``. DataFrame-only path: one merged result per partition,
         sent as arrays through ``codec`` (to arrays, from arrays), merged on the driver.
         """
-        if self.resident:
-            return self._resident_aggregate(function, merge, zero, tree_depth)
+        if self.resident is not None:
+            return self._resident_aggregate(function, merge, zero, codec, tree_depth)
+        return self._streamed_aggregate(function, merge, zero, codec, tree_depth)
+
+    def _streamed_aggregate(self, function: Callable[[Batch], T_],
+                            merge: Callable[[T_, T_], T_], zero: T_, codec: Codec,
+                            tree_depth: int = 2) -> T_:
+        """:meth:`aggregate` over the cached batches themselves (no resident files)."""
         if self.rdd is not None:
             partial = spark_task(lambda batches: (function(batch) for batch in batches))
             with translated_errors():
                 return self.rdd.mapPartitions(partial).treeAggregate(zero, merge, merge,
                                                                      depth=tree_depth)
-        modalities = self.modalities
-        to_arrays, from_arrays = codec
-
-        @spark_task
-        def partition(record_batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-            total = zero
-            for batch in payload_batches(record_batches, modalities):
-                total = merge(total, function(batch))
-            yield pa.RecordBatch.from_pydict({"result": [encode_arrays(to_arrays(total))]})
-
         with translated_errors():
-            rows = self.payload.mapInArrow(partition, "result binary").collect()
-        return reduce(merge, (from_arrays(decode_arrays(row.result)) for row in rows), zero)
-
-    def _resident_handles(self):
-        """The cached RDD of one :class:`~mmgmm_spark.spark.resident.Handle` per partition
-        (computed, and the files written, by the first pass that needs it)."""
-        if self.handles is None:
-            token, modalities = self.token, self.modalities
-
-            @spark_task
-            def write(partition: int, batches: Iterator[Batch]) -> Iterator[Handle]:
-                yield write_partition(token, partition, batches, modalities)
-
-            self.handles = self.rdd.mapPartitionsWithIndex(write).persist(
-                StorageLevel.MEMORY_ONLY)
-        return self.handles
+            return reduce(merge, self._partition_results(function, merge, zero, codec), zero)
 
     def _resident_aggregate(self, function: Callable[[Batch], T_],
-                            merge: Callable[[T_, T_], T_], zero: T_, tree_depth: int) -> T_:
+                            merge: Callable[[T_, T_], T_], zero: T_, codec: Codec,
+                            tree_depth: int) -> T_:
         """:meth:`aggregate` over the resident files; a partition whose task found none is
         computed from the cached batches, and the files are written anew next pass."""
-        modalities = self.modalities
-
-        def merge_pairs(a: tuple[T_, tuple[int, ...]],
-                        b: tuple[T_, tuple[int, ...]]) -> tuple[T_, tuple[int, ...]]:
-            return merge(a[0], b[0]), a[1] + b[1]
-
-        @spark_task
-        def partial(handles: Iterator[Handle]) -> Iterator[tuple[T_, tuple[int, ...]]]:
-            for handle in handles:
-                batches = read_partition(handle, modalities)
-                if batches is None:
-                    yield zero, (handle.partition,)
-                else:
-                    yield reduce(merge, map(function, batches), zero), ()
-
         with translated_errors():
-            total, missing = self._resident_handles().mapPartitions(partial).treeAggregate(
-                (zero, ()), merge_pairs, merge_pairs, depth=tree_depth)
+            total, missing = self.resident.aggregate(function, merge, zero, codec, tree_depth)
             if not missing:
                 return total
             log.warning("%s: %d partition(s) ran where their resident blocks are not; "
                         "computed from the cached blocks, files rewritten next pass.",
                         self.source, len(missing))
-            whole = spark_task(lambda batches: [reduce(merge, map(function, batches), zero)])
-            rest = self.rdd.context.runJob(self.rdd, whole, partitions=list(missing))
-        self._drop_handles()
+            rest = self._partition_results(function, merge, zero, codec, missing)
+        self._drop_resident()
         return reduce(merge, rest, total)
 
-    def _drop_handles(self) -> None:
-        """Delete the resident files (a job over the handles' executors) and their cache."""
-        if self.handles is None:
+    def _partition_results(self, function: Callable[[Batch], T_],
+                           merge: Callable[[T_, T_], T_], zero: T_, codec: Codec,
+                           partitions: tuple[int, ...] | None = None) -> list[T_]:
+        """One merged result per partition of the cache (only ``partitions`` if given)."""
+        if self.rdd is not None:
+            whole = spark_task(lambda batches: [reduce(merge, map(function, batches), zero)])
+            wanted = range(self.rdd.getNumPartitions()) if partitions is None else partitions
+            return self.rdd.context.runJob(self.rdd, whole, partitions=list(wanted))
+        modalities = self.modalities
+        to_arrays, from_arrays = codec
+
+        @spark_task
+        def partition(record_batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+            from pyspark import TaskContext
+
+            if partitions is not None and TaskContext.get().partitionId() not in partitions:
+                collections.deque(record_batches, maxlen=0)    # read, as Spark expects
+                return
+            total = reduce(merge, map(function, payload_batches(record_batches, modalities)),
+                           zero)
+            yield pa.RecordBatch.from_pydict({"result": [encode_arrays(to_arrays(total))]})
+
+        rows = self.payload.mapInArrow(partition, "result binary").collect()
+        return [from_arrays(decode_arrays(row.result)) for row in rows]
+
+    def _drop_resident(self) -> None:
+        if self.resident is None:
             return
         try:
-            self.handles.mapPartitions(remove_partitions).sum()
+            self.resident.drop()
         except Exception as error:   # a lost executor's files go when Spark deletes its dirs
             log.warning("%s: could not delete every resident block file: %s", self.source,
                         error)
-        self.handles.unpersist()
-        self.handles = None
 
     def mapped(self, function: Callable[[Batch], Batch], modalities: tuple[Modality, ...],
                source: str | None = None) -> CachedBlocks:
@@ -399,12 +373,15 @@ class CachedBlocks:
         derived.modalities, derived.use_rdd = modalities, self.use_rdd
         derived.source = source or self.source
         derived.weight_column = self.weight_column
-        derived._init_resident(self.resident)
         derived.rdd = derived.payload = None
+        resident = self.resident is not None
         if self.rdd is not None:
-            derived.rdd = self.rdd.map(spark_task(function)).persist(derived._storage_level())
+            derived.rdd = self.rdd.map(spark_task(function)).persist(
+                self._storage_level(resident))
         else:
-            derived.payload = self._mapped_payload(function, modalities)
+            derived.payload = self._mapped_payload(function, modalities, resident)
+        derived.resident = (ResidentBlocks(modalities, derived.rdd, derived.payload)
+                            if resident else None)
         try:
             derived.n_rows = derived._count()
         except Exception:
@@ -413,7 +390,7 @@ class CachedBlocks:
         return derived
 
     def _mapped_payload(self, function: Callable[[Batch], Batch],
-                        modalities: tuple[Modality, ...]) -> DataFrame:
+                        modalities: tuple[Modality, ...], resident: bool) -> DataFrame:
         """The cached payload DataFrame of ``function(batch)`` (DataFrame-only path)."""
         inputs = self.modalities
 
@@ -424,7 +401,8 @@ class CachedBlocks:
                 yield pa.RecordBatch.from_pydict(
                     {"n_rows": [result.n_rows], "payload": [encode_batch(result, modalities)]})
 
-        return self.payload.mapInArrow(apply, PAYLOAD_SCHEMA).persist(StorageLevel.MEMORY_AND_DISK)
+        return self.payload.mapInArrow(apply, PAYLOAD_SCHEMA).persist(
+            self._storage_level(resident))
 
     def sample(self, max_rows: int, seed: int) -> Batch:
         """About ``max_rows`` rows drawn uniformly (all rows, in order, when there are fewer)."""
@@ -433,7 +411,7 @@ class CachedBlocks:
         return Batch.concat(parts)
 
     def unpersist(self) -> None:
-        self._drop_handles()
+        self._drop_resident()
         if self.rdd is not None:
             self.rdd.unpersist()
         if self.payload is not None:

@@ -55,13 +55,9 @@ from mmgmm_spark.spark.arrow import (
     decode_arrays,
     dense_list_column,
     encode_arrays,
-)
-from mmgmm_spark.spark.data import (
-    CachedBlocks,
-    features_column,
     payload_batches,
-    translated_errors,
 )
+from mmgmm_spark.spark.data import CachedBlocks, features_column, translated_errors
 from mmgmm_spark.spark.tasks import spark_task
 
 Stats = tuple[np.ndarray, ...]
