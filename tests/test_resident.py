@@ -155,3 +155,26 @@ def test_written_batches_read_back_equal_and_read_only(tmp_path, monkeypatch, da
     np.testing.assert_array_equal(second.weights, weighted.weights)
     shutil.rmtree(handle.directory)
     assert read_partition(handle, MODALITIES) is None
+
+
+@PATHS
+def test_fits_with_and_without_resident_blocks_equal_the_in_memory_fit(spark, data, use_rdd):
+    """``fit(df, resident=False)`` (blocks streamed every pass) and the default give the
+    in-memory fit's parameters and lower bounds."""
+    sample, model = data
+    start = {"weights_init": model.weights_, "means_init": model.means_,
+             "precisions_init": model.precisions_}
+
+    def fit(features, **options):
+        with pytest.warns(UserWarning):      # tol=0 never converges
+            return MultimodalGaussianMixture(list(MODALITIES), K, tol=0, max_iter=3,
+                                             **start).fit(features, on_iteration=None, **options)
+
+    reference = fit(sample.features)
+    df = frame(spark, sample.features, 2)
+    for resident in (True, False):
+        fitted = fit(df, resident=resident, use_rdd=use_rdd)
+        np.testing.assert_allclose(fitted.lower_bounds_, reference.lower_bounds_, rtol=1e-9)
+        for m in MODALITIES:
+            np.testing.assert_allclose(fitted.means_[m.name], reference.means_[m.name],
+                                       rtol=1e-9, atol=1e-12)

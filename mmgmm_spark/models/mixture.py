@@ -163,7 +163,9 @@ class MultimodalGaussianMixture:
             init_sample_rows: rows (at most) initialisation reads when the data is distributed.
             tree_depth: depth of a distributed reduction.
             source_options: for a DataFrame: ``source`` (its name in errors),
-                ``rows_per_block``, ``use_rdd``.
+                ``rows_per_block``, ``use_rdd``, ``resident`` (default True: EM passes read
+                the decoded blocks from files on the executors, see
+                :mod:`mmgmm_spark.spark.resident`).
         """
         spec = self.spec().validate()
         initial = (initial_model.params if isinstance(initial_model, MultimodalGaussianMixture)
